@@ -1,0 +1,369 @@
+//! Command line: clap definitions (raw values) and their validation into a [`RunConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::request::Sampling;
+use crate::client::{Endpoint, Engine};
+use crate::runner::{ProgressMode, RunConfig};
+use crate::testserver::Flavor;
+use crate::workload::arrivals::{Arrival, ArrivalKind};
+use crate::workload::{DatasetSpec, ImageSpec, WorkloadSpec};
+
+/// kvbench: should this LLM server run with this configuration change? Measures speed (TTFT,
+/// ITL, TPOT, E2E, throughput) of OpenAI-compatible servers (vLLM, llama.cpp, ...).
+#[derive(Debug, Parser)]
+#[command(name = "kvbench", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure an already running OpenAI-compatible server and write one result JSON.
+    ///
+    /// Example: kvbench run --url http://127.0.0.1:8000 --num-requests 200 --concurrency 16
+    /// --input-len 1024 --max-tokens 128 --output baseline.json
+    Run(Box<RunArgs>),
+    /// Serve a streaming test server with known delays (for checking kvbench itself).
+    #[command(hide = true)]
+    TestServer(TestServerArgs),
+}
+
+/// Rate value: a positive number of requests per second, or `inf` (all at once).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    if s.eq_ignore_ascii_case("inf") {
+        return Ok(f64::INFINITY);
+    }
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a positive rate (requests/s) or \"inf\""
+        )),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .or_else(|_| {
+            s.parse::<f64>()
+                .map(Duration::from_secs_f64)
+                .map_err(|_| ())
+        })
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 5m, 90)"))?;
+    if d.is_zero() {
+        return Err("the duration must be positive".into());
+    }
+    Ok(d)
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!(
+            "expected K:V, got {:?}",
+            s.split(':').next().unwrap_or("")
+        )),
+    }
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected WIDTHxHEIGHT, got {s:?}"))?;
+    match (w.parse::<u32>(), h.parse::<u32>()) {
+        (Ok(w), Ok(h)) if (1..=8192).contains(&w) && (1..=8192).contains(&h) => Ok((w, h)),
+        _ => Err(format!(
+            "expected WIDTHxHEIGHT between 1 and 8192, got {s:?}"
+        )),
+    }
+}
+
+fn positive_u64(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive integer")),
+    }
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    positive_u64(s).map(|n| n as usize)
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+/// `kvbench run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Server URL: root (http://host:8000) or API base (http://host:8000/v1).
+    #[arg(long)]
+    pub url: String,
+    /// Model name to request [default: the first entry of /v1/models].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Endpoint to call.
+    #[arg(long, value_enum, default_value_t = Endpoint::Chat)]
+    pub endpoint: Endpoint,
+    /// Server software; decides engine-specific fields (auto: from /v1/models `owned_by`).
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
+    pub engine: Engine,
+
+    /// Measured requests (warmup not included) [default: 100 unless --duration].
+    #[arg(long, short = 'n', value_parser = positive_u64, conflicts_with = "duration")]
+    pub num_requests: Option<u64>,
+    /// Send for this long instead (e.g. 60s, 5m); requests in flight then finish.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Closed loop: this many requests in flight, each sent when one ends [default: 1].
+    #[arg(long, short = 'c', value_parser = positive_usize, conflicts_with = "request_rate")]
+    pub concurrency: Option<usize>,
+    /// Open loop: mean requests per second (or "inf": all at once); latency is also measured
+    /// from the scheduled send time.
+    #[arg(long, value_parser = parse_rate)]
+    pub request_rate: Option<f64>,
+    /// Open-loop gap distribution.
+    #[arg(long, value_enum, requires = "request_rate")]
+    pub arrival: Option<ArrivalKind>,
+    /// Gamma shape for open-loop gaps (1 = Poisson; < 1 burstier); implies --arrival gamma.
+    #[arg(long, value_parser = positive_f64, requires = "request_rate")]
+    pub burstiness: Option<f64>,
+    /// Open loop: cap on requests in flight (excess waits in the client, and that wait counts).
+    #[arg(long, value_parser = positive_usize, requires = "request_rate")]
+    pub max_concurrency: Option<usize>,
+
+    /// Synthetic prompt length in tokens (exact with --tokenizer, estimated otherwise).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub input_len: u32,
+    /// Maximum output tokens per request.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: u32,
+    /// Ask the server to ignore end-of-sequence so every answer has --max-tokens tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Sampling temperature (always sent; 0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling top_p (always sent).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Seed for prompts, arrivals and images; also sent as the sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Warmup requests sent before measuring (excluded from statistics).
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+
+    /// Prompt source: synthetic, jsonl:PATH ({"prompt"} or {"messages"} per line, optional
+    /// max_tokens) or sharegpt:PATH.
+    #[arg(long, default_value = "synthetic")]
+    pub dataset: DatasetSpec,
+    /// A Hugging Face tokenizer.json for exact prompt lengths (read locally, no download).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Let prompts share prefixes: no unique random prefix, and llama.cpp may reuse its cache.
+    #[arg(long)]
+    pub allow_prefix_cache: bool,
+    /// Images per request for vision-language models (generated unless --image is given).
+    #[arg(long, default_value_t = 0)]
+    pub images: u32,
+    /// Size of generated images.
+    #[arg(long, value_parser = parse_size, default_value = "512x512")]
+    pub image_size: (u32, u32),
+    /// Image file(s) to send instead of generated ones (repeatable).
+    #[arg(long = "image")]
+    pub image_files: Vec<PathBuf>,
+
+    /// Name of the environment variable that holds the API key (sent as a Bearer token,
+    /// never written anywhere).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Extra request header K:V (repeatable; values are never written anywhere).
+    #[arg(long = "header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// Per-request time limit.
+    #[arg(long, value_parser = parse_duration, default_value = "600s")]
+    pub timeout: Duration,
+
+    /// Result JSON path ("-" for stdout).
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Per-request journal (JSON lines) [default: next to --output, .requests.jsonl].
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
+    /// Keep each answer's text in the journal.
+    #[arg(long)]
+    pub save_text: bool,
+    /// No progress display and no summary table.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// `kvbench test-server` options.
+#[derive(Debug, Args)]
+pub struct TestServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub listen: SocketAddr,
+    /// Delay to the first token, ms.
+    #[arg(long, default_value_t = 50)]
+    pub ttft_ms: u64,
+    /// Delay between tokens, ms.
+    #[arg(long, default_value_t = 10)]
+    pub itl_ms: u64,
+    /// Tokens per answer [default: the request's max_tokens].
+    #[arg(long)]
+    pub tokens: Option<u32>,
+    /// Leading tokens sent as reasoning.
+    #[arg(long, default_value_t = 0)]
+    pub reasoning_tokens: u32,
+    /// Wire format.
+    #[arg(long, value_enum, default_value_t = Flavor::Vllm)]
+    pub flavor: Flavor,
+}
+
+impl RunArgs {
+    /// Validates raw arguments into a run configuration (reads the API key from its variable).
+    pub fn into_config(self) -> anyhow::Result<RunConfig> {
+        crate::client::api_base(&self.url)?;
+        let api_key = match &self.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("--api-key-env {var}: the environment variable {var} is not set")
+            })?),
+            None => None,
+        };
+        let arrival = match self.request_rate {
+            Some(rate) => {
+                let kind = match (self.arrival, self.burstiness) {
+                    (Some(k), _) => k,
+                    (None, Some(_)) => ArrivalKind::Gamma,
+                    (None, None) => ArrivalKind::Poisson,
+                };
+                if self.burstiness.is_some() && kind != ArrivalKind::Gamma {
+                    bail!("--burstiness applies to --arrival gamma only");
+                }
+                Arrival::Open {
+                    rate,
+                    kind,
+                    burstiness: self.burstiness.unwrap_or(1.0),
+                    max_concurrency: self.max_concurrency,
+                }
+            }
+            None => Arrival::Closed {
+                concurrency: self.concurrency.unwrap_or(1),
+            },
+        };
+        let num_requests = match (self.num_requests, self.duration) {
+            (Some(n), _) => Some(n),
+            (None, Some(_)) => None,
+            (None, None) => Some(100),
+        };
+        if let Arrival::Open { rate, .. } = arrival {
+            if !rate.is_finite() && num_requests.is_none() {
+                bail!("--request-rate inf needs --num-requests");
+            }
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            bail!("--temperature must be between 0 and 2");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1]");
+        }
+        if self.images > 0 && self.endpoint == Endpoint::Completions {
+            bail!("--images needs --endpoint chat");
+        }
+        if !self.image_files.is_empty() && self.images == 0 {
+            bail!("--image needs --images N (images per request)");
+        }
+        if let Some(t) = &self.tokenizer {
+            if !t.is_file() {
+                bail!("--tokenizer {}: no such file", t.display());
+            }
+        }
+        match &self.dataset {
+            DatasetSpec::Jsonl { path } | DatasetSpec::Sharegpt { path } if !path.is_file() => {
+                bail!("--dataset: cannot read {}: no such file", path.display());
+            }
+            _ => {}
+        }
+        let journal = match self.journal {
+            Some(j) => j,
+            None if self.output.as_os_str() == "-" => PathBuf::from("kvbench.requests.jsonl"),
+            None => {
+                let stem = self
+                    .output
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "kvbench".into());
+                self.output.with_file_name(format!("{stem}.requests.jsonl"))
+            }
+        };
+        if let Some(dir) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if self.output.as_os_str() != "-" && !dir.is_dir() {
+                bail!(
+                    "--output {}: directory {} does not exist",
+                    self.output.display(),
+                    dir.display()
+                );
+            }
+        }
+        let images = (self.images > 0).then(|| ImageSpec {
+            count: self.images,
+            width: self.image_size.0,
+            height: self.image_size.1,
+            files: self.image_files.clone(),
+        });
+        Ok(RunConfig {
+            url: self.url,
+            model: self.model,
+            endpoint: self.endpoint,
+            engine: self.engine,
+            num_requests,
+            duration: self.duration,
+            arrival,
+            sampling: Sampling {
+                max_tokens: self.max_tokens,
+                temperature: self.temperature,
+                top_p: self.top_p,
+                seed: Some(self.seed),
+                ignore_eos: self.ignore_eos,
+                top_logprobs: None,
+            },
+            warmup: self.warmup,
+            workload: WorkloadSpec {
+                dataset: self.dataset,
+                input_len: self.input_len,
+                seed: self.seed,
+                unique_prefix: !self.allow_prefix_cache,
+                images,
+            },
+            tokenizer: self.tokenizer,
+            api_key_env: self.api_key_env,
+            api_key,
+            headers: self.headers,
+            timeout: self.timeout,
+            output: self.output,
+            journal,
+            keep_text: self.save_text,
+            no_prompt_cache: !self.allow_prefix_cache,
+            progress: if self.quiet {
+                ProgressMode::Quiet
+            } else {
+                ProgressMode::Auto
+            },
+            arm: None,
+        })
+    }
+}

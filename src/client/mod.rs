@@ -1,0 +1,463 @@
+//! OpenAI-compatible streaming client: sends one request and records its raw timeline.
+//!
+//! One `reqwest::Client` (a keep-alive connection pool) is shared by every worker. Each network
+//! read is timestamped once, and every event it completes gets that instant. Nothing in the
+//! stream loop can panic: each failure becomes an [`ErrorKind`] on the record.
+
+pub mod chunk;
+pub mod request;
+pub mod sse;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use tokio_util::sync::CancellationToken;
+
+use crate::record::{ErrorKind, RequestRecord};
+use chunk::Event;
+use sse::SseParser;
+
+/// Which OpenAI endpoint to call.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// `/v1/chat/completions` (messages; the server applies the chat template).
+    Chat,
+    /// `/v1/completions` (raw prompt).
+    Completions,
+}
+
+/// The server software, as far as kvbench can tell; it decides engine-specific request fields.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// Detect from `/v1/models` (`owned_by`).
+    Auto,
+    /// vLLM.
+    Vllm,
+    /// llama.cpp `llama-server`.
+    Llamacpp,
+    /// Any other OpenAI-compatible server: only standard fields are sent.
+    Openai,
+}
+
+/// Normalises a user URL into the API base (ending in `/v1`), keeping any path prefix the user
+/// gave: `http://h:8000` and `http://h:8000/v1` both give `http://h:8000/v1`;
+/// `http://h/proxy` gives `http://h/proxy/v1`.
+pub fn api_base(url: &str) -> anyhow::Result<String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        anyhow::anyhow!("invalid --url {url:?}: {e} (expected e.g. http://127.0.0.1:8000)")
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        anyhow::bail!("invalid --url {url:?}: the scheme must be http or https");
+    }
+    let trimmed = url.trim_end_matches('/');
+    if trimmed.ends_with("/v1") {
+        Ok(trimmed.to_owned())
+    } else {
+        Ok(format!("{trimmed}/v1"))
+    }
+}
+
+/// Settings of the HTTP client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// API base ending in `/v1`.
+    pub api_base: String,
+    /// Bearer token (never logged, never written to results).
+    pub api_key: Option<String>,
+    /// Extra headers (values never written to results).
+    pub headers: Vec<(String, String)>,
+    /// Per-request time limit.
+    pub timeout: Duration,
+    /// Expected number of parallel streams (sizes the idle pool).
+    pub pool_size: usize,
+}
+
+/// A shared, keep-alive HTTP client for one server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    api_base: String,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Builds the client; fails on an invalid header.
+    pub fn new(opts: &ClientOptions) -> anyhow::Result<Self> {
+        let mut headers = HeaderMap::new();
+        if let Some(key) = &opts.api_key {
+            let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                anyhow::anyhow!("the API key contains characters not allowed in a header")
+            })?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        for (k, v) in &opts.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| anyhow::anyhow!("invalid header name {k:?} in --header"))?;
+            let mut value = HeaderValue::from_str(v)
+                .map_err(|_| anyhow::anyhow!("invalid value for header {k:?} in --header"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .pool_max_idle_per_host(opts.pool_size.max(1))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .http1_only()
+            .build()?;
+        Ok(Self {
+            http,
+            api_base: opts.api_base.clone(),
+            timeout: opts.timeout,
+        })
+    }
+
+    /// The API base URL (ends in `/v1`).
+    pub fn api_base(&self) -> &str {
+        &self.api_base
+    }
+
+    /// GET `{api_base}/{path}` and parse JSON; a one-line error otherwise.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}/{}", self.api_base, path.trim_start_matches('/'));
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {url}: {}", describe_reqwest(&e)))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading {url}: {}", describe_reqwest(&e)))?;
+        if !status.is_success() {
+            anyhow::bail!(
+                "GET {url} returned HTTP {}: {}",
+                status.as_u16(),
+                snippet(&body)
+            );
+        }
+        serde_json::from_slice(&body)
+            .map_err(|_| anyhow::anyhow!("GET {url} did not return JSON (got: {})", snippet(&body)))
+    }
+
+    /// Streams one request and fills `rec` with its timeline. `body` is the serialized JSON
+    /// request; `origin` is the run's time origin. Never panics on any server behaviour.
+    pub async fn stream(
+        &self,
+        endpoint: Endpoint,
+        body: bytes::Bytes,
+        rec: &mut RequestRecord,
+        origin: Instant,
+        keep_text: bool,
+        cancel: &CancellationToken,
+    ) {
+        let path = match endpoint {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Completions => "completions",
+        };
+        let url = format!("{}/{}", self.api_base, path);
+        let req = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .timeout(self.timeout)
+            .body(body);
+        let now_ns = || origin.elapsed().as_nanos() as u64;
+        rec.sent_ns = now_ns();
+        let resp = tokio::select! {
+            r = req.send() => r,
+            _ = cancel.cancelled() => {
+                rec.end_ns = now_ns();
+                fail(rec, ErrorKind::Cancelled, "interrupted before the response arrived");
+                return;
+            }
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                rec.end_ns = now_ns();
+                let kind = if e.is_timeout() {
+                    ErrorKind::Timeout
+                } else if e.is_connect() {
+                    ErrorKind::Connect
+                } else {
+                    ErrorKind::Other
+                };
+                fail(rec, kind, &describe_reqwest(&e));
+                return;
+            }
+        };
+        rec.first_byte_ns = Some(now_ns());
+        let status = resp.status();
+        rec.status = Some(status.as_u16());
+        if !status.is_success() {
+            let body = tokio::select! {
+                b = tokio::time::timeout(Duration::from_secs(5), resp.bytes()) => b.ok().and_then(Result::ok),
+                _ = cancel.cancelled() => None,
+            };
+            rec.end_ns = now_ns();
+            let msg = body
+                .as_deref()
+                .map(error_message_from_body)
+                .unwrap_or_default();
+            fail(
+                rec,
+                ErrorKind::HttpStatus,
+                &format!("HTTP {}: {}", status.as_u16(), msg),
+            );
+            return;
+        }
+
+        let mut state = StreamState {
+            keep_text,
+            ..StreamState::default()
+        };
+        let mut parser = SseParser::new();
+        let mut stream = resp.bytes_stream();
+        loop {
+            let next = tokio::select! {
+                n = stream.next() => n,
+                _ = cancel.cancelled() => {
+                    rec.end_ns = now_ns();
+                    state.finish_into(rec);
+                    fail(rec, ErrorKind::Cancelled, "interrupted while streaming");
+                    return;
+                }
+            };
+            match next {
+                Some(Ok(bytes)) => {
+                    let t = now_ns();
+                    parser.push(&bytes, &mut |data| state.on_event(data, t, rec));
+                    if state.stop {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    rec.end_ns = now_ns();
+                    state.finish_into(rec);
+                    if rec.error.is_none() {
+                        let kind = if e.is_timeout() {
+                            ErrorKind::Timeout
+                        } else {
+                            ErrorKind::StreamReset
+                        };
+                        fail(rec, kind, &describe_reqwest(&e));
+                    }
+                    return;
+                }
+                None => break,
+            }
+        }
+        let t = now_ns();
+        if !state.stop {
+            parser.finish(&mut |data| state.on_event(data, t, rec));
+        }
+        rec.end_ns = t;
+        state.finish_into(rec);
+        if rec.error.is_some() {
+            return;
+        }
+        if !state.saw_done {
+            if state.valid_chunks == 0 {
+                let what = if parser.total_bytes() == 0 {
+                    "empty response body".to_owned()
+                } else {
+                    "the response is not an SSE stream of JSON chunks".to_owned()
+                };
+                fail(rec, ErrorKind::InvalidResponse, &what);
+                return;
+            } else if rec.finish_reason.is_none() {
+                fail(
+                    rec,
+                    ErrorKind::Incomplete,
+                    "the stream ended without [DONE] and without a finish reason",
+                );
+                return;
+            }
+            rec.note("missing_done");
+        }
+        if rec.chunk_ns.is_empty() {
+            rec.note("no_tokens");
+        }
+    }
+}
+
+fn fail(rec: &mut RequestRecord, kind: ErrorKind, msg: &str) {
+    rec.error = Some(kind);
+    let mut m: String = msg.chars().take(300).collect();
+    if m.is_empty() {
+        m = kind.key(rec.status);
+    }
+    rec.error_message = Some(m);
+}
+
+/// Per-stream parsing state, applied to the record as events arrive.
+#[derive(Default)]
+struct StreamState {
+    keep_text: bool,
+    saw_done: bool,
+    stop: bool,
+    valid_chunks: u32,
+    content: String,
+    reasoning: String,
+}
+
+impl StreamState {
+    fn on_event(&mut self, data: &[u8], t: u64, rec: &mut RequestRecord) {
+        if self.stop || self.saw_done {
+            return;
+        }
+        match chunk::decode(data) {
+            Event::Done => self.saw_done = true,
+            Event::Malformed => rec.note("malformed_chunk"),
+            Event::Error(msg) => {
+                fail(rec, ErrorKind::StreamError, &msg);
+                self.stop = true;
+            }
+            Event::Chunk(c) => {
+                self.valid_chunks += 1;
+                let has_answer = c.content.is_some();
+                let has_reasoning = c.reasoning.is_some();
+                if has_answer || has_reasoning {
+                    if rec.first_token_ns.is_none() {
+                        rec.first_token_ns = Some(t);
+                    }
+                    if has_answer && rec.first_answer_ns.is_none() {
+                        rec.first_answer_ns = Some(t);
+                    }
+                    rec.chunk_ns.push(t);
+                    if has_reasoning && !has_answer {
+                        rec.reasoning_chunks += 1;
+                    }
+                }
+                if self.keep_text {
+                    if let Some(s) = &c.content {
+                        self.content.push_str(s);
+                    }
+                    if let Some(s) = &c.reasoning {
+                        self.reasoning.push_str(s);
+                    }
+                }
+                if let Some(f) = c.finish_reason {
+                    rec.finish_reason = Some(f);
+                }
+                if let Some(u) = c.usage {
+                    rec.usage = Some(u);
+                }
+            }
+        }
+    }
+
+    fn finish_into(&mut self, rec: &mut RequestRecord) {
+        if self.keep_text {
+            rec.output_text = Some(std::mem::take(&mut self.content));
+            if !self.reasoning.is_empty() {
+                rec.reasoning_text = Some(std::mem::take(&mut self.reasoning));
+            }
+        }
+    }
+}
+
+/// A short, secret-free description of a reqwest error (its source chain, without the URL's
+/// query string or any header).
+pub fn describe_reqwest(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        parts.push(s.to_string());
+        src = s.source();
+    }
+    let head = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response body failed"
+    } else {
+        "request failed"
+    };
+    if parts.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}: {}", parts.join(": "))
+    }
+}
+
+/// The error message of a JSON error body (`{"error": {"message"}}`, `{"message"}`,
+/// `{"detail"}`), or a snippet of the body.
+pub fn error_message_from_body(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        let m = v
+            .pointer("/error/message")
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("detail"))
+            .or_else(|| v.get("error"));
+        if let Some(m) = m {
+            return match m {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+        }
+    }
+    snippet(body)
+}
+
+/// The first 120 characters of a body, on one line.
+pub fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    let mut out: String = one_line.chars().take(120).collect();
+    if one_line.chars().count() > 120 {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_base_keeps_user_path() {
+        assert_eq!(api_base("http://h:8000").unwrap(), "http://h:8000/v1");
+        assert_eq!(api_base("http://h:8000/").unwrap(), "http://h:8000/v1");
+        assert_eq!(api_base("http://h:8000/v1/").unwrap(), "http://h:8000/v1");
+        assert_eq!(api_base("https://h/proxy").unwrap(), "https://h/proxy/v1");
+        assert!(api_base("h:8000").is_err());
+        assert!(api_base("ftp://h").is_err());
+        assert!(api_base("not a url").is_err());
+    }
+
+    #[test]
+    fn error_bodies() {
+        assert_eq!(
+            error_message_from_body(br#"{"error":{"message":"model not found","code":404}}"#),
+            "model not found"
+        );
+        assert_eq!(
+            error_message_from_body(br#"{"object":"error","message":"bad request"}"#),
+            "bad request"
+        );
+        assert_eq!(
+            error_message_from_body(b"<html>oops</html>"),
+            "<html>oops</html>"
+        );
+        assert_eq!(error_message_from_body(b""), "(empty body)");
+    }
+}

@@ -1,0 +1,108 @@
+//! The result JSON of one run (one arm): a versioned, stable schema (docs/result-schema.md).
+//! Values that could not be measured are `null`, never 0.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
+
+/// Version of the result schema; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The server that was measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// URL given by the user (without credentials).
+    pub url: String,
+    /// API base used (ends in `/v1`).
+    pub api_base: String,
+    /// Served model name used in requests.
+    pub model: String,
+    /// `vllm`, `llamacpp`, `openai` (unknown OpenAI-compatible).
+    pub engine: String,
+    /// Server version when the server tells it (`/version`), else `null`.
+    pub version: Option<String>,
+    /// Launch arguments when kvbench started the server, else `null`.
+    pub launch_args: Option<Vec<String>>,
+    /// Seconds from launch to healthy when kvbench started the server, else `null`.
+    pub startup_s: Option<f64>,
+    /// Facts read from the server (`/v1/models` entry, `max_model_len`, ...).
+    pub facts: BTreeMap<String, serde_json::Value>,
+}
+
+/// One run's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Schema version ([`SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// kvbench version that wrote the file.
+    pub kvbench_version: String,
+    /// Arm name, when run from an experiment; else `null`.
+    pub arm: Option<String>,
+    /// When measurement started (RFC 3339, UTC).
+    pub started_at: String,
+    /// When the run ended (RFC 3339, UTC).
+    pub finished_at: String,
+    /// Whether the run was interrupted (Ctrl-C) before its end.
+    pub interrupted: bool,
+    /// `ok`, or why the run could not measure (`interrupted`, `all_failed`).
+    pub outcome: String,
+    /// The server.
+    pub server: ServerInfo,
+    /// The workload as run (secrets removed).
+    pub config: serde_json::Value,
+    /// Request counts.
+    pub requests: RequestCounts,
+    /// Failed requests by error kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Non-fatal stream oddities by kind (`missing_done`, `malformed_chunk`, `no_tokens`).
+    pub anomalies: BTreeMap<String, u64>,
+    /// Finish reasons of completed requests.
+    pub finish_reasons: BTreeMap<String, u64>,
+    /// Token totals.
+    pub tokens: Tokens,
+    /// Latency metrics (milliseconds).
+    pub metrics: Metrics,
+    /// Throughput.
+    pub throughput: Throughput,
+    /// Measured window in seconds: first send to last end.
+    pub duration_s: Option<f64>,
+    /// Server warnings found in its log (filled when kvbench reads the log).
+    pub warnings: Vec<serde_json::Value>,
+    /// Scraped `/metrics` deltas and peaks (filled when scraped), else `null`.
+    pub server_metrics: Option<serde_json::Value>,
+    /// Quality suites (filled when run), else `null`.
+    pub quality: Option<serde_json::Value>,
+    /// Path of the per-request journal (JSON lines).
+    pub journal: Option<String>,
+}
+
+/// Writes `value` as pretty JSON to `path` atomically (temporary file, then rename), so a
+/// reader never sees half a file; `-` writes to stdout.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    if path.as_os_str() == "-" {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        return match out.write_all(&bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => r.context("writing to stdout"),
+        };
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "result.json".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

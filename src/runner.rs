@@ -1,0 +1,623 @@
+//! One measurement run against a running server: preflight, warmup, the workload under the
+//! chosen arrival schedule, the per-request journal, and the result JSON.
+//!
+//! Workers send finished records over a channel to one collector, which appends each to the
+//! journal at once (a crash keeps what finished) and drives the progress display. Cancellation
+//! (Ctrl-C) has one path: a `CancellationToken` that stops scheduling and makes in-flight
+//! requests end as `cancelled`; everything measured is still written.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::request::{build_body, BodySpec, Sampling};
+use crate::client::{api_base, Client, ClientOptions, Endpoint, Engine};
+use crate::metrics;
+use crate::record::RequestRecord;
+use crate::result::{write_json, RunResult, ServerInfo, SCHEMA_VERSION};
+use crate::workload::arrivals::{timeline, Arrival};
+use crate::workload::{TokenCounter, Workload, WorkloadSpec};
+
+/// A validated run configuration.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// URL of the server as the user gave it.
+    pub url: String,
+    /// Model to request; `None` = first entry of `/v1/models`.
+    pub model: Option<String>,
+    /// Endpoint.
+    pub endpoint: Endpoint,
+    /// Engine (auto-detected unless forced).
+    pub engine: Engine,
+    /// Stop after this many measured requests.
+    pub num_requests: Option<u64>,
+    /// Stop scheduling after this long.
+    pub duration: Option<Duration>,
+    /// Arrival schedule.
+    pub arrival: Arrival,
+    /// Sampling parameters.
+    pub sampling: Sampling,
+    /// Warmup requests before measuring.
+    pub warmup: u64,
+    /// Prompt source.
+    pub workload: WorkloadSpec,
+    /// `tokenizer.json` for exact prompt lengths.
+    pub tokenizer: Option<PathBuf>,
+    /// Name of the environment variable holding the API key (the name is recorded, never the key).
+    pub api_key_env: Option<String>,
+    /// API key value (never recorded).
+    pub api_key: Option<String>,
+    /// Extra headers (only names are recorded).
+    pub headers: Vec<(String, String)>,
+    /// Per-request time limit.
+    pub timeout: Duration,
+    /// Result JSON path (`-` = stdout).
+    pub output: PathBuf,
+    /// Journal path (JSON lines, one record per request).
+    pub journal: PathBuf,
+    /// Keep output text in the journal.
+    pub keep_text: bool,
+    /// Send llama.cpp `cache_prompt: false`.
+    pub no_prompt_cache: bool,
+    /// Progress display.
+    pub progress: ProgressMode,
+    /// Arm name (experiments).
+    pub arm: Option<String>,
+}
+
+/// How progress is shown on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A bar when stderr is a terminal, plain lines every 10 s otherwise.
+    Auto,
+    /// Nothing.
+    Quiet,
+}
+
+/// What the preflight learned about the server.
+#[derive(Debug, Clone)]
+pub struct Preflight {
+    /// Model to use.
+    pub model: String,
+    /// Detected engine.
+    pub engine: Engine,
+    /// Server version, if told.
+    pub version: Option<String>,
+    /// Facts for the result.
+    pub facts: BTreeMap<String, Value>,
+}
+
+/// Asks `/v1/models` (and `/version`) what the server serves. One-line errors for an
+/// unreachable URL, a non-OpenAI server and an unknown model.
+pub async fn preflight(
+    client: &Client,
+    model: Option<&str>,
+    engine: Engine,
+) -> anyhow::Result<Preflight> {
+    let models = client.get_json("models").await?;
+    let data = models
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}/models is not an OpenAI model list (no \"data\" array): is this an OpenAI-compatible server?",
+                client.api_base()
+            )
+        })?;
+    let ids: Vec<&str> = data
+        .iter()
+        .filter_map(|m| m.get("id").and_then(Value::as_str))
+        .collect();
+    let chosen = match model {
+        Some(m) => {
+            if !ids.contains(&m) {
+                bail!(
+                    "model {m:?} is not served by {} (served: {})",
+                    client.api_base(),
+                    if ids.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        ids.join(", ")
+                    }
+                );
+            }
+            m.to_owned()
+        }
+        None => ids
+            .first()
+            .map(|s| (*s).to_owned())
+            .ok_or_else(|| anyhow::anyhow!("{}/models lists no model", client.api_base()))?,
+    };
+    let entry = data
+        .iter()
+        .find(|m| m.get("id").and_then(Value::as_str) == Some(&chosen))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let owned_by = entry.get("owned_by").and_then(Value::as_str).unwrap_or("");
+    let detected = match engine {
+        Engine::Auto => match owned_by {
+            "vllm" => Engine::Vllm,
+            "llamacpp" => Engine::Llamacpp,
+            _ => Engine::Openai,
+        },
+        e => e,
+    };
+    let mut facts = BTreeMap::new();
+    facts.insert("model_entry".to_owned(), entry.clone());
+    if let Some(n) = entry.get("max_model_len") {
+        facts.insert("max_model_len".to_owned(), n.clone());
+    }
+    if let Some(n) = entry.pointer("/meta/n_ctx_train") {
+        facts.insert("n_ctx_train".to_owned(), n.clone());
+    }
+    let root = client.api_base().trim_end_matches("/v1").to_owned();
+    let version = if detected == Engine::Vllm {
+        version_of(&root).await
+    } else {
+        None
+    };
+    Ok(Preflight {
+        model: chosen,
+        engine: detected,
+        version,
+        facts,
+    })
+}
+
+async fn version_of(root: &str) -> Option<String> {
+    let resp = reqwest::Client::new()
+        .get(format!("{root}/version"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let v: Value = resp.json().await.ok()?;
+    v.get("version").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Removes credentials from a URL before it is recorded.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+            }
+            if u.query().is_some() {
+                u.set_query(Some("REDACTED"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(invalid url)".to_owned(),
+    }
+}
+
+struct Job {
+    id: u64,
+    body: bytes::Bytes,
+    prompt_tokens_est: Option<u64>,
+}
+
+struct Ctx {
+    client: Client,
+    endpoint: Endpoint,
+    origin: Instant,
+    keep_text: bool,
+    cancel: CancellationToken,
+    records: mpsc::UnboundedSender<RequestRecord>,
+}
+
+async fn run_one(ctx: &Ctx, job: Job, scheduled_ns: u64, warmup: bool) {
+    let mut rec = RequestRecord {
+        id: job.id,
+        warmup,
+        scheduled_ns,
+        prompt_tokens_est: job.prompt_tokens_est,
+        ..RequestRecord::default()
+    };
+    ctx.client
+        .stream(
+            ctx.endpoint,
+            job.body,
+            &mut rec,
+            ctx.origin,
+            ctx.keep_text,
+            &ctx.cancel,
+        )
+        .await;
+    let _ = ctx.records.send(rec);
+}
+
+fn now_ns(origin: Instant) -> u64 {
+    origin.elapsed().as_nanos() as u64
+}
+
+/// Runs the measurement and writes the result JSON and journal. Returns the result.
+pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<RunResult> {
+    let base = api_base(&cfg.url)?;
+    let concurrency = match cfg.arrival {
+        Arrival::Closed { concurrency } => concurrency,
+        Arrival::Open {
+            max_concurrency, ..
+        } => max_concurrency.unwrap_or(256),
+    };
+    let client = Client::new(&ClientOptions {
+        api_base: base.clone(),
+        api_key: cfg.api_key.clone(),
+        headers: cfg.headers.clone(),
+        timeout: cfg.timeout,
+        pool_size: concurrency,
+    })?;
+    let tokenizer = match &cfg.tokenizer {
+        Some(p) => Some(Arc::new(TokenCounter::from_file(p)?)),
+        None => None,
+    };
+    let workload = Workload::new(cfg.workload.clone(), tokenizer)?;
+    if workload.has_messages() && cfg.endpoint == Endpoint::Completions {
+        bail!("the dataset has chat \"messages\": use --endpoint chat");
+    }
+    if cfg.workload.images.is_some() && cfg.endpoint == Endpoint::Completions {
+        bail!("images need --endpoint chat");
+    }
+    let pre = tokio::select! {
+        p = preflight(&client, cfg.model.as_deref(), cfg.engine) => p?,
+        _ = cancel.cancelled() => bail!("interrupted before the run started"),
+    };
+
+    // Journal first: if it cannot be written, fail before sending anything.
+    let journal_file = std::fs::File::create(&cfg.journal)
+        .with_context(|| format!("cannot write journal {}", cfg.journal.display()))?;
+    if cfg.output.as_os_str() != "-" {
+        // Fail early on an unwritable output path rather than after the run.
+        let probe = cfg.output.with_extension("json.probe");
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("cannot write output {}", cfg.output.display()))?;
+        let _ = std::fs::remove_file(&probe);
+    }
+
+    let spec = BodySpec {
+        endpoint: cfg.endpoint,
+        model: pre.model.clone(),
+        engine: pre.engine,
+        sampling: cfg.sampling.clone(),
+        no_prompt_cache: cfg.no_prompt_cache,
+    };
+
+    // Producer: builds request bodies ahead of time on a plain thread, in id order.
+    let total_jobs = cfg.num_requests.map(|n| n + cfg.warmup);
+    let (job_tx, job_rx) = mpsc::channel::<Job>(concurrency * 2 + 16);
+    let workload = Arc::new(workload);
+    {
+        let workload = workload.clone();
+        let spec = spec.clone();
+        std::thread::spawn(move || {
+            let mut id = 0u64;
+            while total_jobs.is_none_or(|t| id < t) {
+                let (item, prefix) = workload.item(id);
+                let body = serde_json::to_vec(&build_body(&spec, &item, &prefix))
+                    .unwrap_or_default()
+                    .into();
+                let job = Job {
+                    id,
+                    body,
+                    prompt_tokens_est: item.prompt_tokens_est,
+                };
+                if job_tx.blocking_send(job).is_err() {
+                    break;
+                }
+                id += 1;
+            }
+        });
+    }
+    let job_rx = Arc::new(Mutex::new(job_rx));
+
+    let origin = Instant::now();
+    let started_at = chrono::Utc::now();
+    let (rec_tx, rec_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Ctx {
+        client,
+        endpoint: cfg.endpoint,
+        origin,
+        keep_text: cfg.keep_text,
+        cancel: cancel.clone(),
+        records: rec_tx,
+    });
+    let expected = cfg.num_requests;
+    let collector = tokio::spawn(collect(
+        rec_rx,
+        journal_file,
+        cfg.progress,
+        expected,
+        cfg.warmup,
+        cfg.duration,
+    ));
+
+    // Warmup: closed loop, excluded from statistics.
+    if cfg.warmup > 0 {
+        let left = Arc::new(AtomicI64::new(cfg.warmup as i64));
+        let workers = concurrency.min(cfg.warmup as usize).max(1);
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let (ctx, rx, left) = (ctx.clone(), job_rx.clone(), left.clone());
+            handles.push(tokio::spawn(async move {
+                while left.fetch_sub(1, Ordering::SeqCst) > 0 && !ctx.cancel.is_cancelled() {
+                    let job = rx.lock().await.recv().await;
+                    let Some(job) = job else { break };
+                    let s = now_ns(ctx.origin);
+                    run_one(&ctx, job, s, true).await;
+                }
+            }));
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    let measure_start = Instant::now();
+    let deadline = cfg.duration.map(|d| measure_start + d);
+    let open_loop = matches!(cfg.arrival, Arrival::Open { .. });
+    let mut handles = Vec::new();
+    match cfg.arrival.clone() {
+        Arrival::Closed { concurrency } => {
+            for _ in 0..concurrency {
+                let (ctx, rx) = (ctx.clone(), job_rx.clone());
+                handles.push(tokio::spawn(async move {
+                    loop {
+                        if ctx.cancel.is_cancelled()
+                            || deadline.is_some_and(|d| Instant::now() >= d)
+                        {
+                            break;
+                        }
+                        let job = rx.lock().await.recv().await;
+                        let Some(job) = job else { break };
+                        let s = now_ns(ctx.origin);
+                        run_one(&ctx, job, s, false).await;
+                    }
+                }));
+            }
+        }
+        Arrival::Open {
+            rate,
+            kind,
+            burstiness,
+            max_concurrency,
+        } => {
+            let times = timeline(
+                rate,
+                kind,
+                burstiness,
+                cfg.workload.seed,
+                cfg.num_requests,
+                cfg.duration,
+            );
+            let sem = max_concurrency.map(|m| Arc::new(Semaphore::new(m)));
+            let base_ns = now_ns(origin);
+            for offset in times {
+                let at = measure_start + offset;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = cancel.cancelled() => break,
+                }
+                let job = job_rx.lock().await.recv().await;
+                let Some(job) = job else { break };
+                let scheduled = base_ns + offset.as_nanos() as u64;
+                let (ctx, sem) = (ctx.clone(), sem.clone());
+                handles.push(tokio::spawn(async move {
+                    let _permit = match sem {
+                        Some(s) => tokio::select! {
+                            p = s.acquire_owned() => p.ok(),
+                            _ = ctx.cancel.cancelled() => return,
+                        },
+                        None => None,
+                    };
+                    run_one(&ctx, job, scheduled, false).await;
+                }));
+            }
+        }
+    }
+    for h in handles {
+        // In-flight requests end promptly on cancellation; bound the wait anyway.
+        let wait = if cancel.is_cancelled() {
+            Duration::from_secs(10)
+        } else {
+            cfg.timeout + Duration::from_secs(10)
+        };
+        let _ = tokio::time::timeout(wait, h).await;
+    }
+    drop(job_rx);
+    drop(ctx);
+    let records = collector.await.context("collector task failed")??;
+    let finished_at = chrono::Utc::now();
+
+    let d = metrics::derive(&records, open_loop);
+    let interrupted = cancel.is_cancelled();
+    let outcome = if interrupted {
+        "interrupted"
+    } else if d.requests.total > 0 && d.requests.completed == 0 {
+        "all_failed"
+    } else {
+        "ok"
+    };
+    let engine_name = match pre.engine {
+        Engine::Vllm => "vllm",
+        Engine::Llamacpp => "llamacpp",
+        Engine::Openai | Engine::Auto => "openai",
+    };
+    let journal_display = cfg.journal.display().to_string();
+    let result = RunResult {
+        schema_version: SCHEMA_VERSION,
+        kvbench_version: env!("CARGO_PKG_VERSION").to_owned(),
+        arm: cfg.arm.clone(),
+        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        finished_at: finished_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        interrupted,
+        outcome: outcome.to_owned(),
+        server: ServerInfo {
+            url: redact_url(&cfg.url),
+            api_base: redact_url(&base),
+            model: pre.model.clone(),
+            engine: engine_name.to_owned(),
+            version: pre.version.clone(),
+            launch_args: None,
+            startup_s: None,
+            facts: pre.facts.clone(),
+        },
+        config: config_json(&cfg, &pre),
+        requests: d.requests,
+        errors: d.errors,
+        anomalies: d.anomalies,
+        finish_reasons: d.finish_reasons,
+        tokens: d.tokens,
+        metrics: d.metrics,
+        throughput: d.throughput,
+        duration_s: d.duration_s,
+        warnings: Vec::new(),
+        server_metrics: None,
+        quality: None,
+        journal: Some(journal_display),
+    };
+    write_json(&cfg.output, &result)?;
+    Ok(result)
+}
+
+/// The workload as run, for the result JSON: no secret values, only names.
+fn config_json(cfg: &RunConfig, pre: &Preflight) -> Value {
+    let header_names: Vec<&str> = cfg.headers.iter().map(|(k, _)| k.as_str()).collect();
+    json!({
+        "endpoint": cfg.endpoint,
+        "engine_requested": cfg.engine,
+        "model_requested": cfg.model,
+        "model": pre.model,
+        "num_requests": cfg.num_requests,
+        "duration_s": cfg.duration.map(|d| d.as_secs_f64()),
+        "arrival": cfg.arrival,
+        "input_len": match cfg.workload.dataset {
+            crate::workload::DatasetSpec::Synthetic => Some(cfg.workload.input_len),
+            _ => None,
+        },
+        "dataset": cfg.workload.dataset,
+        "tokenizer": cfg.tokenizer.as_ref().map(|p| p.display().to_string()),
+        "unique_prefix": cfg.workload.unique_prefix,
+        "llamacpp_cache_prompt_false": cfg.no_prompt_cache && pre.engine == Engine::Llamacpp,
+        "images": cfg.workload.images,
+        "sampling": cfg.sampling,
+        "seed": cfg.workload.seed,
+        "warmup": cfg.warmup,
+        "timeout_s": cfg.timeout.as_secs_f64(),
+        "api_key_env": cfg.api_key_env,
+        "headers": header_names,
+        "keep_text": cfg.keep_text,
+    })
+}
+
+async fn collect(
+    mut rx: mpsc::UnboundedReceiver<RequestRecord>,
+    file: std::fs::File,
+    mode: ProgressMode,
+    expected: Option<u64>,
+    warmup: u64,
+    duration: Option<Duration>,
+) -> anyhow::Result<Vec<RequestRecord>> {
+    let mut out = std::io::BufWriter::new(file);
+    let mut records = Vec::new();
+    let mut progress = Progress::new(mode, expected.map(|n| n + warmup), duration);
+    let mut failed = 0u64;
+    let mut tokens = 0u64;
+    let started = Instant::now();
+    while let Some(rec) = rx.recv().await {
+        serde_json::to_writer(&mut out, &rec)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        if rec.error.is_some() {
+            failed += 1;
+        }
+        tokens += rec.output_tokens();
+        records.push(rec);
+        progress.update(records.len() as u64, failed, tokens, started.elapsed());
+    }
+    progress.finish();
+    Ok(records)
+}
+
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines { last: Instant },
+    Quiet,
+}
+
+impl Progress {
+    fn new(mode: ProgressMode, total: Option<u64>, duration: Option<Duration>) -> Self {
+        if mode == ProgressMode::Quiet {
+            return Progress::Quiet;
+        }
+        if !std::io::stderr().is_terminal() {
+            return Progress::Lines {
+                last: Instant::now(),
+            };
+        }
+        let bar = match total {
+            Some(n) => indicatif::ProgressBar::new(n).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            ),
+            None => {
+                let b = indicatif::ProgressBar::new_spinner();
+                if let Some(d) = duration {
+                    b.set_message(format!("for {}", humantime::format_duration(d)));
+                }
+                b
+            }
+        };
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress::Bar(bar)
+    }
+
+    fn update(&mut self, done: u64, failed: u64, tokens: u64, elapsed: Duration) {
+        let rate = tokens as f64 / elapsed.as_secs_f64().max(1e-9);
+        match self {
+            Progress::Bar(b) => {
+                b.set_position(done);
+                b.set_message(format!("{failed} failed · {rate:.1} output tok/s"));
+            }
+            Progress::Lines { last } => {
+                if last.elapsed() >= Duration::from_secs(10) {
+                    *last = Instant::now();
+                    eprintln!(
+                        "kvbench: {done} requests done, {failed} failed, {rate:.1} output tok/s"
+                    );
+                }
+            }
+            Progress::Quiet => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Progress::Bar(b) = self {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_removes_credentials_and_query() {
+        assert_eq!(
+            redact_url("http://user:secret@h:8000/v1?key=abc"),
+            "http://h:8000/v1?REDACTED"
+        );
+        assert_eq!(redact_url("http://h:8000"), "http://h:8000/");
+    }
+}

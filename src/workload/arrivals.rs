@@ -1,0 +1,132 @@
+//! Arrival schedules. Closed loop: C workers, each sends its next request when the previous one
+//! ends. Open loop: send times are precomputed (constant, Poisson or gamma inter-arrival gaps,
+//! as `vllm bench serve` defines burstiness) and latency can be measured from the scheduled time,
+//! so time a request waits in the client (behind `--max-concurrency`) is not hidden.
+
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, Gamma};
+
+/// Inter-arrival distribution of an open-loop run.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ArrivalKind {
+    /// Poisson process (exponential gaps; gamma with burstiness 1).
+    Poisson,
+    /// Evenly spaced sends.
+    Constant,
+    /// Gamma gaps with shape = burstiness (< 1 burstier, > 1 smoother than Poisson).
+    Gamma,
+}
+
+/// How requests are released.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Arrival {
+    /// `concurrency` workers back to back.
+    Closed {
+        /// Number of workers.
+        concurrency: usize,
+    },
+    /// Requests released at precomputed times.
+    Open {
+        /// Mean requests per second (`f64::INFINITY`: all at once).
+        rate: f64,
+        /// Gap distribution.
+        kind: ArrivalKind,
+        /// Gamma shape (1 for Poisson).
+        burstiness: f64,
+        /// Cap on in-flight requests, if any.
+        max_concurrency: Option<usize>,
+    },
+}
+
+/// Send offsets from the start of measurement: `n` of them, or as many as fit in `until`.
+/// The first request goes at 0.
+pub fn timeline(
+    rate: f64,
+    kind: ArrivalKind,
+    burstiness: f64,
+    seed: u64,
+    n: Option<u64>,
+    until: Option<Duration>,
+) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let limit = n.unwrap_or(u64::MAX);
+    let horizon = until.map(|d| d.as_secs_f64()).unwrap_or(f64::INFINITY);
+    if !rate.is_finite() {
+        let count = n.unwrap_or(0);
+        return vec![Duration::ZERO; count as usize];
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xA5A5_5A5A);
+    let shape = match kind {
+        ArrivalKind::Poisson => 1.0,
+        _ => burstiness,
+    };
+    let gamma = Gamma::new(shape, 1.0 / (rate * shape)).ok();
+    let mut t = 0.0f64;
+    while (out.len() as u64) < limit && t < horizon {
+        out.push(Duration::from_secs_f64(t));
+        let gap = match (kind, &gamma) {
+            (ArrivalKind::Constant, _) | (_, None) => 1.0 / rate,
+            (_, Some(g)) => g.sample(&mut rng),
+        };
+        t += gap;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_is_evenly_spaced() {
+        let t = timeline(4.0, ArrivalKind::Constant, 1.0, 0, Some(5), None);
+        let ms: Vec<u128> = t.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![0, 250, 500, 750, 1000]);
+    }
+
+    #[test]
+    fn poisson_mean_gap_matches_rate() {
+        let t = timeline(10.0, ArrivalKind::Poisson, 1.0, 42, Some(20_001), None);
+        let mean_gap = t.last().unwrap().as_secs_f64() / 20_000.0;
+        assert!((mean_gap - 0.1).abs() < 0.005, "mean gap {mean_gap}");
+    }
+
+    #[test]
+    fn gamma_burstiness_changes_variance_not_mean() {
+        let gaps = |b: f64| {
+            let t = timeline(10.0, ArrivalKind::Gamma, b, 7, Some(20_001), None);
+            let g: Vec<f64> = t.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+            let mean = g.iter().sum::<f64>() / g.len() as f64;
+            let var = g.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / g.len() as f64;
+            (mean, var)
+        };
+        let (m_low, v_low) = gaps(0.25);
+        let (m_high, v_high) = gaps(4.0);
+        assert!((m_low - 0.1).abs() < 0.01 && (m_high - 0.1).abs() < 0.01);
+        assert!(
+            v_low > 4.0 * v_high,
+            "burstier should vary more: {v_low} vs {v_high}"
+        );
+    }
+
+    #[test]
+    fn duration_bounds_the_timeline_and_inf_is_all_at_once() {
+        let t = timeline(
+            2.0,
+            ArrivalKind::Constant,
+            1.0,
+            0,
+            None,
+            Some(Duration::from_secs(3)),
+        );
+        assert_eq!(t.len(), 6);
+        let inf = timeline(f64::INFINITY, ArrivalKind::Poisson, 1.0, 0, Some(3), None);
+        assert_eq!(inf, vec![Duration::ZERO; 3]);
+    }
+}
