@@ -272,6 +272,11 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
         _ = cancel.cancelled() => bail!("interrupted before the run started"),
     };
 
+    // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
+    // first wave's TTFT: a serving client keeps its connections alive.
+    let prewarm = prewarm_count(&cfg.arrival);
+    futures_util::future::join_all((0..prewarm).map(|_| client.get_json("models"))).await;
+
     // Journal first: if it cannot be written, fail before sending anything.
     let journal_file = std::fs::File::create(&cfg.journal)
         .with_context(|| format!("cannot write journal {}", cfg.journal.display()))?;
@@ -488,6 +493,17 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
     Ok(result)
 }
 
+/// Connections opened before measuring: the closed-loop concurrency, the open-loop cap, or 16.
+fn prewarm_count(arrival: &Arrival) -> usize {
+    match arrival {
+        Arrival::Closed { concurrency } => *concurrency,
+        Arrival::Open {
+            max_concurrency, ..
+        } => max_concurrency.unwrap_or(16),
+    }
+    .min(1024)
+}
+
 /// The workload as run, for the result JSON: no secret values, only names.
 fn config_json(cfg: &RunConfig, pre: &Preflight) -> Value {
     let header_names: Vec<&str> = cfg.headers.iter().map(|(k, _)| k.as_str()).collect();
@@ -515,6 +531,7 @@ fn config_json(cfg: &RunConfig, pre: &Preflight) -> Value {
         "api_key_env": cfg.api_key_env,
         "headers": header_names,
         "keep_text": cfg.keep_text,
+        "prewarmed_connections": prewarm_count(&cfg.arrival),
     })
 }
 

@@ -1,0 +1,197 @@
+//! kvbench's measurements against a server whose true delays are known.
+//!
+//! Tolerances (issue "kvbench run"): TTFT and E2E within max(5 %, 10 ms), ITL and TPOT within
+//! max(5 %, 2 ms), at concurrency 1 and 64. The measured errors are printed (run with
+//! `--nocapture` to see them).
+
+mod common;
+
+use std::time::Duration;
+
+use kvbench::stats::Summary;
+use kvbench::testserver::TestServerConfig;
+
+const TTFT_MS: f64 = 200.0;
+const ITL_MS: f64 = 20.0;
+const TOKENS: u32 = 16;
+
+fn check(name: &str, s: &Summary, truth: f64, floor_ms: f64, concurrency: usize) {
+    let tol = (truth * 0.05).max(floor_ms);
+    for (stat, v) in [("mean", s.mean), ("p50", s.p50), ("p99", s.p99)] {
+        let v = v.unwrap_or_else(|| panic!("{name}.{stat} missing"));
+        let err = v - truth;
+        eprintln!(
+            "concurrency {concurrency:>3}: {name:<8} {stat:<4} measured {v:8.3} ms, truth {truth:6.1} ms, error {err:+7.3} ms (tolerance ±{tol:.1})"
+        );
+        assert!(
+            err.abs() <= tol,
+            "{name}.{stat} = {v:.3} ms, truth {truth} ms, tolerance {tol} ms"
+        );
+    }
+}
+
+async fn accuracy_at(concurrency: usize, requests: u64) {
+    let server = common::server(TestServerConfig {
+        ttft: Duration::from_millis(TTFT_MS as u64),
+        itl: Duration::from_millis(ITL_MS as u64),
+        output_tokens: Some(TOKENS),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = concurrency.to_string();
+    let n = requests.to_string();
+    let r = common::run(
+        &server,
+        dir.path(),
+        &[
+            "-n",
+            &n,
+            "-c",
+            &c,
+            "--max-tokens",
+            "16",
+            "--input-len",
+            "64",
+        ],
+    )
+    .await;
+    assert_eq!(r.requests.completed, requests);
+    assert_eq!(r.requests.failed, 0);
+    assert_eq!(r.tokens.output_total, requests * TOKENS as u64);
+    assert_eq!(r.tokens.output_source, "server");
+    let e2e_truth = TTFT_MS + ITL_MS * (TOKENS - 1) as f64;
+    check("ttft_ms", &r.metrics.ttft_ms, TTFT_MS, 10.0, concurrency);
+    check("e2e_ms", &r.metrics.e2e_ms, e2e_truth, 10.0, concurrency);
+    check("itl_ms", &r.metrics.itl_ms, ITL_MS, 2.0, concurrency);
+    check("tpot_ms", &r.metrics.tpot_ms, ITL_MS, 2.0, concurrency);
+    assert_eq!(r.metrics.itl_ms.count, requests * (TOKENS as u64 - 1));
+    // Closed loop at full occupancy: throughput is concurrency × tokens / e2e.
+    let expect_tps = concurrency as f64 * TOKENS as f64 / (e2e_truth / 1000.0);
+    let tps = r.throughput.output_tok_per_s.unwrap();
+    eprintln!(
+        "concurrency {concurrency:>3}: output tok/s measured {tps:.1}, ideal {expect_tps:.1}"
+    );
+    assert!(
+        tps <= expect_tps * 1.02 && tps >= expect_tps * 0.85,
+        "throughput {tps} vs {expect_tps}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_truth_at_concurrency_1() {
+    accuracy_at(1, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_truth_at_concurrency_64() {
+    accuracy_at(64, 256).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_tokens_split_ttft_from_answer_ttft() {
+    let server = common::server(TestServerConfig {
+        ttft: Duration::from_millis(100),
+        itl: Duration::from_millis(20),
+        output_tokens: Some(8),
+        reasoning_tokens: 5,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = common::run(&server, dir.path(), &["-n", "6", "-c", "2"]).await;
+    // First token of any channel at 100 ms; first answer token is token 5: 100 + 5 × 20 ms.
+    let ttft = r.metrics.ttft_ms.p50.unwrap();
+    let answer = r.metrics.ttft_answer_ms.p50.unwrap();
+    assert!((ttft - 100.0).abs() <= 10.0, "ttft {ttft}");
+    assert!((answer - 200.0).abs() <= 10.0, "answer ttft {answer}");
+    assert_eq!(r.tokens.reasoning_total, 6 * 5);
+    assert_eq!(r.tokens.output_total, 6 * 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_counts_client_queueing() {
+    // Each request takes ~50 ms; 50 requests/s with at most one in flight must queue.
+    let server = common::server(TestServerConfig {
+        ttft: Duration::from_millis(50),
+        itl: Duration::from_millis(1),
+        output_tokens: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = common::run(
+        &server,
+        dir.path(),
+        &[
+            "-n",
+            "20",
+            "--request-rate",
+            "50",
+            "--arrival",
+            "constant",
+            "--max-concurrency",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(r.requests.completed, 20);
+    let queue = r.metrics.queue_ms.as_ref().unwrap();
+    let from_sched = r.metrics.ttft_from_scheduled_ms.as_ref().unwrap();
+    // The 20th request is scheduled at 380 ms but can only start after ~19 × 50 ms = 950 ms.
+    assert!(queue.max.unwrap() > 400.0, "queue max {:?}", queue.max);
+    assert!(from_sched.mean.unwrap() > r.metrics.ttft_ms.mean.unwrap() + 100.0);
+    assert!((r.metrics.ttft_ms.p50.unwrap() - 50.0).abs() <= 10.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_rate_is_respected() {
+    let server = common::server(TestServerConfig {
+        ttft: Duration::from_millis(5),
+        itl: Duration::from_millis(1),
+        output_tokens: Some(2),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = common::run(
+        &server,
+        dir.path(),
+        &["-n", "40", "--request-rate", "40", "--arrival", "constant"],
+    )
+    .await;
+    // 40 sends 25 ms apart: the last is sent at 975 ms.
+    let d = r.duration_s.unwrap();
+    assert!((0.97..1.1).contains(&d), "duration {d}");
+    assert!(r.metrics.queue_ms.unwrap().p99.unwrap() < 10.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duration_limit_and_warmup_exclusion() {
+    let server = common::server(TestServerConfig {
+        ttft: Duration::from_millis(20),
+        itl: Duration::from_millis(5),
+        output_tokens: Some(4),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = common::run(
+        &server,
+        dir.path(),
+        &["--duration", "1s", "-c", "2", "--warmup", "3"],
+    )
+    .await;
+    assert_eq!(r.requests.warmup, 3);
+    assert!(
+        r.requests.completed >= 20,
+        "completed {}",
+        r.requests.completed
+    );
+    let d = r.duration_s.unwrap();
+    assert!((0.95..1.3).contains(&d), "duration {d}");
+    let lines = common::journal(dir.path());
+    assert_eq!(lines.len() as u64, r.requests.total + 3);
+    assert_eq!(lines.iter().filter(|l| l["warmup"] == true).count(), 3);
+    assert_eq!(server.requests(), r.requests.total + 3);
+}

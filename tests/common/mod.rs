@@ -1,0 +1,54 @@
+//! Helpers shared by the integration tests: run configurations parsed through the real CLI.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use clap::Parser;
+use kvbench::cli::{Cli, Command};
+use kvbench::result::RunResult;
+use kvbench::runner::{self, RunConfig};
+use kvbench::testserver::{self, TestServer, TestServerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Parses `kvbench run ARGS... --quiet --output DIR/out.json` into a validated configuration.
+pub fn config(dir: &Path, args: &[&str]) -> RunConfig {
+    let out = dir.join("out.json");
+    let mut v: Vec<String> = vec!["kvbench".into(), "run".into()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    v.push("--quiet".into());
+    v.push("--output".into());
+    v.push(out.display().to_string());
+    match Cli::try_parse_from(v).expect("valid arguments").command {
+        Command::Run(a) => a.into_config().expect("valid configuration"),
+        _ => unreachable!(),
+    }
+}
+
+/// Starts a test server on a free loopback port.
+pub async fn server(cfg: TestServerConfig) -> TestServer {
+    testserver::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("test server starts")
+}
+
+/// Runs kvbench against `server` with `args` and returns the result.
+pub async fn run(server: &TestServer, dir: &Path, args: &[&str]) -> RunResult {
+    let url = server.url();
+    let mut all = vec!["--url", url.as_str()];
+    all.extend_from_slice(args);
+    let cfg = config(dir, &all);
+    runner::run(cfg, CancellationToken::new())
+        .await
+        .expect("run succeeds")
+}
+
+/// The journal lines of the last run in `dir`.
+pub fn journal(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("out.requests.jsonl"))
+        .expect("journal exists")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
+        .collect()
+}
