@@ -176,11 +176,14 @@ impl Workload {
         };
         let mut item = match &self.spec.dataset {
             DatasetSpec::Synthetic => {
-                let prefix_tokens = self.prefix_tokens(&prefix) as u32;
-                let target = self.spec.input_len.saturating_sub(prefix_tokens).max(1);
-                let (text, n) = synthetic::text(&mut rng, target, self.tokenizer.as_deref());
+                let (text, n) = synthetic::text(
+                    &mut rng,
+                    self.spec.input_len,
+                    &prefix,
+                    self.tokenizer.as_deref(),
+                );
                 let mut it = WorkItem::text(&text);
-                it.prompt_tokens_est = Some(n as u64 + prefix_tokens as u64);
+                it.prompt_tokens_est = Some(n as u64);
                 it
             }
             _ => {

@@ -278,16 +278,28 @@ pub fn unique_prefix(rng: &mut impl Rng) -> String {
 /// Estimated tokens of a [`unique_prefix`] without a tokenizer: eight words and a newline.
 pub const PREFIX_TOKENS_EST: u64 = 9;
 
-/// Random text of `target` tokens. Returns the text and its token count (exact when a tokenizer
-/// is given, else the word count).
-pub fn text(rng: &mut impl Rng, target: u32, tok: Option<&TokenCounter>) -> (String, usize) {
-    let target = target as usize;
+/// Random text such that `prefix + text` has `target` tokens. Returns the text and the token
+/// count of `prefix + text` (exact when a tokenizer is given, else words plus
+/// [`PREFIX_TOKENS_EST`] for a non-empty prefix).
+pub fn text(
+    rng: &mut impl Rng,
+    target: u32,
+    prefix: &str,
+    tok: Option<&TokenCounter>,
+) -> (String, usize) {
+    let prefix_tokens = match (tok, prefix.is_empty()) {
+        (_, true) => 0,
+        (Some(t), false) => t.count(prefix),
+        (None, false) => PREFIX_TOKENS_EST as usize,
+    };
+    let full = target as usize;
+    let target = full.saturating_sub(prefix_tokens).max(1);
     let mut words: Vec<&'static str> = Vec::with_capacity(target);
     let Some(tok) = tok else {
         for _ in 0..target {
             words.push(WORDS[rng.random_range(0..WORDS.len())]);
         }
-        return (words.join(" "), target);
+        return (words.join(" "), target + prefix_tokens);
     };
     // Sum per-word counts (pre-tokenization splits on spaces), then correct with real encodes.
     let mut est = 0;
@@ -301,8 +313,9 @@ pub fn text(rng: &mut impl Rng, target: u32, tok: Option<&TokenCounter>) -> (Str
         .copied()
         .filter(|w| tok.word_tokens.get(w) == Some(&1))
         .collect();
-    let mut text = words.join(" ");
-    let mut n = tok.count(&text);
+    let count = |words: &[&str]| tok.count(&format!("{prefix}{}", words.join(" ")));
+    let target = full.max(prefix_tokens + 1);
+    let mut n = count(&words);
     for _ in 0..8 {
         if n == target {
             break;
@@ -318,10 +331,9 @@ pub fn text(rng: &mut impl Rng, target: u32, tok: Option<&TokenCounter>) -> (Str
         } else {
             break;
         }
-        text = words.join(" ");
-        n = tok.count(&text);
+        n = count(&words);
     }
-    (text, n)
+    (words.join(" "), n)
 }
 
 #[cfg(test)]
@@ -332,9 +344,12 @@ mod tests {
     #[test]
     fn text_without_tokenizer_has_target_words() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let (t, n) = text(&mut rng, 50, None);
+        let (t, n) = text(&mut rng, 50, "", None);
         assert_eq!(n, 50);
         assert_eq!(t.split(' ').count(), 50);
+        let (t, n) = text(&mut rng, 50, "a prefix\n", None);
+        assert_eq!(n, 50);
+        assert_eq!(t.split(' ').count(), 50 - PREFIX_TOKENS_EST as usize);
     }
 
     #[test]

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second command; .ci/run calls it).
+#
+#   1. installs the real engines the end-to-end tests use (llama.cpp llama-server, vLLM on CPU,
+#      SmolLM2-135M), cached under ~/.cache/kvbench, so repeated runs are fast;
+#   2. cargo fmt --check, clippy with -D warnings, and every test (unit, integration against the
+#      in-process test server, end-to-end against the real engines).
+#
+# Environment:
+#   KVBENCH_ENGINES=all|llamacpp|none   which engines to set up (default: all)
+#   CI=true                             end-to-end tests fail, instead of skipping, when an
+#                                       engine they need is missing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*" >&2; }
+t0=$(date +%s)
+
+engines=${KVBENCH_ENGINES:-all}
+if [ "$engines" != none ]; then
+    step "setting up engines ($engines; cached under ${KVBENCH_CACHE:-$HOME/.cache/kvbench})"
+    out=$(scripts/setup-engines.sh "$engines")
+    eval "$(printf '%s\n' "$out" | grep -E '^[A-Z0-9_]+=')"
+    export LLAMA_SERVER SMOLLM2_GGUF
+    export VLLM_PYTHON="${VLLM_PYTHON:-}" VLLM_ENTRY="${VLLM_ENTRY:-}" SMOLLM2_HF_DIR="${SMOLLM2_HF_DIR:-}"
+    printf '%s\n' "$out" | grep -E '^[A-Z0-9_]+=' >&2
+    echo "engines ready after $(( $(date +%s) - t0 )) s" >&2
+fi
+if [ "${CI:-}" = true ]; then
+    export KVBENCH_REQUIRE_ENGINES="${KVBENCH_REQUIRE_ENGINES:-$engines}"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+step "cargo test"
+cargo test --locked -- --test-threads="${KVBENCH_TEST_THREADS:-2}"
+echo "all checks passed in $(( $(date +%s) - t0 )) s" >&2
