@@ -4,6 +4,8 @@
 
 pub mod cli;
 pub mod client;
+pub mod experiment;
+pub mod logscan;
 pub mod metrics;
 pub mod output;
 pub mod record;

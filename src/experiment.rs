@@ -1,0 +1,543 @@
+//! Experiment files (TOML): shared server settings, a shared workload, and a list of arms that
+//! add, replace or remove server arguments. Raw TOML values are validated into immutable
+//! [`ArmPlan`]s; errors point at the file, line and key. Format: docs/experiment.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::client::Engine;
+
+/// How an arm's server is brought up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LauncherKind {
+    /// A command started by kvbench in its own process group.
+    Process,
+    /// A service of the user's docker compose file, with an override written by kvbench.
+    Compose,
+    /// An already running server.
+    Attach,
+}
+
+/// A port: a number, or `"auto"` for a free loopback port chosen at launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    /// A fixed port.
+    Fixed(u16),
+    /// `"auto"`.
+    Named(String),
+}
+
+/// Server settings: shared in `[server]`, overridable per arm in `[arms.server]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    launcher: Option<LauncherKind>,
+    command: Option<Vec<String>>,
+    args: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    cwd: Option<PathBuf>,
+    url: Option<String>,
+    port: Option<PortSpec>,
+    health_timeout: Option<String>,
+    engine: Option<Engine>,
+    compose_file: Option<PathBuf>,
+    service: Option<String>,
+    project: Option<String>,
+    log_file: Option<PathBuf>,
+    log_command: Option<Vec<String>>,
+    metrics_interval: Option<String>,
+}
+
+impl RawServer {
+    fn merged(&self, over: &RawServer) -> RawServer {
+        macro_rules! pick {
+            ($($f:ident),*) => { RawServer { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* } };
+        }
+        let mut m = pick!(
+            launcher, command, args, env, cwd, url, port, health_timeout, engine, compose_file,
+            service, project, log_file, log_command, metrics_interval
+        );
+        // Environment tables merge key by key (the arm wins).
+        if let (Some(base), Some(arm)) = (&self.env, &over.env) {
+            let mut env = base.clone();
+            env.extend(arm.clone());
+            m.env = Some(env);
+        }
+        m
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArm {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: Option<String>,
+    /// Arguments appended to the server's arguments.
+    #[serde(default)]
+    args: Vec<String>,
+    /// Flags whose value is replaced (or added): `"--kv-cache-dtype" = "fp8"`; `true` adds a bare
+    /// flag, `false` removes it.
+    #[serde(default)]
+    set: BTreeMap<String, toml::Value>,
+    /// Flags removed (with their value).
+    #[serde(default)]
+    remove: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    server: Option<RawServer>,
+    #[serde(default)]
+    workload: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    quality: Option<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExperiment {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    workload: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    quality: Option<toml::Table>,
+    #[serde(default)]
+    decision: Option<toml::Table>,
+    arms: Vec<Spanned<RawArm>>,
+}
+
+/// A launcher with everything it needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "launcher", rename_all = "snake_case")]
+pub enum LaunchSpec {
+    /// Start `program args...` in its own process group.
+    Process {
+        /// Program.
+        program: String,
+        /// Arguments (`{port}` substituted at launch).
+        args: Vec<String>,
+        /// Extra environment.
+        env: BTreeMap<String, String>,
+        /// Working directory.
+        cwd: Option<PathBuf>,
+    },
+    /// Bring up a compose service with an override that sets its command.
+    Compose {
+        /// The user's compose file (never edited).
+        file: PathBuf,
+        /// Service name.
+        service: String,
+        /// Compose project name, if set.
+        project: Option<String>,
+        /// The service's arguments for this arm; `None` = read the service's current command
+        /// with `docker compose config` and apply the arm's changes to it.
+        base_args: Option<Vec<String>>,
+        /// Extra environment for the service.
+        env: BTreeMap<String, String>,
+    },
+    /// Use a running server.
+    Attach {
+        /// A log file to read.
+        log_file: Option<PathBuf>,
+        /// A command whose output is the log (e.g. `docker logs -f NAME`).
+        log_command: Option<Vec<String>>,
+    },
+}
+
+/// Argument changes an arm makes to the shared arguments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ArgChanges {
+    /// Appended.
+    pub append: Vec<String>,
+    /// Replaced or added (`None` = bare flag).
+    pub set: Vec<(String, Option<String>)>,
+    /// Removed.
+    pub remove: Vec<String>,
+}
+
+/// One arm, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmPlan {
+    /// Experiment name.
+    pub experiment: String,
+    /// Arm name.
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Launcher.
+    pub launch: LaunchSpec,
+    /// The arm's argument changes (applied to the base arguments).
+    pub changes: ArgChanges,
+    /// URL (may contain `{port}`).
+    pub url: String,
+    /// Port (None: from the URL).
+    pub port: Option<PortSpec>,
+    /// Engine, when forced.
+    pub engine: Engine,
+    /// Limit on launch-to-healthy.
+    pub health_timeout: Duration,
+    /// `/metrics` scrape interval.
+    pub metrics_interval: Duration,
+    /// `kvbench run` flags for the workload (from `[workload]` and `[arms.workload]`).
+    pub workload_args: Vec<String>,
+    /// Quality settings (`[quality]` merged with `[arms.quality]`), if any.
+    pub quality: Option<toml::Table>,
+}
+
+/// A parsed experiment.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    /// Name (used in file names).
+    pub name: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Arms in file order.
+    pub arms: Vec<ArmPlan>,
+    /// `[decision]` policy table, if any.
+    pub decision: Option<toml::Table>,
+    /// The file it came from.
+    pub path: PathBuf,
+}
+
+impl Experiment {
+    /// The arm called `name`; a one-line error listing the arms otherwise.
+    pub fn arm(&self, name: &str) -> anyhow::Result<&ArmPlan> {
+        self.arms.iter().find(|a| a.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.arms.iter().map(|a| a.name.as_str()).collect();
+            anyhow::anyhow!(
+                "{}: no arm named {name:?} (arms: {})",
+                self.path.display(),
+                names.join(", ")
+            )
+        })
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// Reads and validates an experiment file.
+pub fn load(path: &Path) -> anyhow::Result<Experiment> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read experiment {}: {e}", path.display()))?;
+    parse(&text, path)
+}
+
+/// Validates experiment text (`path` is used in messages and to resolve relative paths).
+pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
+    let file = path.display().to_string();
+    let raw: RawExperiment = toml::from_str(text).map_err(|e| {
+        let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        match e.span() {
+            Some(s) => {
+                let (l, c) = line_col(text, s.start);
+                anyhow::anyhow!("{file}:{l}:{c}: {msg}")
+            }
+            None => anyhow::anyhow!("{file}: {msg}"),
+        }
+    })?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    if raw.name.trim().is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        bail!("{file}: key `name` must be non-empty and use only letters, digits, '-', '_' or '.'");
+    }
+    if raw.arms.is_empty() {
+        bail!("{file}: at least one [[arms]] entry is needed");
+    }
+    let mut arms = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
+    for (i, arm) in raw.arms.iter().enumerate() {
+        let (line, _) = line_col(text, arm.span().start);
+        let a = arm.get_ref();
+        let name = a.name.get_ref().clone();
+        let (name_line, _) = line_col(text, a.name.span().start);
+        let at = |key: &str| format!("{file}:{name_line}: arms[{i}] ({name:?}) key `{key}`");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            bail!("{}: must be non-empty and use only letters, digits, '-', '_' or '.'", at("name"));
+        }
+        if !names.insert(name.clone()) {
+            bail!("{}: the name {name:?} is used twice", at("name"));
+        }
+        let _ = line;
+        let server = raw.server.merged(a.server.as_ref().unwrap_or(&RawServer::default()));
+        let mut env = server.env.clone().unwrap_or_default();
+        env.extend(a.env.clone());
+        let launcher = server.launcher.unwrap_or(LauncherKind::Process);
+        let mut set = Vec::new();
+        for (k, v) in &a.set {
+            if !k.starts_with('-') {
+                bail!("{}: {k:?} is not a flag (flags start with '-')", at("set"));
+            }
+            match v {
+                toml::Value::Boolean(true) => set.push((k.clone(), None)),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => set.push((k.clone(), Some(s.clone()))),
+                toml::Value::Integer(n) => set.push((k.clone(), Some(n.to_string()))),
+                toml::Value::Float(x) => set.push((k.clone(), Some(x.to_string()))),
+                _ => bail!("{}: the value of {k:?} must be a string, number or boolean", at("set")),
+            }
+        }
+        let mut remove = a.remove.clone();
+        remove.extend(
+            a.set
+                .iter()
+                .filter(|(_, v)| matches!(v, toml::Value::Boolean(false)))
+                .map(|(k, _)| k.clone()),
+        );
+        let changes = ArgChanges {
+            append: a.args.clone(),
+            set,
+            remove,
+        };
+        let launch = match launcher {
+            LauncherKind::Process => {
+                let command = server
+                    .command
+                    .clone()
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("{}: required for launcher \"process\" (e.g. command = [\"vllm\", \"serve\", \"MODEL\"])", at("server.command")))?;
+                let mut args = command[1..].to_vec();
+                args.extend(server.args.clone().unwrap_or_default());
+                LaunchSpec::Process {
+                    program: command[0].clone(),
+                    args,
+                    env: env.clone(),
+                    cwd: server.cwd.clone().map(|p| base_dir.join(p)),
+                }
+            }
+            LauncherKind::Compose => {
+                let f = server.compose_file.clone().ok_or_else(|| {
+                    anyhow::anyhow!("{}: required for launcher \"compose\"", at("server.compose_file"))
+                })?;
+                let service = server.service.clone().ok_or_else(|| {
+                    anyhow::anyhow!("{}: required for launcher \"compose\"", at("server.service"))
+                })?;
+                if server.url.is_none() {
+                    bail!("{}: required for launcher \"compose\" (e.g. http://127.0.0.1:8000)", at("server.url"));
+                }
+                LaunchSpec::Compose {
+                    file: base_dir.join(f),
+                    service,
+                    project: server.project.clone(),
+                    base_args: server.args.clone(),
+                    env: env.clone(),
+                }
+            }
+            LauncherKind::Attach => {
+                if server.url.is_none() {
+                    bail!("{}: required for launcher \"attach\"", at("server.url"));
+                }
+                if !changes.append.is_empty() || !changes.set.is_empty() || !changes.remove.is_empty() {
+                    bail!("{}: an attached server cannot change its arguments: start it yourself, or use launcher \"process\" or \"compose\"", at("args"));
+                }
+                LaunchSpec::Attach {
+                    log_file: server.log_file.clone().map(|p| base_dir.join(p)),
+                    log_command: server.log_command.clone(),
+                }
+            }
+        };
+        let port = server.port.clone();
+        if let Some(PortSpec::Named(s)) = &port {
+            if s != "auto" {
+                bail!("{}: must be a number or \"auto\"", at("server.port"));
+            }
+        }
+        let url = server.url.clone().unwrap_or_else(|| "http://127.0.0.1:{port}".to_owned());
+        if url.contains("{port}") && port.is_none() && launcher != LauncherKind::Process {
+            bail!("{}: the URL uses {{port}} but no port is set", at("server.url"));
+        }
+        let parse_d = |v: &Option<String>, key: &str, default: Duration| -> anyhow::Result<Duration> {
+            match v {
+                None => Ok(default),
+                Some(s) => humantime::parse_duration(s)
+                    .map_err(|_| anyhow::anyhow!("{}: {s:?} is not a duration (e.g. \"600s\")", at(key))),
+            }
+        };
+        let health_timeout = parse_d(&server.health_timeout, "server.health_timeout", Duration::from_secs(900))?;
+        let metrics_interval = parse_d(&server.metrics_interval, "server.metrics_interval", Duration::from_secs(1))?;
+
+        let mut workload = raw.workload.as_ref().map(|w| w.get_ref().clone()).unwrap_or_default();
+        if let Some(w) = &a.workload {
+            workload.extend(w.get_ref().clone());
+        }
+        let spans: Vec<usize> = [a.workload.as_ref(), raw.workload.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|w| w.span().start)
+            .collect();
+        let located = |e: String| {
+            let line = key_line(text, &spans, &e).unwrap_or(name_line);
+            anyhow::anyhow!("{file}:{line}: [workload] {e}")
+        };
+        let workload_args = workload_to_args(&workload).map_err(located)?;
+        // Validate the workload now with the real `kvbench run` parser.
+        check_workload(&workload_args).map_err(located)?;
+        let mut quality = raw.quality.clone();
+        if let Some(q) = &a.quality {
+            quality.get_or_insert_with(Default::default).extend(q.clone());
+        }
+        arms.push(ArmPlan {
+            experiment: raw.name.clone(),
+            name,
+            description: a.description.clone(),
+            launch,
+            changes,
+            url,
+            port,
+            engine: server.engine.unwrap_or(Engine::Auto),
+            health_timeout,
+            metrics_interval,
+            workload_args,
+            quality,
+        });
+    }
+    Ok(Experiment {
+        name: raw.name,
+        description: raw.description,
+        arms,
+        decision: raw.decision,
+        path: path.to_owned(),
+    })
+}
+
+/// The line of the first backquoted key named in `msg`, searched from each table start.
+fn key_line(text: &str, starts: &[usize], msg: &str) -> Option<usize> {
+    let key = regex::Regex::new(r"`([a-z0-9_]+)`").ok()?.captures(msg)?[1].to_owned();
+    let re = regex::Regex::new(&format!(r"(?m)^\s*{}\s*=", regex::escape(&key))).ok()?;
+    starts
+        .iter()
+        .find_map(|&s| re.find_at(text, s.min(text.len())))
+        .map(|m| line_col(text, m.start() + m.as_str().len() - m.as_str().trim_start().len()).0)
+}
+
+/// Keys of `[workload]` that are not `kvbench run` options (set by kvbench itself).
+const RESERVED_WORKLOAD_KEYS: &[&str] = &["url", "output", "journal", "quiet", "config", "arm"];
+
+/// Turns a `[workload]` table into `kvbench run` flags: `num_requests = 100` becomes
+/// `--num-requests 100`, `ignore_eos = true` becomes `--ignore-eos`, arrays repeat the flag.
+pub fn workload_to_args(t: &toml::Table) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (k, v) in t {
+        if RESERVED_WORKLOAD_KEYS.contains(&k.as_str()) {
+            return Err(format!("key `{k}` is set by kvbench itself and cannot appear here"));
+        }
+        let flag = format!("--{}", k.replace('_', "-"));
+        let mut push = |v: &toml::Value| -> Result<(), String> {
+            match v {
+                toml::Value::Boolean(true) => out.push(flag.clone()),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => {
+                    out.push(flag.clone());
+                    out.push(s.clone());
+                }
+                toml::Value::Integer(n) => {
+                    out.push(flag.clone());
+                    out.push(n.to_string());
+                }
+                toml::Value::Float(x) => {
+                    out.push(flag.clone());
+                    out.push(x.to_string());
+                }
+                _ => return Err(format!("key `{k}`: unsupported value {v}")),
+            }
+            Ok(())
+        };
+        match v {
+            toml::Value::Array(items) => {
+                for i in items {
+                    push(i)?;
+                }
+            }
+            other => push(other)?,
+        }
+    }
+    Ok(out)
+}
+
+fn check_workload(args: &[String]) -> Result<(), String> {
+    use clap::Parser;
+    let mut argv = vec!["kvbench", "run", "--url", "http://127.0.0.1:1", "--output", "x.json"];
+    argv.extend(args.iter().map(String::as_str));
+    crate::cli::Cli::try_parse_from(argv).map(|_| ()).map_err(|e| {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("invalid").trim_start_matches("error: ");
+        // Name TOML keys, not flags.
+        let re = regex::Regex::new(r"--([a-z0-9-]+)").expect("valid");
+        let named = re.replace_all(first, |c: &regex::Captures| format!("`{}`", c[1].replace('-', "_")));
+        let value_names = regex::Regex::new(r" <[A-Z_]+>").expect("valid");
+        value_names.replace_all(&named, "").into_owned()
+    })
+}
+
+/// Applies an arm's changes to base arguments: removals, then replacements in place (or
+/// appended when absent), then appended arguments. `--flag=value` and `--flag value` are both
+/// understood; a value is a following token that does not start with `-` (or is a number).
+pub fn apply_changes(base: &[String], ch: &ArgChanges) -> Vec<String> {
+    let mut args: Vec<String> = base.to_vec();
+    let takes_value = |args: &[String], i: usize| -> bool {
+        args.get(i + 1)
+            .is_some_and(|v| !v.starts_with('-') || v.parse::<f64>().is_ok())
+    };
+    let find = |args: &[String], flag: &str| -> Option<usize> {
+        args.iter()
+            .position(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    for flag in &ch.remove {
+        while let Some(i) = find(&args, flag) {
+            let n = if args[i] == *flag && takes_value(&args, i) { 2 } else { 1 };
+            args.drain(i..i + n);
+        }
+    }
+    for (flag, value) in &ch.set {
+        let replacement: Vec<String> = match value {
+            Some(v) => vec![flag.clone(), v.clone()],
+            None => vec![flag.clone()],
+        };
+        match find(&args, flag) {
+            Some(i) => {
+                let n = if args[i] == *flag && takes_value(&args, i) { 2 } else { 1 };
+                args.splice(i..i + n, replacement);
+                // Drop any later duplicates of the flag.
+                while let Some(j) = args[i + 1..].iter().position(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+                    let j = i + 1 + j;
+                    let n = if args[j] == *flag && takes_value(&args, j) { 2 } else { 1 };
+                    args.drain(j..j + n);
+                }
+            }
+            None => args.extend(replacement),
+        }
+    }
+    args.extend(ch.append.iter().cloned());
+    args
+}
+
+/// The value of `flag` in `args` (`--flag v` or `--flag=v`); `Some("")` for a bare flag.
+pub fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    let i = args
+        .iter()
+        .position(|a| a == flag || a.starts_with(&format!("{flag}=")))?;
+    if let Some(v) = args[i].strip_prefix(&format!("{flag}=")) {
+        return Some(v.to_owned());
+    }
+    match args.get(i + 1) {
+        Some(v) if !v.starts_with('-') => Some(v.clone()),
+        _ => Some(String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

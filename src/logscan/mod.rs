@@ -1,0 +1,397 @@
+//! What a server says about itself in its log: catalogued warnings (de-duplicated across
+//! tensor-parallel ranks), other WARNING/ERROR lines, facts (KV-cache capacity, version,
+//! backend), and the classification of a server that died before it was healthy.
+//!
+//! The catalog is data (`catalog.toml`, embedded; `--catalog FILE` replaces it), so a new
+//! warning text needs no code change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::Context;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// The embedded default catalog.
+pub const DEFAULT_CATALOG: &str = include_str!("catalog.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(default)]
+    warning: Vec<RawWarning>,
+    #[serde(default)]
+    failure: Vec<RawFailure>,
+    #[serde(default)]
+    fact: Vec<RawFact>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarning {
+    id: String,
+    severity: Severity,
+    #[serde(default)]
+    category: Option<String>,
+    patterns: Vec<String>,
+    meaning: String,
+    #[serde(default)]
+    resolved_by: Vec<String>,
+    #[serde(default)]
+    silenced_by: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailure {
+    kind: String,
+    patterns: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFact {
+    name: String,
+    pattern: String,
+}
+
+/// Severity of a catalogued line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Informational (e.g. proof that the FP8 KV cache is in use).
+    Info,
+    /// A warning.
+    Warning,
+    /// An error.
+    Error,
+}
+
+/// A catalogued warning.
+#[derive(Debug, Clone)]
+pub struct WarningDef {
+    /// Stable id.
+    pub id: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Category (`fp8`, `platform`, `startup`).
+    pub category: Option<String>,
+    patterns: Vec<Regex>,
+    /// What it means, in words.
+    pub meaning: String,
+    /// Settings expected to resolve it.
+    pub resolved_by: Vec<String>,
+    /// Settings that hide it without changing behaviour.
+    pub silenced_by: Vec<String>,
+}
+
+/// A compiled catalog.
+#[derive(Debug)]
+pub struct Catalog {
+    /// Warnings, in catalog order.
+    pub warnings: Vec<WarningDef>,
+    failures: Vec<(String, Vec<Regex>)>,
+    facts: Vec<(String, Regex)>,
+}
+
+fn compile(p: &str, what: &str) -> anyhow::Result<Regex> {
+    Regex::new(p).with_context(|| format!("{what}: invalid pattern {p:?}"))
+}
+
+impl Catalog {
+    /// Parses and compiles a catalog; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let raw: RawCatalog =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {}", one_line(&e.to_string())))?;
+        let mut warnings = Vec::new();
+        let mut seen = BTreeSet::new();
+        for w in raw.warning {
+            if !seen.insert(w.id.clone()) {
+                anyhow::bail!("{origin}: warning id {:?} appears twice", w.id);
+            }
+            if w.patterns.is_empty() {
+                anyhow::bail!("{origin}: warning {:?} has no patterns", w.id);
+            }
+            let patterns = w
+                .patterns
+                .iter()
+                .map(|p| compile(p, &format!("{origin}: warning {}", w.id)))
+                .collect::<anyhow::Result<_>>()?;
+            warnings.push(WarningDef {
+                id: w.id,
+                severity: w.severity,
+                category: w.category,
+                patterns,
+                meaning: w.meaning,
+                resolved_by: w.resolved_by,
+                silenced_by: w.silenced_by,
+            });
+        }
+        let failures = raw
+            .failure
+            .into_iter()
+            .map(|f| {
+                let ps = f
+                    .patterns
+                    .iter()
+                    .map(|p| compile(p, &format!("{origin}: failure {}", f.kind)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Ok((f.kind, ps))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let facts = raw
+            .fact
+            .into_iter()
+            .map(|f| Ok((f.name.clone(), compile(&f.pattern, &format!("{origin}: fact {}", f.name))?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            warnings,
+            failures,
+            facts,
+        })
+    }
+
+    /// The embedded catalog.
+    pub fn default_catalog() -> &'static Catalog {
+        static C: OnceLock<Catalog> = OnceLock::new();
+        C.get_or_init(|| {
+            Catalog::parse(DEFAULT_CATALOG, "embedded catalog").expect("the embedded catalog is valid")
+        })
+    }
+
+    /// Loads `--catalog FILE`.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read catalog {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The definition of a warning id.
+    pub fn get(&self, id: &str) -> Option<&WarningDef> {
+        self.warnings.iter().find(|w| w.id == id)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// One warning found in a log, de-duplicated across ranks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarningHit {
+    /// Catalog id, or `other` for an uncatalogued WARNING/ERROR line.
+    pub id: String,
+    /// `info`, `warning` or `error`.
+    pub severity: Severity,
+    /// How many times it was printed (all ranks together).
+    pub count: u64,
+    /// How many distinct processes (tensor-parallel ranks, workers) printed it.
+    pub ranks: u64,
+    /// The first line that matched, as printed (ANSI codes removed).
+    pub first_line: String,
+    /// For `other`: the normalised text used to de-duplicate. For catalogued ids: `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// What it means (catalogued ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meaning: Option<String>,
+}
+
+/// Everything read from one log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogReport {
+    /// Warnings in order of first appearance.
+    pub warnings: Vec<WarningHit>,
+    /// Facts (first match of each).
+    pub facts: BTreeMap<String, serde_json::Value>,
+}
+
+struct Patterns {
+    ansi: Regex,
+    proc_prefix: Regex,
+    compose_prefix: Regex,
+    level: Regex,
+    header: Regex,
+    numbers: Regex,
+}
+
+fn patterns() -> &'static Patterns {
+    static P: OnceLock<Patterns> = OnceLock::new();
+    P.get_or_init(|| Patterns {
+        ansi: Regex::new(r"\x1b\[[0-9;?]*[A-Za-z]").expect("valid"),
+        proc_prefix: Regex::new(r"^\s*\(([^()]*?)\s+pid=(\d+)\)\s*").expect("valid"),
+        compose_prefix: Regex::new(r"^[\w.-]+(?:-\d+)?\s+\|\s?").expect("valid"),
+        level: Regex::new(r"\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b").expect("valid"),
+        header: Regex::new(
+            r"^(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\s+(?:\d\d-\d\d\s+)?(?:\d\d:\d\d:\d\d(?:\.\d+)?\s+)?(?:\[[^\]]*\]\s+)?",
+        )
+        .expect("valid"),
+        numbers: Regex::new(r"0x[0-9a-fA-F]+|\d+(?:\.\d+)?").expect("valid"),
+    })
+}
+
+/// A log line taken apart: which process printed it, and its message.
+struct Line<'a> {
+    raw: &'a str,
+    rank: String,
+    level: Option<&'static str>,
+    message: String,
+}
+
+fn split_line(raw: &str) -> Line<'_> {
+    let p = patterns();
+    let clean = p.ansi.replace_all(raw, "");
+    let mut rest: &str = &clean;
+    if let Some(m) = p.compose_prefix.find(rest) {
+        if m.start() == 0 && !rest.starts_with('(') {
+            rest = &rest[m.end()..];
+        }
+    }
+    let mut rank = "main".to_owned();
+    if let Some(c) = p.proc_prefix.captures(rest) {
+        rank = format!("{} pid={}", &c[1], &c[2]);
+        rest = &rest[c.get(0).map_or(0, |m| m.end())..];
+    }
+    // The level is the first level word near the start of the message (vLLM: `WARNING 11-27 ...`).
+    let level = p
+        .level
+        .find(rest)
+        .filter(|m| m.start() < 40)
+        .map(|m| match m.as_str() {
+            "DEBUG" => "DEBUG",
+            "INFO" => "INFO",
+            "WARNING" | "WARN" => "WARNING",
+            "ERROR" => "ERROR",
+            _ => "CRITICAL",
+        });
+    let message = p.header.replace(rest, "").trim().to_owned();
+    Line {
+        raw,
+        rank,
+        level,
+        message,
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    count: u64,
+    ranks: BTreeSet<String>,
+    first_line: String,
+    order: usize,
+}
+
+/// Applies `catalog` to a whole log text.
+pub fn scan(catalog: &Catalog, text: &str) -> LogReport {
+    let p = patterns();
+    let mut hits: BTreeMap<(String, String), Acc> = BTreeMap::new();
+    let mut facts = BTreeMap::new();
+    let mut order = 0usize;
+    for raw in text.lines() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let line = split_line(raw);
+        let clean = p.ansi.replace_all(line.raw, "").trim().to_owned();
+        for (name, re) in &catalog.facts {
+            if facts.contains_key(name) {
+                continue;
+            }
+            if let Some(c) = re.captures(&line.message).or_else(|| re.captures(&clean)) {
+                if let Some(v) = c.get(1) {
+                    facts.insert(name.clone(), fact_value(v.as_str()));
+                }
+            }
+        }
+        let def = catalog
+            .warnings
+            .iter()
+            .find(|w| w.patterns.iter().any(|r| r.is_match(&clean)));
+        let key = match (def, line.level) {
+            (Some(d), _) => (d.id.clone(), String::new()),
+            (None, Some("WARNING" | "ERROR" | "CRITICAL")) => {
+                let norm = p.numbers.replace_all(&line.message, "N").into_owned();
+                ("other".to_owned(), norm)
+            }
+            _ => continue,
+        };
+        let acc = hits.entry(key).or_insert_with(|| {
+            order += 1;
+            Acc {
+                first_line: clean.clone(),
+                order,
+                ..Acc::default()
+            }
+        });
+        acc.count += 1;
+        acc.ranks.insert(line.rank);
+    }
+    let mut list: Vec<((String, String), Acc)> = hits.into_iter().collect();
+    list.sort_by_key(|(_, a)| a.order);
+    let warnings = list
+        .into_iter()
+        .map(|((id, norm), acc)| {
+            let def = catalog.get(&id);
+            let severity = match def {
+                Some(d) => d.severity,
+                None if acc.first_line.contains("ERROR") || acc.first_line.contains("CRITICAL") => {
+                    Severity::Error
+                }
+                None => Severity::Warning,
+            };
+            WarningHit {
+                severity,
+                count: acc.count,
+                ranks: acc.ranks.len() as u64,
+                first_line: acc.first_line,
+                text: (id == "other").then_some(norm),
+                meaning: def.map(|d| d.meaning.clone()),
+                id,
+            }
+        })
+        .collect();
+    LogReport { warnings, facts }
+}
+
+fn fact_value(s: &str) -> serde_json::Value {
+    let plain = s.replace(',', "");
+    if let Ok(n) = plain.parse::<u64>() {
+        return n.into();
+    }
+    if let Ok(x) = plain.parse::<f64>() {
+        if let Some(n) = serde_json::Number::from_f64(x) {
+            return n.into();
+        }
+    }
+    s.into()
+}
+
+/// Classifies a server that exited before it was healthy: the first failure kind whose pattern
+/// matches a line, with that line; `None` when nothing matches (the caller says `crashed`).
+pub fn classify_failure(catalog: &Catalog, log: &str) -> Option<(String, String)> {
+    let ansi = &patterns().ansi;
+    for (kind, pats) in &catalog.failures {
+        for raw in log.lines() {
+            let clean = ansi.replace_all(raw, "");
+            if pats.iter().any(|p| p.is_match(&clean)) {
+                return Some((kind.clone(), clean.trim().to_owned()));
+            }
+        }
+    }
+    None
+}
+
+/// The last `n` lines of a log, ANSI codes removed.
+pub fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let ansi = &patterns().ansi;
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| ansi.replace_all(l, "").into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests;

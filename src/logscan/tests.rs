@@ -1,0 +1,128 @@
+//! Catalog tests on fixtures built from the exact texts in DOMAIN.md (tests/fixtures/logs/).
+
+use super::*;
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/logs/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn hit<'a>(r: &'a LogReport, id: &str) -> &'a WarningHit {
+    r.warnings
+        .iter()
+        .find(|w| w.id == id)
+        .unwrap_or_else(|| panic!("{id} not found in {:#?}", r.warnings))
+}
+
+#[test]
+fn embedded_catalog_is_valid() {
+    let c = Catalog::default_catalog();
+    for id in [
+        "fp8_q_scale_missing",
+        "fp8_kv_scale_default",
+        "fp8_qprob_scale_uncalibrated",
+        "fp8_kv_cache_in_use",
+        "calculate_kv_scales_deprecated",
+        "unrecognized_arguments",
+        "wsl_pin_memory",
+        "custom_allreduce_disabled",
+    ] {
+        assert!(c.get(id).is_some(), "{id}");
+    }
+    assert!(!c
+        .get("fp8_qprob_scale_uncalibrated")
+        .unwrap()
+        .resolved_by
+        .contains(&"calculate_kv_scales".to_owned()));
+}
+
+#[test]
+fn fp8_warnings_deduplicated_across_tensor_parallel_ranks() {
+    let r = scan(Catalog::default_catalog(), &fixture("vllm-fp8-tp2-wsl.log"));
+    for id in ["fp8_q_scale_missing", "fp8_kv_scale_default", "fp8_qprob_scale_uncalibrated"] {
+        let h = hit(&r, id);
+        assert_eq!((h.count, h.ranks), (2, 2), "{id}");
+        assert!(h.first_line.starts_with("(Worker_TP0 pid=311) WARNING"), "{}", h.first_line);
+        assert!(h.meaning.is_some());
+    }
+    assert_eq!(hit(&r, "custom_allreduce_disabled").ranks, 2);
+    assert_eq!(hit(&r, "wsl_pin_memory").count, 1);
+    assert_eq!(hit(&r, "fp8_kv_cache_in_use").severity, Severity::Info);
+    // Uncatalogued warnings are kept once, normalised, with their ranks counted.
+    let others: Vec<&WarningHit> = r.warnings.iter().filter(|w| w.id == "other").collect();
+    assert_eq!(others.len(), 1, "{others:#?}");
+    assert_eq!((others[0].count, others[0].ranks), (2, 2));
+    assert!(others[0].text.as_deref().unwrap().starts_with("Using default MoE config"));
+    assert_eq!(r.facts["kv_cache_tokens"], 93184);
+    assert_eq!(r.facts["max_concurrency"], 45.5);
+    assert_eq!(r.facts["max_concurrency_tokens_per_request"], 2048);
+    assert_eq!(r.facts["vllm_version"], "0.11.0");
+    assert_eq!(r.facts["kv_cache_dtype_logged"], "fp8");
+}
+
+#[test]
+fn calibrated_arm_keeps_qprob_warning_and_adds_deprecation() {
+    let r = scan(Catalog::default_catalog(), &fixture("vllm-fp8-calibrated.log"));
+    let ids: Vec<&str> = r.warnings.iter().map(|w| w.id.as_str()).collect();
+    assert!(ids.contains(&"calculate_kv_scales_deprecated"), "{ids:?}");
+    assert!(ids.contains(&"fp8_qprob_scale_uncalibrated"));
+    assert!(!ids.contains(&"fp8_q_scale_missing"));
+    assert!(!ids.contains(&"fp8_kv_scale_default"));
+    assert_eq!(r.facts["kv_cache_tokens"], 6741696);
+    assert_eq!(r.facts["attention_backend"], "FLASH_ATTN");
+    assert_eq!(r.facts["vllm_version"], "0.26.0");
+    assert!(r.facts["non_default_args"].as_str().unwrap().contains("calculate_kv_scales"));
+}
+
+#[test]
+fn new_warning_text_of_kv_scale_matches_too() {
+    let line = "(EngineCore_DP0 pid=1) WARNING 11-27 10:00:12 [kv_cache.py:151] Using KV cache scaling factor 1.0 for fp8_e4m3. If this is unintended, verify that k/v_scale scaling factors are properly set in the checkpoint.";
+    let r = scan(Catalog::default_catalog(), line);
+    assert_eq!(r.warnings.len(), 1);
+    assert_eq!(r.warnings[0].id, "fp8_kv_scale_default");
+}
+
+#[test]
+fn failures_are_classified() {
+    let c = Catalog::default_catalog();
+    let (kind, line) = classify_failure(c, &fixture("vllm-cpu-fp8-unsupported.log")).unwrap();
+    assert_eq!(kind, "unsupported_hardware");
+    assert!(line.contains("AVX-512"), "{line}");
+    let (kind, line) = classify_failure(c, &fixture("vllm-unrecognized-args.log")).unwrap();
+    assert_eq!(kind, "unsupported_argument");
+    assert!(line.contains("--calculate-kv-scales"));
+    let oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB";
+    assert_eq!(classify_failure(c, oom).unwrap().0, "out_of_memory");
+    assert_eq!(classify_failure(c, "Segmentation fault (core dumped)"), None);
+}
+
+#[test]
+fn compose_prefixes_and_ansi_codes_are_stripped() {
+    let log = "vllm-1  | \x1b[33mWARNING\x1b[0m 10-30 12:48:03 [interface.py:381] Using 'pin_memory=False' as WSL is detected.\nvllm-1  | WARNING 10-30 12:48:04 [x.py:1] Something odd 42 times\nvllm-1  | WARNING 10-30 12:48:05 [x.py:1] Something odd 43 times\n";
+    let r = scan(Catalog::default_catalog(), log);
+    assert_eq!(r.warnings[0].id, "wsl_pin_memory");
+    assert!(!r.warnings[0].first_line.contains('\x1b'));
+    let other = hit(&r, "other");
+    assert_eq!(other.count, 2, "numbers are normalised for de-duplication");
+    assert_eq!(other.text.as_deref(), Some("Something odd N times"));
+}
+
+#[test]
+fn a_user_catalog_replaces_the_default_and_bad_ones_are_rejected() {
+    let c = Catalog::parse(
+        "[[warning]]\nid = \"mine\"\nseverity = \"warning\"\npatterns = ['custom text']\nmeaning = \"m\"\n",
+        "user.toml",
+    )
+    .unwrap();
+    let r = scan(&c, "INFO custom text here");
+    assert_eq!(r.warnings[0].id, "mine");
+    let err = Catalog::parse("[[warning]]\nid = \"x\"\n", "bad.toml").unwrap_err().to_string();
+    assert!(err.starts_with("bad.toml:"), "{err}");
+    let err = Catalog::parse(
+        "[[warning]]\nid = \"x\"\nseverity = \"warning\"\npatterns = ['(']\nmeaning = \"m\"\n",
+        "bad.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("invalid pattern"), "{err}");
+}
