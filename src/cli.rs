@@ -209,6 +209,122 @@ pub struct RunArgs {
     /// No progress display and no summary table.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+
+    /// Quality suites (answer accuracy, cross-arm agreement).
+    #[command(flatten)]
+    pub quality: QualityArgs,
+}
+
+/// `kvbench run` quality options.
+#[derive(Debug, Args)]
+pub struct QualityArgs {
+    /// Quality suites to run after warmup, before measuring speed (comma-separated): passkey,
+    /// needle, arithmetic, copy, images, jsonl:PATH. See docs/quality.md.
+    #[arg(long, value_delimiter = ',', value_name = "SUITES")]
+    pub quality: Vec<crate::quality::SuiteSpec>,
+    /// Context lengths in tokens for passkey and needle (comma-separated) [default: 1024, 2048,
+    /// ... up to the server's maximum length].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(16..))]
+    pub quality_lengths: Vec<u32>,
+    /// Depths (0 = start, 1 = end) at which passkey and needle facts are hidden [default:
+    /// 0,0.25,0.5,0.75,1].
+    #[arg(long, value_delimiter = ',')]
+    pub quality_depths: Vec<f64>,
+    /// Items per generated quality suite (passkey and needle: at least this many, the same
+    /// number for every length and depth).
+    #[arg(long, default_value_t = crate::quality::DEFAULT_ITEMS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub quality_items: u32,
+    /// Top log-probabilities to ask for per answer token (cross-arm agreement; 0 = none).
+    #[arg(long, default_value_t = crate::quality::DEFAULT_LOGPROBS)]
+    pub quality_logprobs: u32,
+    /// Output budget of every quality item instead of each suite's own (thinking models).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub quality_max_tokens: Option<u32>,
+    /// Skip malformed lines of jsonl quality suites (reported with their line numbers)
+    /// instead of failing.
+    #[arg(long)]
+    pub quality_skip_invalid: bool,
+}
+
+impl QualityArgs {
+    /// Validates the `--quality*` options (user suites are read now, so a malformed line fails
+    /// before anything is sent). The quality journal goes next to the request journal.
+    pub fn into_config(
+        &self,
+        endpoint: Endpoint,
+        seed: u64,
+        journal: &std::path::Path,
+    ) -> anyhow::Result<Option<crate::quality::QualityConfig>> {
+        use crate::quality::{SuiteSpec, DEFAULT_DEPTHS};
+        if self.quality.is_empty() {
+            let set = !self.quality_lengths.is_empty()
+                || !self.quality_depths.is_empty()
+                || self.quality_max_tokens.is_some()
+                || self.quality_skip_invalid;
+            if set {
+                bail!("the --quality-* options need --quality SUITES");
+            }
+            return Ok(None);
+        }
+        if let Some(d) = self
+            .quality_depths
+            .iter()
+            .find(|d| !(0.0..=1.0).contains(*d))
+        {
+            bail!("--quality-depths: {d} is not between 0 and 1");
+        }
+        for (i, s) in self.quality.iter().enumerate() {
+            if self.quality[..i].iter().any(|t| t.name() == s.name()) {
+                bail!("--quality: suite {} is given twice", s.name());
+            }
+            match s {
+                SuiteSpec::Images if endpoint == Endpoint::Completions => {
+                    bail!("--quality images needs --endpoint chat")
+                }
+                SuiteSpec::Jsonl { path } => {
+                    crate::quality::jsonl::load(path, &s.name(), self.quality_skip_invalid, None)
+                        .map_err(|e| anyhow::anyhow!("--quality: {e:#}"))?;
+                }
+                _ => {}
+            }
+        }
+        let name = journal
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem = name
+            .strip_suffix(".requests.jsonl")
+            .unwrap_or(name.strip_suffix(".jsonl").unwrap_or(&name));
+        Ok(Some(crate::quality::QualityConfig {
+            suites: self.quality.clone(),
+            lengths: self.quality_lengths.clone(),
+            depths: if self.quality_depths.is_empty() {
+                DEFAULT_DEPTHS.to_vec()
+            } else {
+                self.quality_depths.clone()
+            },
+            items: self.quality_items,
+            logprobs: self.quality_logprobs,
+            max_tokens: self.quality_max_tokens,
+            seed,
+            skip_invalid: self.quality_skip_invalid,
+            journal: journal.with_file_name(format!("{stem}.quality.jsonl")),
+        }))
+    }
+}
+
+/// `kvbench scan-logs` options.
+#[derive(Debug, Args)]
+pub struct ScanLogsArgs {
+    /// Log files (read as one log, in order; `-` reads stdin).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print `{"warnings": [...], "facts": {...}}` instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Warnings catalog (TOML) replacing the embedded one.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
 }
 
 /// `kvbench test-server` options.
@@ -319,6 +435,9 @@ impl RunArgs {
                 );
             }
         }
+        let quality = self
+            .quality
+            .into_config(self.endpoint, self.seed, &journal)?;
         let images = (self.images > 0).then(|| ImageSpec {
             count: self.images,
             width: self.image_size.0,
@@ -364,6 +483,7 @@ impl RunArgs {
                 ProgressMode::Auto
             },
             arm: None,
+            quality,
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod experiment;
 pub mod logscan;
 pub mod metrics;
 pub mod output;
+pub mod quality;
 pub mod record;
 pub mod result;
 pub mod runner;

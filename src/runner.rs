@@ -71,6 +71,8 @@ pub struct RunConfig {
     pub progress: ProgressMode,
     /// Arm name (experiments).
     pub arm: Option<String>,
+    /// Quality suites to run after warmup, before the performance phase.
+    pub quality: Option<crate::quality::QualityConfig>,
 }
 
 /// How progress is shown on stderr.
@@ -260,7 +262,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
         Some(p) => Some(Arc::new(TokenCounter::from_file(p)?)),
         None => None,
     };
-    let workload = Workload::new(cfg.workload.clone(), tokenizer)?;
+    let workload = Workload::new(cfg.workload.clone(), tokenizer.clone())?;
     if workload.has_messages() && cfg.endpoint == Endpoint::Completions {
         bail!("the dataset has chat \"messages\": use --endpoint chat");
     }
@@ -365,6 +367,26 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
             let _ = h.await;
         }
     }
+
+    // Quality suites: after warmup, before the performance phase; per-item records go to their
+    // own journal next to the output.
+    let quality = match &cfg.quality {
+        Some(q) => {
+            let env = crate::quality::run::QualityEnv {
+                client: &ctx.client,
+                endpoint: cfg.endpoint,
+                model: pre.model.clone(),
+                engine: pre.engine,
+                no_prompt_cache: cfg.no_prompt_cache,
+                tokenizer: tokenizer.clone(),
+                facts: pre.facts.clone(),
+                origin,
+                progress: cfg.progress != ProgressMode::Quiet,
+            };
+            Some(crate::quality::run_suites(q, &env, &cancel).await?)
+        }
+        None => None,
+    };
 
     let measure_start = Instant::now();
     let deadline = cfg.duration.map(|d| measure_start + d);
@@ -486,7 +508,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
         duration_s: d.duration_s,
         warnings: Vec::new(),
         server_metrics: None,
-        quality: None,
+        quality,
         journal: Some(journal_display),
     };
     write_json(&cfg.output, &result)?;

@@ -98,6 +98,56 @@ pub struct TestServerConfig {
     pub fault_every: u64,
     /// `/v1/models` behaviour.
     pub models: ModelsMode,
+    /// Answer mode: when set, each response's text is this function of the prompt (the last
+    /// message's text, or the completions prompt), streamed word by word with finish reason
+    /// `stop` (`length` when cut by `max_tokens`), instead of ` tok0 tok1 ...`.
+    pub answers: Option<Answers>,
+}
+
+/// The answer function of the test server's answer mode.
+#[derive(Clone)]
+pub struct Answers(pub Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Answers(fn)")
+    }
+}
+
+/// The text a request asks about: the last message's text, or the completions prompt.
+fn prompt_text(body: &Value) -> String {
+    if let Some(p) = body.get("prompt").and_then(Value::as_str) {
+        return p.to_owned();
+    }
+    let last = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last());
+    match last.and_then(|m| m.get("content")) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// Splits an answer into word tokens, each after the first keeping its leading space.
+fn word_tokens(answer: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in answer.chars() {
+        if c == ' ' && !cur.is_empty() && !cur.ends_with(' ') {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(c);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 impl Default for TestServerConfig {
@@ -115,6 +165,7 @@ impl Default for TestServerConfig {
             fault: None,
             fault_every: 1,
             models: ModelsMode::Openai,
+            answers: None,
         }
     }
 }
@@ -252,8 +303,16 @@ fn respond(sh: Arc<Shared>, body: Value, chat: bool) -> Response {
         _ => {}
     }
     let max_tokens = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(16) as u32;
+    let texts = cfg.answers.as_ref().map(|a| {
+        let mut t = word_tokens(&(a.0)(&prompt_text(&body)));
+        let complete = t.len() <= max_tokens as usize;
+        t.truncate(max_tokens as usize);
+        (t, complete)
+    });
     let tokens = if fault == Some(Fault::ZeroTokens) {
         0
+    } else if let Some((t, _)) = &texts {
+        t.len() as u32
     } else {
         cfg.output_tokens.unwrap_or(max_tokens)
     };
@@ -261,7 +320,18 @@ fn respond(sh: Arc<Shared>, body: Value, chat: bool) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let cfg = cfg.clone();
     tokio::spawn(async move {
-        let _ = stream_tokens(&cfg, chat, tokens, prompt_tokens, fault, arrival, n, tx).await;
+        let _ = stream_tokens(
+            &cfg,
+            chat,
+            tokens,
+            prompt_tokens,
+            fault,
+            arrival,
+            n,
+            texts,
+            tx,
+        )
+        .await;
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -305,6 +375,7 @@ async fn stream_tokens(
     fault: Option<Fault>,
     arrival: Instant,
     n: u64,
+    texts: Option<(Vec<String>, bool)>,
     tx: Tx,
 ) -> Result<(), ()> {
     let f = Framer { cfg, tx: &tx };
@@ -332,7 +403,10 @@ async fn stream_tokens(
         if fault == Some(Fault::Malformed) && k == 1 {
             f.send("{\"choices\": [oops").await?;
         }
-        let text = format!(" tok{k}");
+        let text = match &texts {
+            Some((t, _)) => t[k as usize].clone(),
+            None => format!(" tok{k}"),
+        };
         let reasoning = k < cfg.reasoning_tokens;
         let chunk = if chat {
             let delta = match (reasoning, llama) {
@@ -370,7 +444,12 @@ async fn stream_tokens(
     if tokens == 0 {
         tokio::time::sleep_until(arrival + cfg.ttft).await;
     }
-    let reason = if tokens == 0 { "stop" } else { "length" };
+    let reason = match &texts {
+        Some((_, true)) => "stop",
+        Some((_, false)) => "length",
+        None if tokens == 0 => "stop",
+        None => "length",
+    };
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
         "total_tokens": prompt_tokens + tokens as u64});
     let timings = json!({"prompt_n": prompt_tokens, "predicted_n": tokens,

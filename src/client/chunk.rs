@@ -32,6 +32,29 @@ pub struct ChunkInfo {
     pub usage: Option<Usage>,
     /// Whether the chunk had llama.cpp `timings`.
     pub has_timings: bool,
+    /// Per-token log-probabilities of the first choice, when the server sent them.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
+/// One alternative at an output position: a token and its log-probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// Token text as the server spells it.
+    pub token: String,
+    /// Natural-log probability.
+    pub logprob: f64,
+}
+
+/// The log-probability of one output token and the server's top alternatives at its position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token that was produced.
+    pub token: String,
+    /// Its natural-log probability.
+    pub logprob: f64,
+    /// The top alternatives the server returned (it may include the token itself).
+    #[serde(default)]
+    pub top: Vec<TopLogprob>,
 }
 
 /// The meaning of one SSE event.
@@ -71,6 +94,9 @@ struct RawChoice {
     text: Option<String>,
     #[serde(default)]
     finish_reason: Option<String>,
+    /// Kept as a raw value: an unexpected shape must never make the chunk malformed.
+    #[serde(default)]
+    logprobs: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -148,10 +174,79 @@ pub fn decode(data: &[u8]) -> Event {
         if info.content.is_none() {
             info.content = non_empty(choice.text);
         }
+        if let Some(lp) = &choice.logprobs {
+            info.logprobs = parse_logprobs(lp);
+        }
     }
     Event::Chunk(info)
 }
 
+/// Reads a choice's `logprobs` in either wire shape: chat's `{"content": [{"token", "logprob",
+/// "top_logprobs": [{"token", "logprob"}]}]}` (OpenAI, vLLM, llama.cpp), or the legacy
+/// completions shape `{"tokens": [...], "token_logprobs": [...], "top_logprobs": [{tok: lp}]}`.
+/// Anything else (including `null`) gives nothing.
+pub fn parse_logprobs(v: &serde_json::Value) -> Vec<TokenLogprob> {
+    use serde_json::Value;
+    let num = |v: Option<&Value>| v.and_then(Value::as_f64);
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    if let Some(Value::Array(content)) = v.get("content") {
+        return content
+            .iter()
+            .filter_map(|t| {
+                let top = match t.get("top_logprobs") {
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|alt| {
+                            Some(TopLogprob {
+                                token: text(alt.get("token"))?,
+                                logprob: num(alt.get("logprob"))?,
+                            })
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                Some(TokenLogprob {
+                    token: text(t.get("token"))?,
+                    logprob: num(t.get("logprob"))?,
+                    top,
+                })
+            })
+            .collect();
+    }
+    let (Some(Value::Array(tokens)), Some(Value::Array(lps))) =
+        (v.get("tokens"), v.get("token_logprobs"))
+    else {
+        return Vec::new();
+    };
+    let tops = v.get("top_logprobs").and_then(Value::as_array);
+    tokens
+        .iter()
+        .zip(lps)
+        .enumerate()
+        .filter_map(|(i, (t, lp))| {
+            let mut top: Vec<TopLogprob> = tops
+                .and_then(|a| a.get(i))
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| {
+                            Some(TopLogprob {
+                                token: k.clone(),
+                                logprob: v.as_f64()?,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            top.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+            Some(TokenLogprob {
+                token: t.as_str()?.to_owned(),
+                logprob: lp.as_f64()?,
+                top,
+            })
+        })
+        .collect()
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +333,36 @@ mod tests {
             decode(br#"{"object":"error","message":"bad","type":"BadRequestError","code":400}"#),
             Event::Error("bad".into())
         );
+    }
+
+    #[test]
+    fn chat_logprobs_with_top_alternatives() {
+        let c = chunk(
+            r#"{"choices":[{"delta":{"content":" Paris"},"logprobs":{"content":[{"token":" Paris","logprob":-0.1,"bytes":[32],"top_logprobs":[{"token":" Paris","logprob":-0.1},{"token":" Lyon","logprob":-2.5}]}]},"finish_reason":null}]}"#,
+        );
+        assert_eq!(c.content.as_deref(), Some(" Paris"));
+        assert_eq!(c.logprobs.len(), 1);
+        assert_eq!(c.logprobs[0].token, " Paris");
+        assert_eq!(c.logprobs[0].logprob, -0.1);
+        assert_eq!(c.logprobs[0].top.len(), 2);
+        assert_eq!(c.logprobs[0].top[1].token, " Lyon");
+    }
+
+    #[test]
+    fn legacy_completion_logprobs_and_odd_shapes() {
+        let c = chunk(
+            r#"{"choices":[{"text":" a b","logprobs":{"tokens":[" a"," b"],"token_logprobs":[-0.5,-1.0],"top_logprobs":[{" a":-0.5," c":-1.5},{" d":-0.9," b":-1.0}],"text_offset":[0,2]}}]}"#,
+        );
+        assert_eq!(c.logprobs.len(), 2);
+        assert_eq!(c.logprobs[1].token, " b");
+        // Alternatives are ordered by probability.
+        assert_eq!(c.logprobs[1].top[0].token, " d");
+        // A shape kvbench does not know, or null, is ignored and the chunk is still a token.
+        let c = chunk(r#"{"choices":[{"text":"x","logprobs":{"weird":1}}]}"#);
+        assert!(c.logprobs.is_empty());
+        assert_eq!(c.content.as_deref(), Some("x"));
+        let c = chunk(r#"{"choices":[{"text":"x","logprobs":[1,2]}]}"#);
+        assert!(c.logprobs.is_empty());
     }
 
     #[test]

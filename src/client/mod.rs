@@ -163,6 +163,36 @@ impl Client {
         keep_text: bool,
         cancel: &CancellationToken,
     ) {
+        self.stream_inner(endpoint, body, rec, origin, keep_text, cancel, None)
+            .await;
+    }
+
+    /// [`Client::stream`], also collecting the per-token log-probabilities the server sends
+    /// (when the body asked for them) into `logprobs`, in order.
+    pub async fn stream_with_logprobs(
+        &self,
+        endpoint: Endpoint,
+        body: bytes::Bytes,
+        rec: &mut RequestRecord,
+        origin: Instant,
+        cancel: &CancellationToken,
+        logprobs: &mut Vec<chunk::TokenLogprob>,
+    ) {
+        self.stream_inner(endpoint, body, rec, origin, true, cancel, Some(logprobs))
+            .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_inner(
+        &self,
+        endpoint: Endpoint,
+        body: bytes::Bytes,
+        rec: &mut RequestRecord,
+        origin: Instant,
+        keep_text: bool,
+        cancel: &CancellationToken,
+        logprobs: Option<&mut Vec<chunk::TokenLogprob>>,
+    ) {
         let path = match endpoint {
             Endpoint::Chat => "chat/completions",
             Endpoint::Completions => "completions",
@@ -223,6 +253,7 @@ impl Client {
 
         let mut state = StreamState {
             keep_text,
+            logprobs,
             ..StreamState::default()
         };
         let mut parser = SseParser::new();
@@ -306,8 +337,10 @@ fn fail(rec: &mut RequestRecord, kind: ErrorKind, msg: &str) {
 
 /// Per-stream parsing state, applied to the record as events arrive.
 #[derive(Default)]
-struct StreamState {
+struct StreamState<'a> {
     keep_text: bool,
+    /// Where to collect log-probabilities, when asked.
+    logprobs: Option<&'a mut Vec<chunk::TokenLogprob>>,
     saw_done: bool,
     stop: bool,
     valid_chunks: u32,
@@ -315,7 +348,7 @@ struct StreamState {
     reasoning: String,
 }
 
-impl StreamState {
+impl StreamState<'_> {
     fn on_event(&mut self, data: &[u8], t: u64, rec: &mut RequestRecord) {
         if self.stop || self.saw_done {
             return;
@@ -350,6 +383,9 @@ impl StreamState {
                     if let Some(s) = &c.reasoning {
                         self.reasoning.push_str(s);
                     }
+                }
+                if let Some(out) = self.logprobs.as_deref_mut() {
+                    out.extend(c.logprobs);
                 }
                 if let Some(f) = c.finish_reason {
                     rec.finish_reason = Some(f);

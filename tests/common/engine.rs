@@ -1,0 +1,128 @@
+//! Real engines for end-to-end tests: locating them through the variables that
+//! `scripts/setup-engines.sh` prints (`scripts/test.sh` exports them), skipping with a printed
+//! reason when absent (failing instead when `KVBENCH_REQUIRE_ENGINES` names the engine), and
+//! running a server in its own process group that is killed with the group when dropped.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Engines run one at a time within a test binary: the machine has two cores.
+pub static ENGINE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether CI requires `engine` (a missing engine then fails instead of skipping).
+pub fn required(engine: &str) -> bool {
+    std::env::var("KVBENCH_REQUIRE_ENGINES")
+        .map(|v| v == "all" || v.split(',').any(|e| e == engine))
+        .unwrap_or(false)
+}
+
+/// The value of each variable, or `None` after printing why the test skips.
+pub fn engine_vars(engine: &str, vars: &[&str]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for v in vars {
+        match std::env::var(v).ok().filter(|s| !s.is_empty()) {
+            Some(s) => out.push(s),
+            None => {
+                let msg = format!(
+                    "{engine}: ${v} is not set; run scripts/setup-engines.sh (scripts/test.sh does)"
+                );
+                if required(engine) {
+                    panic!("{msg}");
+                }
+                // Written to stderr directly so the reason shows even when output is captured.
+                let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process in its own process group, killed with the group when dropped.
+pub struct Server {
+    child: Child,
+    /// Base URL.
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `cmd` (listening on `port`) with its output in `log`.
+    pub fn start(mut cmd: Command, port: u16, log: &Path) -> Server {
+        let file = std::fs::File::create(log).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .process_group(0);
+        let child = cmd.spawn().expect("engine starts");
+        Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log: log.to_owned(),
+        }
+    }
+
+    /// The last 30 lines of the server's log.
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Polls `/health` until 200; panics with the log's tail if the process dies or time runs out.
+    pub async fn wait_healthy(&mut self, limit: Duration) -> Duration {
+        let t0 = Instant::now();
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("server exited early ({status}):\n{}", self.log_tail());
+            }
+            if let Ok(r) = client
+                .get(format!("{}/health", self.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return t0.elapsed();
+                }
+            }
+            if t0.elapsed() > limit {
+                panic!("server not healthy after {limit:?}:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pgid = self.child.id() as i32;
+        let _ = Command::new("kill")
+            .args(["-TERM", &format!("-{pgid}")])
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{pgid}")])
+            .status();
+        let _ = self.child.wait();
+    }
+}
