@@ -32,9 +32,20 @@ pub enum Command {
     /// Example: kvbench run --url http://127.0.0.1:8000 --num-requests 200 --concurrency 16
     /// --input-len 1024 --max-tokens 128 --output baseline.json
     Run(Box<RunArgs>),
+    /// Apply the warnings catalog to saved server logs: FP8 warnings and others, de-duplicated
+    /// across tensor-parallel ranks, with facts such as KV-cache capacity.
+    ///
+    /// Example: kvbench scan-logs vllm.log --json | jq '.warnings[].id'
+    ScanLogs(ScanLogsArgs),
     /// Serve a streaming test server with known delays (for checking kvbench itself).
     #[command(hide = true)]
     TestServer(TestServerArgs),
+    /// Measure kvbench's own ceiling on this machine: token events/s per client core, CPU per
+    /// million events, memory per stream, and TTFT/ITL measurement error against a loopback
+    /// server with known timing.
+    ///
+    /// Example: kvbench selftest --concurrency 1000 --events-per-s 20000 --json
+    Selftest(SelftestArgs),
 }
 
 /// Rate value: a positive number of requests per second, or `inf` (all at once).
@@ -104,12 +115,62 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Options that come from the experiment file when `--config` is given.
+const CONFIG_CONFLICTS: &[&str] = &[
+    "url",
+    "model",
+    "endpoint",
+    "engine",
+    "num_requests",
+    "duration",
+    "concurrency",
+    "request_rate",
+    "arrival",
+    "burstiness",
+    "max_concurrency",
+    "input_len",
+    "max_tokens",
+    "ignore_eos",
+    "temperature",
+    "top_p",
+    "seed",
+    "warmup",
+    "dataset",
+    "tokenizer",
+    "allow_prefix_cache",
+    "images",
+    "image_size",
+    "image_files",
+    "api_key_env",
+    "headers",
+    "timeout",
+    "journal",
+];
+
 /// `kvbench run` options.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Server URL: root (http://host:8000) or API base (http://host:8000/v1).
-    #[arg(long)]
-    pub url: String,
+    #[arg(long, required_unless_present = "config")]
+    pub url: Option<String>,
+
+    /// Launch an arm of this experiment file (server settings and workload come from the file;
+    /// see docs/experiment.md) instead of measuring --url.
+    #[arg(long, value_name = "EXP.toml", requires = "arm", conflicts_with_all = CONFIG_CONFLICTS)]
+    pub config: Option<PathBuf>,
+    /// The arm of --config to run.
+    #[arg(long, requires = "config")]
+    pub arm: Option<String>,
+    /// With --config: directory for the arm's files, named as
+    /// benchmark_<experiment>_<arm>_YYYYMMDD_HHMMSS.{json,log,requests.jsonl} [default: .].
+    #[arg(long, requires = "config", conflicts_with = "output")]
+    pub out_dir: Option<PathBuf>,
+    /// With --config: print the command lines and files the arm would use, and stop.
+    #[arg(long, requires = "config")]
+    pub dry_run: bool,
+    /// Warnings catalog (TOML) replacing the embedded one; see docs/experiment.md.
+    #[arg(long, requires = "config")]
+    pub catalog: Option<PathBuf>,
     /// Model name to request [default: the first entry of /v1/models].
     #[arg(long)]
     pub model: Option<String>,
@@ -198,8 +259,8 @@ pub struct RunArgs {
     pub timeout: Duration,
 
     /// Result JSON path ("-" for stdout).
-    #[arg(long, short = 'o')]
-    pub output: PathBuf,
+    #[arg(long, short = 'o', required_unless_present = "config")]
+    pub output: Option<PathBuf>,
     /// Per-request journal (JSON lines) [default: next to --output, .requests.jsonl].
     #[arg(long)]
     pub journal: Option<PathBuf>,
@@ -348,12 +409,66 @@ pub struct TestServerArgs {
     /// Wire format.
     #[arg(long, value_enum, default_value_t = Flavor::Vllm)]
     pub flavor: Flavor,
+    /// Print this file to stdout at start-up (imitates a server's start-up log).
+    #[arg(long)]
+    pub print: Option<PathBuf>,
+    /// Exit with this code right after printing (imitates a server that fails to start).
+    #[arg(long)]
+    pub exit: Option<i32>,
+}
+
+/// `kvbench selftest` options.
+#[derive(Debug, Args)]
+pub struct SelftestArgs {
+    /// Streams in flight (closed loop).
+    #[arg(long, short = 'c', default_value_t = 1000, value_parser = positive_usize)]
+    pub concurrency: usize,
+    /// Token events per second the server releases over all streams (each stream gets
+    /// one token every concurrency / events-per-s seconds).
+    #[arg(long, default_value_t = 20000.0, value_parser = positive_f64)]
+    pub events_per_s: f64,
+    /// Output tokens asked per request (each answer has between half and all of them).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tokens: u32,
+    /// Synthetic prompt length in tokens (estimated).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub input_len: u32,
+    /// Server delay to the first token, ms.
+    #[arg(long, default_value_t = 20)]
+    pub ttft_ms: u64,
+    /// Requests per stream: the run sends concurrency × this many requests.
+    #[arg(long, default_value_t = 4, value_parser = positive_u64)]
+    pub requests_per_stream: u64,
+    /// Endpoint to call.
+    #[arg(long, value_enum, default_value_t = Endpoint::Chat)]
+    pub endpoint: Endpoint,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Only serve the fast loopback server on this address until Ctrl-C (used by
+    /// scripts/bench-client.sh; port 0 picks a free port; the URL is printed first).
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<SocketAddr>,
+    /// With --serve: gap between two tokens of a stream, ms [default: concurrency /
+    /// events-per-s].
+    #[arg(long, requires = "serve", value_parser = positive_f64)]
+    pub itl_ms: Option<f64>,
+    /// With --serve: answers have between half and all of max_tokens (by prompt), so
+    /// closed-loop streams do not stay in lock-step.
+    #[arg(long, requires = "serve")]
+    pub vary_length: bool,
 }
 
 impl RunArgs {
     /// Validates raw arguments into a run configuration (reads the API key from its variable).
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
-        crate::client::api_base(&self.url)?;
+        let Some(url) = self.url.clone() else {
+            bail!("--url is required");
+        };
+        let Some(output) = self.output.clone() else {
+            bail!("--output is required");
+        };
+        crate::client::api_base(&url)?;
         let api_key = match &self.api_key_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
                 anyhow::anyhow!("--api-key-env {var}: the environment variable {var} is not set")
@@ -416,21 +531,20 @@ impl RunArgs {
         }
         let journal = match self.journal {
             Some(j) => j,
-            None if self.output.as_os_str() == "-" => PathBuf::from("kvbench.requests.jsonl"),
+            None if output.as_os_str() == "-" => PathBuf::from("kvbench.requests.jsonl"),
             None => {
-                let stem = self
-                    .output
+                let stem = output
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "kvbench".into());
-                self.output.with_file_name(format!("{stem}.requests.jsonl"))
+                output.with_file_name(format!("{stem}.requests.jsonl"))
             }
         };
-        if let Some(dir) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if self.output.as_os_str() != "-" && !dir.is_dir() {
+        if let Some(dir) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if output.as_os_str() != "-" && !dir.is_dir() {
                 bail!(
                     "--output {}: directory {} does not exist",
-                    self.output.display(),
+                    output.display(),
                     dir.display()
                 );
             }
@@ -445,7 +559,7 @@ impl RunArgs {
             files: self.image_files.clone(),
         });
         Ok(RunConfig {
-            url: self.url,
+            url,
             model: self.model,
             endpoint: self.endpoint,
             engine: self.engine,
@@ -473,7 +587,7 @@ impl RunArgs {
             api_key,
             headers: self.headers,
             timeout: self.timeout,
-            output: self.output,
+            output,
             journal,
             keep_text: self.save_text,
             no_prompt_cache: !self.allow_prefix_cache,

@@ -61,8 +61,21 @@ impl RawServer {
             ($($f:ident),*) => { RawServer { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* } };
         }
         let mut m = pick!(
-            launcher, command, args, env, cwd, url, port, health_timeout, engine, compose_file,
-            service, project, log_file, log_command, metrics_interval
+            launcher,
+            command,
+            args,
+            env,
+            cwd,
+            url,
+            port,
+            health_timeout,
+            engine,
+            compose_file,
+            service,
+            project,
+            log_file,
+            log_command,
+            metrics_interval
         );
         // Environment tables merge key by key (the arm wins).
         if let (Some(base), Some(arm)) = (&self.env, &over.env) {
@@ -252,7 +265,12 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
         }
     })?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    if raw.name.trim().is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if raw.name.trim().is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         bail!("{file}: key `name` must be non-empty and use only letters, digits, '-', '_' or '.'");
     }
     if raw.arms.is_empty() {
@@ -261,21 +279,33 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
     let mut arms = Vec::new();
     let mut names = std::collections::BTreeSet::new();
     for (i, arm) in raw.arms.iter().enumerate() {
-        let (line, _) = line_col(text, arm.span().start);
         let a = arm.get_ref();
         let name = a.name.get_ref().clone();
         let (name_line, _) = line_col(text, a.name.span().start);
         let at = |key: &str| format!("{file}:{name_line}: arms[{i}] ({name:?}) key `{key}`");
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            bail!("{}: must be non-empty and use only letters, digits, '-', '_' or '.'", at("name"));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!(
+                "{}: must be non-empty and use only letters, digits, '-', '_' or '.'",
+                at("name")
+            );
         }
         if !names.insert(name.clone()) {
             bail!("{}: the name {name:?} is used twice", at("name"));
         }
-        let _ = line;
-        let server = raw.server.merged(a.server.as_ref().unwrap_or(&RawServer::default()));
+        let server = raw
+            .server
+            .merged(a.server.as_ref().unwrap_or(&RawServer::default()));
+        let server = expand_server(server).map_err(|e| anyhow::anyhow!("{}: {e}", at("server")))?;
+        let mut arm_env = a.env.clone();
+        for v in arm_env.values_mut() {
+            *v = expand_env(v).map_err(|e| anyhow::anyhow!("{}: {e}", at("env")))?;
+        }
         let mut env = server.env.clone().unwrap_or_default();
-        env.extend(a.env.clone());
+        env.extend(arm_env);
         let launcher = server.launcher.unwrap_or(LauncherKind::Process);
         let mut set = Vec::new();
         for (k, v) in &a.set {
@@ -288,7 +318,10 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
                 toml::Value::String(s) => set.push((k.clone(), Some(s.clone()))),
                 toml::Value::Integer(n) => set.push((k.clone(), Some(n.to_string()))),
                 toml::Value::Float(x) => set.push((k.clone(), Some(x.to_string()))),
-                _ => bail!("{}: the value of {k:?} must be a string, number or boolean", at("set")),
+                _ => bail!(
+                    "{}: the value of {k:?} must be a string, number or boolean",
+                    at("set")
+                ),
             }
         }
         let mut remove = a.remove.clone();
@@ -298,8 +331,19 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
                 .filter(|(_, v)| matches!(v, toml::Value::Boolean(false)))
                 .map(|(k, _)| k.clone()),
         );
+        let append = a
+            .args
+            .iter()
+            .map(|x| expand_env(x))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at("args")))?;
+        for (_, v) in set.iter_mut() {
+            if let Some(x) = v {
+                *x = expand_env(x).map_err(|e| anyhow::anyhow!("{}: {e}", at("set")))?;
+            }
+        }
         let changes = ArgChanges {
-            append: a.args.clone(),
+            append,
             set,
             remove,
         };
@@ -321,13 +365,22 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
             }
             LauncherKind::Compose => {
                 let f = server.compose_file.clone().ok_or_else(|| {
-                    anyhow::anyhow!("{}: required for launcher \"compose\"", at("server.compose_file"))
+                    anyhow::anyhow!(
+                        "{}: required for launcher \"compose\"",
+                        at("server.compose_file")
+                    )
                 })?;
                 let service = server.service.clone().ok_or_else(|| {
-                    anyhow::anyhow!("{}: required for launcher \"compose\"", at("server.service"))
+                    anyhow::anyhow!(
+                        "{}: required for launcher \"compose\"",
+                        at("server.service")
+                    )
                 })?;
                 if server.url.is_none() {
-                    bail!("{}: required for launcher \"compose\" (e.g. http://127.0.0.1:8000)", at("server.url"));
+                    bail!(
+                        "{}: required for launcher \"compose\" (e.g. http://127.0.0.1:8000)",
+                        at("server.url")
+                    );
                 }
                 LaunchSpec::Compose {
                     file: base_dir.join(f),
@@ -341,7 +394,10 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
                 if server.url.is_none() {
                     bail!("{}: required for launcher \"attach\"", at("server.url"));
                 }
-                if !changes.append.is_empty() || !changes.set.is_empty() || !changes.remove.is_empty() {
+                if !changes.append.is_empty()
+                    || !changes.set.is_empty()
+                    || !changes.remove.is_empty()
+                {
                     bail!("{}: an attached server cannot change its arguments: start it yourself, or use launcher \"process\" or \"compose\"", at("args"));
                 }
                 LaunchSpec::Attach {
@@ -356,21 +412,41 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
                 bail!("{}: must be a number or \"auto\"", at("server.port"));
             }
         }
-        let url = server.url.clone().unwrap_or_else(|| "http://127.0.0.1:{port}".to_owned());
+        let url = server
+            .url
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1:{port}".to_owned());
         if url.contains("{port}") && port.is_none() && launcher != LauncherKind::Process {
-            bail!("{}: the URL uses {{port}} but no port is set", at("server.url"));
+            bail!(
+                "{}: the URL uses {{port}} but no port is set",
+                at("server.url")
+            );
         }
-        let parse_d = |v: &Option<String>, key: &str, default: Duration| -> anyhow::Result<Duration> {
-            match v {
-                None => Ok(default),
-                Some(s) => humantime::parse_duration(s)
-                    .map_err(|_| anyhow::anyhow!("{}: {s:?} is not a duration (e.g. \"600s\")", at(key))),
-            }
-        };
-        let health_timeout = parse_d(&server.health_timeout, "server.health_timeout", Duration::from_secs(900))?;
-        let metrics_interval = parse_d(&server.metrics_interval, "server.metrics_interval", Duration::from_secs(1))?;
+        let parse_d =
+            |v: &Option<String>, key: &str, default: Duration| -> anyhow::Result<Duration> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => humantime::parse_duration(s).map_err(|_| {
+                        anyhow::anyhow!("{}: {s:?} is not a duration (e.g. \"600s\")", at(key))
+                    }),
+                }
+            };
+        let health_timeout = parse_d(
+            &server.health_timeout,
+            "server.health_timeout",
+            Duration::from_secs(900),
+        )?;
+        let metrics_interval = parse_d(
+            &server.metrics_interval,
+            "server.metrics_interval",
+            Duration::from_secs(1),
+        )?;
 
-        let mut workload = raw.workload.as_ref().map(|w| w.get_ref().clone()).unwrap_or_default();
+        let mut workload = raw
+            .workload
+            .as_ref()
+            .map(|w| w.get_ref().clone())
+            .unwrap_or_default();
         if let Some(w) = &a.workload {
             workload.extend(w.get_ref().clone());
         }
@@ -388,7 +464,9 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
         check_workload(&workload_args).map_err(located)?;
         let mut quality = raw.quality.clone();
         if let Some(q) = &a.quality {
-            quality.get_or_insert_with(Default::default).extend(q.clone());
+            quality
+                .get_or_insert_with(Default::default)
+                .extend(q.clone());
         }
         arms.push(ArmPlan {
             experiment: raw.name.clone(),
@@ -421,7 +499,64 @@ fn key_line(text: &str, starts: &[usize], msg: &str) -> Option<usize> {
     starts
         .iter()
         .find_map(|&s| re.find_at(text, s.min(text.len())))
-        .map(|m| line_col(text, m.start() + m.as_str().len() - m.as_str().trim_start().len()).0)
+        .map(|m| {
+            line_col(
+                text,
+                m.start() + m.as_str().len() - m.as_str().trim_start().len(),
+            )
+            .0
+        })
+}
+
+/// Replaces `${NAME}` with the environment variable's value; an unset variable is an error.
+pub fn expand_env(s: &str) -> Result<String, String> {
+    let re = regex::Regex::new(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}").expect("valid");
+    let mut missing = None;
+    let out = re.replace_all(s, |c: &regex::Captures| match std::env::var(&c[1]) {
+        Ok(v) => v,
+        Err(_) => {
+            missing.get_or_insert_with(|| c[1].to_owned());
+            String::new()
+        }
+    });
+    match missing {
+        Some(m) => Err(format!(
+            "${{{m}}} is used but the environment variable {m} is not set"
+        )),
+        None => Ok(out.into_owned()),
+    }
+}
+
+fn expand_server(mut s: RawServer) -> Result<RawServer, String> {
+    let list = |v: &mut Option<Vec<String>>| -> Result<(), String> {
+        if let Some(items) = v {
+            for i in items.iter_mut() {
+                *i = expand_env(i)?;
+            }
+        }
+        Ok(())
+    };
+    list(&mut s.command)?;
+    list(&mut s.args)?;
+    list(&mut s.log_command)?;
+    if let Some(env) = &mut s.env {
+        for v in env.values_mut() {
+            *v = expand_env(v)?;
+        }
+    }
+    let path = |p: &mut Option<PathBuf>| -> Result<(), String> {
+        if let Some(x) = p {
+            *x = PathBuf::from(expand_env(&x.display().to_string())?);
+        }
+        Ok(())
+    };
+    path(&mut s.cwd)?;
+    path(&mut s.compose_file)?;
+    path(&mut s.log_file)?;
+    if let Some(u) = &mut s.url {
+        *u = expand_env(u)?;
+    }
+    Ok(s)
 }
 
 /// Keys of `[workload]` that are not `kvbench run` options (set by kvbench itself).
@@ -433,7 +568,9 @@ pub fn workload_to_args(t: &toml::Table) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for (k, v) in t {
         if RESERVED_WORKLOAD_KEYS.contains(&k.as_str()) {
-            return Err(format!("key `{k}` is set by kvbench itself and cannot appear here"));
+            return Err(format!(
+                "key `{k}` is set by kvbench itself and cannot appear here"
+            ));
         }
         let flag = format!("--{}", k.replace('_', "-"));
         let mut push = |v: &toml::Value| -> Result<(), String> {
@@ -470,17 +607,32 @@ pub fn workload_to_args(t: &toml::Table) -> Result<Vec<String>, String> {
 
 fn check_workload(args: &[String]) -> Result<(), String> {
     use clap::Parser;
-    let mut argv = vec!["kvbench", "run", "--url", "http://127.0.0.1:1", "--output", "x.json"];
+    let mut argv = vec![
+        "kvbench",
+        "run",
+        "--url",
+        "http://127.0.0.1:1",
+        "--output",
+        "x.json",
+    ];
     argv.extend(args.iter().map(String::as_str));
-    crate::cli::Cli::try_parse_from(argv).map(|_| ()).map_err(|e| {
-        let text = e.to_string();
-        let first = text.lines().next().unwrap_or("invalid").trim_start_matches("error: ");
-        // Name TOML keys, not flags.
-        let re = regex::Regex::new(r"--([a-z0-9-]+)").expect("valid");
-        let named = re.replace_all(first, |c: &regex::Captures| format!("`{}`", c[1].replace('-', "_")));
-        let value_names = regex::Regex::new(r" <[A-Z_]+>").expect("valid");
-        value_names.replace_all(&named, "").into_owned()
-    })
+    crate::cli::Cli::try_parse_from(argv)
+        .map(|_| ())
+        .map_err(|e| {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid")
+                .trim_start_matches("error: ");
+            // Name TOML keys, not flags.
+            let re = regex::Regex::new(r"--([a-z0-9-]+)").expect("valid");
+            let named = re.replace_all(first, |c: &regex::Captures| {
+                format!("`{}`", c[1].replace('-', "_"))
+            });
+            let value_names = regex::Regex::new(r" <[A-Z_]+>").expect("valid");
+            value_names.replace_all(&named, "").into_owned()
+        })
 }
 
 /// Applies an arm's changes to base arguments: removals, then replacements in place (or
@@ -498,7 +650,11 @@ pub fn apply_changes(base: &[String], ch: &ArgChanges) -> Vec<String> {
     };
     for flag in &ch.remove {
         while let Some(i) = find(&args, flag) {
-            let n = if args[i] == *flag && takes_value(&args, i) { 2 } else { 1 };
+            let n = if args[i] == *flag && takes_value(&args, i) {
+                2
+            } else {
+                1
+            };
             args.drain(i..i + n);
         }
     }
@@ -509,12 +665,23 @@ pub fn apply_changes(base: &[String], ch: &ArgChanges) -> Vec<String> {
         };
         match find(&args, flag) {
             Some(i) => {
-                let n = if args[i] == *flag && takes_value(&args, i) { 2 } else { 1 };
+                let n = if args[i] == *flag && takes_value(&args, i) {
+                    2
+                } else {
+                    1
+                };
                 args.splice(i..i + n, replacement);
                 // Drop any later duplicates of the flag.
-                while let Some(j) = args[i + 1..].iter().position(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+                while let Some(j) = args[i + 1..]
+                    .iter()
+                    .position(|a| a == flag || a.starts_with(&format!("{flag}=")))
+                {
                     let j = i + 1 + j;
-                    let n = if args[j] == *flag && takes_value(&args, j) { 2 } else { 1 };
+                    let n = if args[j] == *flag && takes_value(&args, j) {
+                        2
+                    } else {
+                        1
+                    };
                     args.drain(j..j + n);
                 }
             }

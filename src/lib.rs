@@ -2,6 +2,7 @@
 //!
 //! The binary is a thin shell over [`main_entry`]; integration tests call the library directly.
 
+pub mod arm;
 pub mod cli;
 pub mod client;
 pub mod experiment;
@@ -12,6 +13,8 @@ pub mod quality;
 pub mod record;
 pub mod result;
 pub mod runner;
+pub mod selftest;
+pub mod server;
 pub mod stats;
 pub mod testserver;
 pub mod workload;
@@ -46,6 +49,111 @@ pub fn main_entry() -> ExitCode {
     }
 }
 
+/// `kvbench scan-logs FILE... [--json]`.
+fn scan_logs(a: &cli::ScanLogsArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    let catalog = match &a.catalog {
+        Some(p) => logscan::Catalog::from_file(p)?,
+        None => logscan::Catalog::parse(logscan::DEFAULT_CATALOG, "embedded catalog")?,
+    };
+    let mut text = String::new();
+    for f in &a.files {
+        if f.as_os_str() == "-" {
+            std::io::stdin().read_to_string(&mut text)?;
+        } else {
+            let bytes = std::fs::read(f)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        text.push('\n');
+    }
+    let report = logscan::scan(&catalog, &text);
+    if a.json {
+        result::write_json(std::path::Path::new("-"), &report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if report.warnings.is_empty() {
+        println!("no warnings");
+    }
+    for w in &report.warnings {
+        let sev = format!("{:?}", w.severity).to_lowercase();
+        println!(
+            "{:<32} {:<8} ×{:<4} ranks {:<3} {}",
+            w.id, sev, w.count, w.ranks, w.first_line
+        );
+    }
+    for (k, v) in &report.facts {
+        println!("fact  {k} = {v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kvbench run --config EXP --arm NAME`: launch, measure and tear down one arm.
+async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
+    let (Some(config), Some(arm_name)) = (args.config.clone(), args.arm.clone()) else {
+        anyhow::bail!("--config needs --arm NAME");
+    };
+    let exp = experiment::load(&config)?;
+    let plan = exp.arm(&arm_name)?;
+    let catalog = match &args.catalog {
+        Some(p) => std::sync::Arc::new(logscan::Catalog::from_file(p)?),
+        None => std::sync::Arc::new(logscan::Catalog::parse(
+            logscan::DEFAULT_CATALOG,
+            "embedded catalog",
+        )?),
+    };
+    let opts = arm::ArmOptions {
+        out_dir: args
+            .out_dir
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(".")),
+        output: args.output.clone(),
+        catalog,
+        quiet: args.quiet,
+    };
+    if args.dry_run {
+        print!("{}", arm::dry_run(plan, &opts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cancel = CancellationToken::new();
+    cancel_on_ctrl_c(cancel.clone());
+    let run = arm::run_arm(plan, &opts, &cancel).await?;
+    let r = &run.result;
+    if !args.quiet && r.failure.is_none() {
+        print!("{}", output::summary(r));
+    }
+    for w in r.warnings.iter().filter(|w| w["id"] != "other") {
+        if !args.quiet {
+            println!(
+                "  warning     {} (×{}, {} rank(s))",
+                w["id"].as_str().unwrap_or(""),
+                w["count"],
+                w["ranks"]
+            );
+        }
+    }
+    if !args.quiet {
+        println!("\n  result      {}", run.path.display());
+    }
+    if let Some(f) = &r.failure {
+        anyhow::bail!(
+            "arm {:?}: {}: {} (log: {})",
+            plan.name,
+            f.kind,
+            f.message,
+            r.server
+                .facts
+                .get("log")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+        );
+    }
+    if r.interrupted {
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Cancels `token` on the first Ctrl-C; a second Ctrl-C exits at once.
 fn cancel_on_ctrl_c(token: CancellationToken) {
     tokio::spawn(async move {
@@ -61,6 +169,7 @@ fn cancel_on_ctrl_c(token: CancellationToken) {
 
 async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        cli::Command::Run(args) if args.config.is_some() => run_arm_command(*args).await,
         cli::Command::Run(args) => {
             let cfg = args.into_config()?;
             let quiet = cfg.progress == runner::ProgressMode::Quiet;
@@ -102,7 +211,16 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        cli::Command::Selftest(a) => selftest_command(a).await,
+        cli::Command::ScanLogs(a) => scan_logs(&a),
         cli::Command::TestServer(a) => {
+            if let Some(p) = &a.print {
+                print!("{}", std::fs::read_to_string(p)?);
+                std::io::Write::flush(&mut std::io::stdout())?;
+            }
+            if let Some(code) = a.exit {
+                std::process::exit(code);
+            }
             let cfg = testserver::TestServerConfig {
                 ttft: std::time::Duration::from_millis(a.ttft_ms),
                 itl: std::time::Duration::from_millis(a.itl_ms),
@@ -113,8 +231,47 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             };
             let server = testserver::start(cfg, a.listen).await?;
             println!("kvbench test server on {} (Ctrl-C to stop)", server.url());
+            std::io::Write::flush(&mut std::io::stdout())?;
             tokio::signal::ctrl_c().await?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn selftest_command(a: cli::SelftestArgs) -> anyhow::Result<ExitCode> {
+    let ttft = std::time::Duration::from_millis(a.ttft_ms);
+    if let Some(addr) = a.serve {
+        let itl_ms = a
+            .itl_ms
+            .unwrap_or(a.concurrency as f64 / a.events_per_s * 1e3);
+        let cfg = selftest::server::FastServerConfig {
+            ttft,
+            itl: std::time::Duration::from_secs_f64(itl_ms / 1e3),
+            default_tokens: a.max_tokens,
+            vary_length: a.vary_length,
+            ..Default::default()
+        };
+        selftest::serve(cfg, addr).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = selftest::SelftestConfig {
+        concurrency: a.concurrency,
+        events_per_s: a.events_per_s,
+        max_tokens: a.max_tokens,
+        input_len: a.input_len,
+        ttft,
+        requests_per_stream: a.requests_per_stream,
+        endpoint: a.endpoint,
+        server_exe: std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("cannot find the kvbench executable: {e}"))?,
+    };
+    let cancel = CancellationToken::new();
+    cancel_on_ctrl_c(cancel.clone());
+    let report = selftest::run(cfg, cancel).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", selftest::table(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }

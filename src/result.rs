@@ -78,6 +78,8 @@ pub struct RunResult {
     pub quality: Option<serde_json::Value>,
     /// Path of the per-request journal (JSON lines).
     pub journal: Option<String>,
+    /// Why the arm's server could not be measured (`outcome` is then its kind), else `null`.
+    pub failure: Option<crate::server::Failure>,
 }
 
 /// Writes `value` as pretty JSON to `path` atomically (temporary file, then rename), so a

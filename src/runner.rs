@@ -242,8 +242,16 @@ fn now_ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
 
-/// Runs the measurement and writes the result JSON and journal. Returns the result.
+/// Runs the measurement and writes the result JSON (the journal is written as requests finish).
 pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<RunResult> {
+    let output = cfg.output.clone();
+    let result = measure(cfg, cancel).await?;
+    write_json(&output, &result)?;
+    Ok(result)
+}
+
+/// Runs the measurement, writing the journal as requests finish; the caller writes the result.
+pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<RunResult> {
     let base = api_base(&cfg.url)?;
     let concurrency = match cfg.arrival {
         Arrival::Closed { concurrency } => concurrency,
@@ -510,8 +518,8 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
         server_metrics: None,
         quality,
         journal: Some(journal_display),
+        failure: None,
     };
-    write_json(&cfg.output, &result)?;
     Ok(result)
 }
 

@@ -6,6 +6,8 @@
 //! `choices` or on the finish chunk itself; llama.cpp adds `timings`; errors may arrive inside the
 //! stream as `{"error": {...}}` or vLLM's `{"object": "error", "message": ...}`.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// Token usage as counted by the server.
@@ -70,43 +72,103 @@ pub enum Event {
     Malformed,
 }
 
+// The raw chunk borrows its strings from the event's data: a token's text is only copied
+// when it has JSON escapes or when the caller keeps text (`ChunkRef::into_owned`). Of the
+// `choices` array only the first element is read, without allocating a vector.
 #[derive(Deserialize)]
-struct RawChunk {
-    #[serde(default)]
-    choices: Option<Vec<RawChoice>>,
+struct RawChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<FirstChoice<'a>>,
     #[serde(default)]
     usage: Option<RawUsage>,
     #[serde(default)]
     timings: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     error: Option<serde_json::Value>,
-    #[serde(default)]
-    object: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
+    #[serde(default, borrow)]
+    object: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    message: Option<Text<'a>>,
+}
+
+/// A string borrowed from the input when it has no escapes (serde's own `Cow<str>` impl always
+/// copies when nested in an `Option`).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn text(t: Option<Text<'_>>) -> Option<Cow<'_, str>> {
+    t.map(|t| t.0)
+}
+
+/// The first element of a JSON array (`None` for `[]`); the others are skipped.
+struct FirstChoice<'a>(Option<RawChoice<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstChoice<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = FirstChoice<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let first = seq.next_element::<RawChoice<'a>>()?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstChoice(first))
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
-struct RawChoice {
-    #[serde(default)]
-    delta: Option<RawDelta>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    finish_reason: Option<String>,
+struct RawChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<RawDelta<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Text<'a>>,
     /// Kept as a raw value: an unexpected shape must never make the chunk malformed.
     #[serde(default)]
     logprobs: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
-struct RawDelta {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    reasoning: Option<String>,
-    #[serde(default)]
-    reasoning_content: Option<String>,
+struct RawDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    reasoning: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -125,19 +187,78 @@ struct RawDetails {
     reasoning_tokens: Option<u64>,
 }
 
-fn non_empty(s: Option<String>) -> Option<String> {
+fn non_empty(s: Option<Cow<'_, str>>) -> Option<Cow<'_, str>> {
     s.filter(|s| !s.is_empty())
+}
+
+/// What one event carried, borrowed from the event's data where it can be: the streaming
+/// loop's view of a chunk, which allocates nothing for a plain token.
+#[derive(Debug, Default, PartialEq)]
+pub struct ChunkRef<'a> {
+    /// Answer text (chat `delta.content` or completions `text`), if non-empty.
+    pub content: Option<Cow<'a, str>>,
+    /// Reasoning text (`delta.reasoning` or `delta.reasoning_content`), if non-empty.
+    pub reasoning: Option<Cow<'a, str>>,
+    /// `finish_reason` of the first choice, when set.
+    pub finish_reason: Option<Cow<'a, str>>,
+    /// Usage, when this chunk carries it.
+    pub usage: Option<Usage>,
+    /// Whether the chunk had llama.cpp `timings`.
+    pub has_timings: bool,
+    /// The first choice's raw `logprobs`, when present (read with [`parse_logprobs`]).
+    pub logprobs: Option<serde_json::Value>,
+}
+
+impl ChunkRef<'_> {
+    /// The owned form.
+    pub fn into_owned(self) -> ChunkInfo {
+        ChunkInfo {
+            content: self.content.map(Cow::into_owned),
+            reasoning: self.reasoning.map(Cow::into_owned),
+            finish_reason: self.finish_reason.map(Cow::into_owned),
+            usage: self.usage,
+            has_timings: self.has_timings,
+            logprobs: self
+                .logprobs
+                .as_ref()
+                .map(parse_logprobs)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The meaning of one SSE event, borrowed from its data.
+#[derive(Debug, PartialEq)]
+pub enum EventRef<'a> {
+    /// `[DONE]`.
+    Done,
+    /// A normal chunk.
+    Chunk(ChunkRef<'a>),
+    /// An error object inside the stream, with its message.
+    Error(String),
+    /// Data that is not a JSON object we understand.
+    Malformed,
 }
 
 /// Decodes one event's data.
 pub fn decode(data: &[u8]) -> Event {
+    match decode_ref(data) {
+        EventRef::Done => Event::Done,
+        EventRef::Chunk(c) => Event::Chunk(c.into_owned()),
+        EventRef::Error(m) => Event::Error(m),
+        EventRef::Malformed => Event::Malformed,
+    }
+}
+
+/// Decodes one event's data without copying its text: what the streaming loop uses.
+pub fn decode_ref(data: &[u8]) -> EventRef<'_> {
     let trimmed = data.trim_ascii();
     if trimmed == b"[DONE]" {
-        return Event::Done;
+        return EventRef::Done;
     }
     let raw: RawChunk = match serde_json::from_slice(trimmed) {
         Ok(r) => r,
-        Err(_) => return Event::Malformed,
+        Err(_) => return EventRef::Malformed,
     };
     if let Some(err) = raw.error {
         let msg = match &err {
@@ -149,14 +270,18 @@ pub fn decode(data: &[u8]) -> Event {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        return Event::Error(msg);
+        return EventRef::Error(msg);
     }
-    if raw.object.as_deref() == Some("error") {
-        return Event::Error(raw.message.unwrap_or_else(|| "error".to_owned()));
+    if raw.object.as_ref().map(|o| o.0.as_ref()) == Some("error") {
+        return EventRef::Error(
+            text(raw.message)
+                .map(Cow::into_owned)
+                .unwrap_or_else(|| "error".to_owned()),
+        );
     }
-    let mut info = ChunkInfo {
+    let mut info = ChunkRef {
         has_timings: raw.timings.is_some(),
-        ..ChunkInfo::default()
+        ..ChunkRef::default()
     };
     if let Some(u) = raw.usage {
         info.usage = Some(Usage {
@@ -165,20 +290,19 @@ pub fn decode(data: &[u8]) -> Event {
             reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens),
         });
     }
-    if let Some(choice) = raw.choices.and_then(|c| c.into_iter().next()) {
-        info.finish_reason = choice.finish_reason;
+    if let Some(choice) = raw.choices.and_then(|c| c.0) {
+        info.finish_reason = text(choice.finish_reason);
         if let Some(d) = choice.delta {
-            info.content = non_empty(d.content);
-            info.reasoning = non_empty(d.reasoning).or_else(|| non_empty(d.reasoning_content));
+            info.content = non_empty(text(d.content));
+            info.reasoning =
+                non_empty(text(d.reasoning)).or_else(|| non_empty(text(d.reasoning_content)));
         }
         if info.content.is_none() {
-            info.content = non_empty(choice.text);
+            info.content = non_empty(text(choice.text));
         }
-        if let Some(lp) = &choice.logprobs {
-            info.logprobs = parse_logprobs(lp);
-        }
+        info.logprobs = choice.logprobs;
     }
-    Event::Chunk(info)
+    EventRef::Chunk(info)
 }
 
 /// Reads a choice's `logprobs` in either wire shape: chat's `{"content": [{"token", "logprob",
@@ -247,6 +371,7 @@ pub fn parse_logprobs(v: &serde_json::Value) -> Vec<TokenLogprob> {
         })
         .collect()
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +488,31 @@ mod tests {
         assert_eq!(c.content.as_deref(), Some("x"));
         let c = chunk(r#"{"choices":[{"text":"x","logprobs":[1,2]}]}"#);
         assert!(c.logprobs.is_empty());
+    }
+
+    #[test]
+    fn decode_ref_borrows_plain_text_and_unescapes_the_rest() {
+        let data = br#"{"object":"chat.completion.chunk","choices":[{"delta":{"content":" hi"},"finish_reason":null},{"delta":{"content":"second choice ignored"}}]}"#;
+        match decode_ref(data) {
+            EventRef::Chunk(c) => {
+                assert!(matches!(c.content, Some(Cow::Borrowed(" hi"))));
+                assert_eq!(c.finish_reason, None);
+            }
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+        match decode_ref(br#"{"choices":[{"delta":{"content":"a\nb \u00e9"}}]}"#) {
+            EventRef::Chunk(c) => assert_eq!(c.content.as_deref(), Some("a\nb é")),
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+        assert_eq!(decode_ref(br#"{"choices":{"x":1}}"#), EventRef::Malformed);
+        assert_eq!(
+            decode(br#"{"choices":[{"text":" t","finish_reason":"stop"}]}"#),
+            Event::Chunk(ChunkInfo {
+                content: Some(" t".into()),
+                finish_reason: Some("stop".into()),
+                ..ChunkInfo::default()
+            })
+        );
     }
 
     #[test]

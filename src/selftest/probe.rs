@@ -1,0 +1,101 @@
+//! What the operating system says about this process and machine: CPU time, resident memory,
+//! the open-file limit, the CPU model. Linux first; elsewhere a value that cannot be read is
+//! `None`, never 0.
+
+use serde::{Deserialize, Serialize};
+
+/// The machine the self-test ran on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Machine {
+    /// CPU model name (`/proc/cpuinfo`), or `unknown`.
+    pub cpu_model: String,
+    /// CPUs this process may use.
+    pub cpus: usize,
+    /// Operating system and architecture.
+    pub os: String,
+}
+
+/// Describes this machine.
+pub fn machine() -> Machine {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        cpu_model,
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+    }
+}
+
+/// User + system CPU time of this process (all threads, finished ones included), seconds.
+pub fn cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        return None;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(tv(ru.ru_utime) + tv(ru.ru_stime))
+}
+
+/// Resident memory of this process, bytes (`/proc/self/statm`).
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    (page > 0).then(|| pages * page as u64)
+}
+
+/// Raises the soft open-file limit to at least `want` (up to the hard limit); a client with
+/// many streams needs one descriptor per connection.
+pub fn raise_fd_limit(want: u64) {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = want as libc::rlim_t;
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let a = cpu_seconds().expect("getrusage works on this OS");
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        std::hint::black_box(x);
+        let b = cpu_seconds().unwrap();
+        assert!(b > a, "{a} -> {b}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn rss_is_positive_and_machine_named() {
+        assert!(rss_bytes().unwrap() > 0);
+        let m = machine();
+        assert!(m.cpus >= 1);
+        assert!(!m.cpu_model.is_empty());
+    }
+}

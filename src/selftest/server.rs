@@ -1,0 +1,559 @@
+//! A fast loopback streaming server for `kvbench selftest` and `scripts/bench-client.sh`.
+//!
+//! It speaks the vLLM wire format (chat and completions) and releases token `k` of a response
+//! at `arrival + ttft + k × itl`. Unlike `crate::testserver` (which checks correctness and
+//! injects faults), it is built to cost the server as little as possible per event, so that on
+//! one machine the client under test, not the server, is what runs out of CPU: one pre-rendered
+//! frame per response reused for every token (no JSON serialisation per token), no channel and
+//! no extra task per stream, one timer per stream.
+//!
+//! It records the truth: for every response, the instant each token frame was handed to the
+//! HTTP layer, relative to the request's arrival. `kvbench selftest` reads it back
+//! (`GET /selftest/truth`) and compares it with what the client measured. Responses are keyed
+//! by the first line of the prompt, which for kvbench's synthetic prompts is the unique
+//! per-request prefix.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the fast server.
+#[derive(Debug, Clone)]
+pub struct FastServerConfig {
+    /// Served model name.
+    pub model: String,
+    /// Delay from request arrival to the first token.
+    pub ttft: Duration,
+    /// Delay between consecutive tokens of one response.
+    pub itl: Duration,
+    /// Tokens per response when the request gives no `max_tokens`.
+    pub default_tokens: u32,
+    /// Vary each response's length between half and all of `max_tokens` (a function of the
+    /// prompt's first line), so closed-loop streams do not stay in lock-step.
+    pub vary_length: bool,
+    /// Keep the per-response truth (token release instants) for `GET /selftest/truth`.
+    pub keep_truth: bool,
+}
+
+impl Default for FastServerConfig {
+    fn default() -> Self {
+        Self {
+            model: "kvbench-selftest".into(),
+            ttft: Duration::from_millis(20),
+            itl: Duration::from_millis(20),
+            default_tokens: 64,
+            vary_length: false,
+            keep_truth: true,
+        }
+    }
+}
+
+/// What the server did for one response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Truth {
+    /// The first line of the prompt (kvbench's unique prefix), at most 200 bytes.
+    pub key: String,
+    /// Nanoseconds from the request's arrival to the release of each token frame.
+    pub token_ns: Vec<u64>,
+}
+
+/// Counters since start or the last `POST /selftest/reset`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServerStats {
+    /// Completion requests received.
+    pub requests: u64,
+    /// Responses that ended (all frames sent or the client went away).
+    pub responses_ended: u64,
+    /// Token-bearing frames released.
+    pub token_events: u64,
+    /// Wall-clock arrival of the first request (Unix time, seconds), `null` before one.
+    pub first_arrival_unix_s: Option<f64>,
+    /// Wall-clock end of the last response that ended (Unix time, seconds).
+    pub last_end_unix_s: Option<f64>,
+}
+
+struct Shared {
+    cfg: FastServerConfig,
+    requests: AtomicU64,
+    ended: AtomicU64,
+    events: AtomicU64,
+    /// Unix ns; `u64::MAX` = none yet.
+    first_arrival: AtomicU64,
+    /// Unix ns; 0 = none yet.
+    last_end: AtomicU64,
+    truth: Mutex<Vec<Truth>>,
+}
+
+impl Shared {
+    fn stats(&self) -> ServerStats {
+        let first = self.first_arrival.load(Ordering::Relaxed);
+        let last = self.last_end.load(Ordering::Relaxed);
+        ServerStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            responses_ended: self.ended.load(Ordering::Relaxed),
+            token_events: self.events.load(Ordering::Relaxed),
+            first_arrival_unix_s: (first != u64::MAX).then(|| first as f64 / 1e9),
+            last_end_unix_s: (last != 0).then(|| last as f64 / 1e9),
+        }
+    }
+
+    fn reset(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+        self.ended.store(0, Ordering::Relaxed);
+        self.events.store(0, Ordering::Relaxed);
+        self.first_arrival.store(u64::MAX, Ordering::Relaxed);
+        self.last_end.store(0, Ordering::Relaxed);
+        if let Ok(mut t) = self.truth.lock() {
+            t.clear();
+        }
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A running fast server; stops when dropped.
+pub struct FastServer {
+    /// Bound address.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl FastServer {
+    /// Base URL, e.g. `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats()
+    }
+
+    /// The truth recorded so far (responses that ended).
+    pub fn truth(&self) -> Vec<Truth> {
+        self.shared
+            .truth
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for FastServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Starts the server on `addr` (port 0 = any free port) on the current runtime.
+pub async fn start(cfg: FastServerConfig, addr: SocketAddr) -> anyhow::Result<FastServer> {
+    let shared = Arc::new(Shared {
+        cfg,
+        requests: AtomicU64::new(0),
+        ended: AtomicU64::new(0),
+        events: AtomicU64::new(0),
+        first_arrival: AtomicU64::new(u64::MAX),
+        last_end: AtomicU64::new(0),
+        truth: Mutex::new(Vec::new()),
+    });
+    let app = Router::new()
+        .route("/health", get(|| async { "" }))
+        .route(
+            "/version",
+            get(|| async { Json(json!({"version": "kvbench-selftest"})) }),
+        )
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/selftest/truth", get(truth))
+        .route("/selftest/stats", get(stats))
+        .route("/selftest/reset", post(reset))
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    // Without TCP_NODELAY the first token waits behind the headers for the client's delayed
+    // ACK (tens of ms), which a real streaming server does not do.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await;
+    });
+    Ok(FastServer { addr, shared, stop })
+}
+
+async fn models(State(sh): State<Arc<Shared>>) -> Response {
+    Json(json!({"object": "list", "data": [{
+        "id": sh.cfg.model, "object": "model", "created": 0,
+        "owned_by": "vllm", "max_model_len": 1_048_576
+    }]}))
+    .into_response()
+}
+
+async fn truth(State(sh): State<Arc<Shared>>) -> Response {
+    let t = sh.truth.lock().map(|t| t.clone()).unwrap_or_default();
+    Json(t).into_response()
+}
+
+async fn stats(State(sh): State<Arc<Shared>>) -> Response {
+    Json(sh.stats()).into_response()
+}
+
+async fn reset(State(sh): State<Arc<Shared>>) -> Response {
+    sh.reset();
+    Json(sh.stats()).into_response()
+}
+
+async fn chat(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    respond(sh, &body, true)
+}
+
+async fn completions(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    respond(sh, &body, false)
+}
+
+#[derive(Deserialize)]
+struct RawRequest {
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    prompt: Option<serde_json::Value>,
+    #[serde(default)]
+    messages: Option<Vec<RawMessage>>,
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    #[serde(default)]
+    content: Option<serde_json::Value>,
+}
+
+/// The first line of the prompt text (at most 200 bytes, on a character boundary) and the
+/// prompt's word count (reported as `usage.prompt_tokens`).
+fn prompt_key(req: &RawRequest) -> (String, u64) {
+    let text = match (&req.prompt, &req.messages) {
+        (Some(serde_json::Value::String(s)), _) => Some(s.as_str()),
+        (_, Some(m)) => m.first().and_then(|m| match &m.content {
+            Some(serde_json::Value::String(s)) => Some(s.as_str()),
+            Some(serde_json::Value::Array(parts)) => parts
+                .iter()
+                .find_map(|p| p.get("text").and_then(serde_json::Value::as_str)),
+            _ => None,
+        }),
+        _ => None,
+    };
+    let text = text.unwrap_or("");
+    let line = text.split('\n').next().unwrap_or("");
+    let mut end = line.len().min(200);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    (
+        line[..end].to_owned(),
+        text.split_whitespace().count() as u64,
+    )
+}
+
+/// FNV-1a: a stable hash of the key for the length variation.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Tokens for a response: `max_tokens`, or between half of it and all of it when varied.
+pub fn response_tokens(max_tokens: u32, vary: bool, key: &str) -> u32 {
+    if !vary || max_tokens < 2 {
+        return max_tokens;
+    }
+    let half = max_tokens / 2;
+    max_tokens - (fnv1a(key) % (half as u64 + 1)) as u32
+}
+
+fn respond(sh: Arc<Shared>, body: &[u8], chat: bool) -> Response {
+    let arrival = Instant::now();
+    let n = sh.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    sh.first_arrival.fetch_min(unix_ns(), Ordering::Relaxed);
+    let req: RawRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(
+                    json!({"object": "error", "message": format!("invalid JSON body: {e}"),
+                    "type": "BadRequestError", "code": 400}),
+                ),
+            )
+                .into_response();
+        }
+    };
+    let (key, prompt_tokens) = prompt_key(&req);
+    let max = req
+        .max_tokens
+        .or(req.max_completion_tokens)
+        .unwrap_or(sh.cfg.default_tokens);
+    let tokens = response_tokens(max, sh.cfg.vary_length, &key);
+    let frames = Frames::new(&sh.cfg.model, n, chat, tokens, prompt_tokens);
+    let stream = TokenStream {
+        ttft: sh.cfg.ttft,
+        itl: sh.cfg.itl,
+        sleep: Box::pin(tokio::time::sleep_until(arrival + sh.cfg.ttft)),
+        truth: Vec::with_capacity(if sh.cfg.keep_truth {
+            tokens as usize
+        } else {
+            0
+        }),
+        key,
+        shared: sh,
+        arrival,
+        frames,
+        tokens,
+        next: 0,
+        phase: Phase::Tokens,
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Pre-rendered SSE frames of one response.
+struct Frames {
+    /// Role chunk (chat only), sent with the first token as vLLM does.
+    role: Option<Bytes>,
+    /// A token chunk, reused for every token but the last.
+    token: Bytes,
+    /// The last token chunk, carrying `finish_reason`.
+    last: Bytes,
+    /// The finish chunk of a zero-token response.
+    empty_finish: Bytes,
+    /// The usage chunk followed by `[DONE]`.
+    tail: Bytes,
+}
+
+impl Frames {
+    fn new(model: &str, n: u64, chat: bool, tokens: u32, prompt_tokens: u64) -> Self {
+        // Timestamps in the frames are fixed: only their length matters to a client.
+        let created = 1_700_000_000u64;
+        let model = serde_json::to_string(model).unwrap_or_else(|_| "\"m\"".into());
+        let (id, object) = if chat {
+            (format!("chatcmpl-{n:032x}"), "chat.completion.chunk")
+        } else {
+            (format!("cmpl-{n:032x}"), "text_completion")
+        };
+        let head = format!(
+            r#"data: {{"id":"{id}","object":"{object}","created":{created},"model":{model},"choices":[{{"index":0,"#
+        );
+        let choice = |text: &str, finish: &str| {
+            if chat {
+                format!(
+                    r#"{head}"delta":{{"content":"{text}"}},"logprobs":null,"finish_reason":{finish}}}]}}"#
+                ) + "\n\n"
+            } else {
+                format!(
+                    r#"{head}"text":"{text}","logprobs":null,"finish_reason":{finish},"stop_reason":null}}]}}"#
+                ) + "\n\n"
+            }
+        };
+        let role = chat.then(|| {
+            Bytes::from(
+                format!(
+                    r#"{head}"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}]}}"#
+                ) + "\n\n",
+            )
+        });
+        let total = prompt_tokens + tokens as u64;
+        let tail = format!(
+            r#"data: {{"id":"{id}","object":"{object}","created":{created},"model":{model},"choices":[],"usage":{{"prompt_tokens":{prompt_tokens},"total_tokens":{total},"completion_tokens":{tokens}}}}}"#
+        ) + "\n\ndata: [DONE]\n\n";
+        Self {
+            role,
+            token: Bytes::from(choice(" hello", "null")),
+            last: Bytes::from(choice(" world", "\"length\"")),
+            empty_finish: Bytes::from(choice("", "\"stop\"")),
+            tail: Bytes::from(tail),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Tokens,
+    Tail,
+    Done,
+}
+
+/// The body of one response: a stream of frames released on schedule.
+struct TokenStream {
+    shared: Arc<Shared>,
+    arrival: Instant,
+    ttft: Duration,
+    itl: Duration,
+    sleep: Pin<Box<Sleep>>,
+    frames: Frames,
+    tokens: u32,
+    next: u32,
+    phase: Phase,
+    key: String,
+    truth: Vec<u64>,
+}
+
+impl Stream for TokenStream {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match this.phase {
+            Phase::Done => Poll::Ready(None),
+            Phase::Tail => {
+                this.phase = Phase::Done;
+                Poll::Ready(Some(Ok(this.frames.tail.clone())))
+            }
+            Phase::Tokens => {
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let now = Instant::now();
+                if this.tokens == 0 {
+                    this.phase = Phase::Tail;
+                    return Poll::Ready(Some(Ok(this.frames.empty_finish.clone())));
+                }
+                let k = this.next;
+                this.next += 1;
+                this.shared.events.fetch_add(1, Ordering::Relaxed);
+                if this.shared.cfg.keep_truth {
+                    this.truth
+                        .push(now.duration_since(this.arrival).as_nanos() as u64);
+                }
+                let frame = if this.next == this.tokens {
+                    this.phase = Phase::Tail;
+                    this.frames.last.clone()
+                } else {
+                    let due = this.arrival + this.ttft + this.itl * this.next;
+                    this.sleep.as_mut().reset(due);
+                    this.frames.token.clone()
+                };
+                let frame = match (k, &this.frames.role) {
+                    (0, Some(role)) => {
+                        let mut b = Vec::with_capacity(role.len() + frame.len());
+                        b.extend_from_slice(role);
+                        b.extend_from_slice(&frame);
+                        Bytes::from(b)
+                    }
+                    _ => frame,
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+}
+
+impl Drop for TokenStream {
+    fn drop(&mut self) {
+        self.shared.ended.fetch_add(1, Ordering::Relaxed);
+        self.shared.last_end.fetch_max(unix_ns(), Ordering::Relaxed);
+        if self.shared.cfg.keep_truth {
+            if let Ok(mut t) = self.shared.truth.lock() {
+                t.push(Truth {
+                    key: std::mem::take(&mut self.key),
+                    token_ns: std::mem::take(&mut self.truth),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varied_length_stays_between_half_and_max() {
+        for key in ["a", "b", "quick brown fox", ""] {
+            let n = response_tokens(64, true, key);
+            assert!((32..=64).contains(&n), "{key}: {n}");
+            assert_eq!(response_tokens(64, false, key), 64);
+        }
+        assert_eq!(response_tokens(1, true, "x"), 1);
+        let distinct: std::collections::BTreeSet<u32> = (0..50)
+            .map(|i| response_tokens(64, true, &format!("prefix {i}")))
+            .collect();
+        assert!(distinct.len() > 5, "lengths should vary: {distinct:?}");
+    }
+
+    #[test]
+    fn key_is_the_first_prompt_line() {
+        let r: RawRequest =
+            serde_json::from_str(r#"{"messages":[{"role":"user","content":"abc def\nrest"}]}"#)
+                .unwrap();
+        assert_eq!(prompt_key(&r), ("abc def".to_owned(), 3));
+        let r: RawRequest = serde_json::from_str(r#"{"prompt":"one line"}"#).unwrap();
+        assert_eq!(prompt_key(&r), ("one line".to_owned(), 2));
+    }
+
+    #[test]
+    fn frames_decode_as_the_client_expects() {
+        use crate::client::chunk::{decode, Event};
+        use crate::client::sse::SseParser;
+        for chat in [true, false] {
+            let f = Frames::new("m", 7, chat, 3, 5);
+            let mut all = Vec::new();
+            if let Some(r) = &f.role {
+                all.extend_from_slice(r);
+            }
+            for b in [&f.token, &f.token, &f.last, &f.tail] {
+                all.extend_from_slice(b);
+            }
+            let mut events = Vec::new();
+            let mut p = SseParser::new();
+            p.push(&all, &mut |d| events.push(decode(d)));
+            let tokens = events
+                .iter()
+                .filter(|e| matches!(e, Event::Chunk(c) if c.content.is_some()))
+                .count();
+            assert_eq!(tokens, 3, "chat={chat}");
+            assert_eq!(events.last(), Some(&Event::Done));
+            let usage = events.iter().find_map(|e| match e {
+                Event::Chunk(c) => c.usage,
+                _ => None,
+            });
+            assert_eq!(usage.and_then(|u| u.completion_tokens), Some(3));
+            let finish = events.iter().find_map(|e| match e {
+                Event::Chunk(c) => c.finish_reason.clone(),
+                _ => None,
+            });
+            assert_eq!(finish.as_deref(), Some("length"));
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The `compose` launcher: the user's compose file and service, an override written by kvbench
+//! in its own output folder (the user's files are never edited), `docker compose up -d`,
+//! `docker compose logs -f` into the arm's log, and afterwards the service stopped, removed and,
+//! if it was running before, brought back up with the user's own configuration.
+//!
+//! The `docker` executable is `$KVBENCH_DOCKER` or `docker` on PATH.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use super::{spawn_logged, ArmFiles};
+use crate::experiment::{apply_changes, ArmPlan, LaunchSpec};
+
+/// One arm's compose run.
+#[derive(Debug, Clone)]
+pub struct ComposeRun {
+    docker: String,
+    /// `compose [-p P] -f USER`
+    user_only: Vec<String>,
+    /// `compose [-p P] -f USER -f OVERRIDE`
+    with_override: Vec<String>,
+    service: String,
+    /// The service's arguments for this arm.
+    pub service_args: Vec<String>,
+    /// Where the override was written.
+    pub override_path: PathBuf,
+    /// The override's text.
+    pub override_text: String,
+    was_running: bool,
+}
+
+fn docker() -> String {
+    std::env::var("KVBENCH_DOCKER").unwrap_or_else(|_| "docker".to_owned())
+}
+
+fn run(docker: &str, args: &[String]) -> anyhow::Result<String> {
+    let out = Command::new(docker)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run `{docker} {}`", args.join(" ")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "`{docker} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            err.lines().last().unwrap_or("").trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn yaml_str(s: &str) -> String {
+    // A JSON string is a valid YAML double-quoted scalar.
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// The override file's text: the service's command (and environment) for the arm.
+pub fn override_yaml(
+    experiment: &str,
+    arm: &str,
+    service: &str,
+    args: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let mut s = format!(
+        "# Written by kvbench for arm {arm:?} of experiment {experiment:?}.\n# The user's compose file is not modified; this file is applied on top of it with -f.\nservices:\n  {}:\n    command: [{}]\n",
+        yaml_str(service).trim_matches('"'),
+        args.iter().map(|a| yaml_str(a)).collect::<Vec<_>>().join(", ")
+    );
+    if !env.is_empty() {
+        s.push_str("    environment:\n");
+        for (k, v) in env {
+            s.push_str(&format!("      {}: {}\n", yaml_str(k), yaml_str(v)));
+        }
+    }
+    s
+}
+
+/// The service's current command from `docker compose config --format json`.
+fn service_command(
+    docker: &str,
+    user_only: &[String],
+    service: &str,
+) -> anyhow::Result<Vec<String>> {
+    let mut args = user_only.to_vec();
+    args.extend(["config".into(), "--format".into(), "json".into()]);
+    let text = run(docker, &args)?;
+    let v: Value = serde_json::from_str(&text)
+        .context("`docker compose config --format json` did not print JSON")?;
+    let svc = v
+        .pointer(&format!("/services/{service}"))
+        .ok_or_else(|| anyhow::anyhow!("the compose file has no service {service:?}"))?;
+    match svc.get("command") {
+        Some(Value::Array(a)) => Ok(a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()),
+        Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_owned).collect()),
+        _ => bail!("service {service:?} has no command in the compose file: set server.args in the experiment"),
+    }
+}
+
+impl ComposeRun {
+    /// Reads the service's command (unless the experiment gives it), applies the arm's changes,
+    /// writes the override, and notes whether the service was already running.
+    pub fn prepare(plan: &ArmPlan, files: &ArmFiles, port: Option<u16>) -> anyhow::Result<Self> {
+        let LaunchSpec::Compose {
+            file,
+            service,
+            project,
+            base_args,
+            env,
+        } = &plan.launch
+        else {
+            bail!("not a compose arm");
+        };
+        if !file.is_file() {
+            bail!("compose file {} not found", file.display());
+        }
+        let docker = docker();
+        let mut user_only = vec!["compose".to_owned()];
+        if let Some(p) = project {
+            user_only.extend(["-p".to_owned(), p.clone()]);
+        }
+        user_only.extend(["-f".to_owned(), file.display().to_string()]);
+        let base = match base_args {
+            Some(a) => a.clone(),
+            None => service_command(&docker, &user_only, service)?,
+        };
+        let service_args: Vec<String> = apply_changes(&base, &plan.changes)
+            .into_iter()
+            .map(|a| match port {
+                Some(p) => a.replace("{port}", &p.to_string()),
+                None => a,
+            })
+            .collect();
+        let override_text =
+            override_yaml(&plan.experiment, &plan.name, service, &service_args, env);
+        std::fs::write(&files.compose_override, &override_text)
+            .with_context(|| format!("cannot write {}", files.compose_override.display()))?;
+        let mut with_override = user_only.clone();
+        with_override.extend([
+            "-f".to_owned(),
+            files.compose_override.display().to_string(),
+        ]);
+        let mut ps = user_only.clone();
+        ps.extend(["ps".into(), "-q".into(), service.clone()]);
+        let was_running = run(&docker, &ps)
+            .map(|o| !o.trim().is_empty())
+            .unwrap_or(false);
+        Ok(Self {
+            docker,
+            user_only,
+            with_override,
+            service: service.clone(),
+            service_args,
+            override_path: files.compose_override.clone(),
+            override_text,
+            was_running,
+        })
+    }
+
+    fn cmd(&self, base: &[String], rest: &[&str]) -> Vec<String> {
+        let mut v = base.to_vec();
+        v.extend(rest.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// Every command the run would execute, in order (for `--dry-run`).
+    pub fn planned_commands(&self) -> Vec<String> {
+        let s = self.service.as_str();
+        let mut v = vec![
+            self.cmd(&self.with_override, &["up", "-d", "--force-recreate", s]),
+            self.cmd(&self.with_override, &["logs", "-f", "--no-color", s]),
+            self.cmd(&self.with_override, &["stop", s]),
+            self.cmd(&self.with_override, &["rm", "-f", s]),
+        ];
+        if self.was_running {
+            v.push(self.cmd(&self.user_only, &["up", "-d", s]));
+        }
+        v.into_iter()
+            .map(|c| format!("{} {}", self.docker, c.join(" ")))
+            .collect()
+    }
+
+    /// `up -d` the service with the override, then follow its logs into `log`.
+    pub fn up(&self, log: &Path) -> anyhow::Result<Child> {
+        let s = self.service.as_str();
+        run(
+            &self.docker,
+            &self.cmd(&self.with_override, &["up", "-d", "--force-recreate", s]),
+        )?;
+        spawn_logged(
+            &self.docker,
+            &self.cmd(&self.with_override, &["logs", "-f", "--no-color", s]),
+            &Default::default(),
+            None,
+            log,
+        )
+        .with_context(|| format!("cannot follow logs with {}", self.docker))
+    }
+
+    /// Stops and removes the arm's container; restores the user's service if it was running.
+    pub fn teardown(&self) {
+        let s = self.service.as_str();
+        let _ = run(&self.docker, &self.cmd(&self.with_override, &["stop", s]));
+        let _ = run(
+            &self.docker,
+            &self.cmd(&self.with_override, &["rm", "-f", s]),
+        );
+        if self.was_running {
+            let _ = run(&self.docker, &self.cmd(&self.user_only, &["up", "-d", s]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_quotes_everything() {
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("VLLM_X".to_owned(), "a \"b\"".to_owned());
+        let y = override_yaml(
+            "exp",
+            "cal",
+            "vllm",
+            &[
+                "--model".into(),
+                "m: x".into(),
+                "--calculate-kv-scales".into(),
+            ],
+            &env,
+        );
+        assert!(
+            y.contains(
+                "  vllm:\n    command: [\"--model\", \"m: x\", \"--calculate-kv-scales\"]\n"
+            ),
+            "{y}"
+        );
+        assert!(y.contains("      \"VLLM_X\": \"a \\\"b\\\"\"\n"), "{y}");
+    }
+}

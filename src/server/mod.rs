@@ -1,0 +1,382 @@
+//! Bringing an arm's server up and down: launchers (`process`, `compose`, `attach`), the wait for
+//! health, the classification of a server that dies first, and teardown that leaves no orphan.
+//!
+//! Every process kvbench starts (a server, `docker compose logs -f`, a log command) runs in its
+//! own process group; [`Launched`] owns them and kills the groups on shutdown, on error, on
+//! Ctrl-C, and as a last resort when dropped.
+
+pub mod compose;
+pub mod scrape;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::experiment::{apply_changes, ArmPlan, LaunchSpec, PortSpec};
+use crate::logscan::{self, Catalog};
+
+/// Why an arm did not get a healthy server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// `unsupported_argument`, `unsupported_hardware`, `out_of_memory`, `startup_timeout`,
+    /// `crashed`, `launch_error` or `interrupted`.
+    pub kind: String,
+    /// The log line (or error) that tells why.
+    pub message: String,
+    /// The last lines of the server's log.
+    pub log_tail: String,
+}
+
+/// Files an arm writes.
+#[derive(Debug, Clone)]
+pub struct ArmFiles {
+    /// The server's log (stdout and stderr, or the followed log).
+    pub log: PathBuf,
+    /// Compose override written by kvbench.
+    pub compose_override: PathBuf,
+}
+
+/// A started (or attached) server.
+pub struct Launched {
+    /// Base URL (no `/v1`).
+    pub url: String,
+    /// The full command line, or compose service arguments, the arm ran with.
+    pub launch_args: Vec<String>,
+    /// Seconds from launch to healthy.
+    pub startup_s: f64,
+    /// Log file.
+    pub log: PathBuf,
+    groups: Vec<(Child, &'static str)>,
+    compose: Option<compose::ComposeRun>,
+    attach_log: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Launched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launched")
+            .field("url", &self.url)
+            .field("startup_s", &self.startup_s)
+            .finish()
+    }
+}
+
+/// What `launch` returns on failure: the failure and what is known so far.
+#[derive(Debug)]
+pub struct LaunchError {
+    /// The failure.
+    pub failure: Failure,
+    /// Command line or arguments tried.
+    pub launch_args: Vec<String>,
+    /// Seconds from launch to the failure.
+    pub elapsed_s: f64,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Sends `sig` to the process group led by `child`.
+fn signal_group(child: &Child, sig: Signal) {
+    let _ = killpg(Pid::from_raw(child.id() as i32), sig);
+}
+
+/// Stops process groups: SIGTERM, up to `grace` to exit, then SIGKILL.
+fn stop_groups(groups: &mut Vec<(Child, &'static str)>, grace: Duration) {
+    for (c, _) in groups.iter() {
+        signal_group(c, Signal::SIGTERM);
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < grace
+        && groups
+            .iter_mut()
+            .any(|(c, _)| matches!(c.try_wait(), Ok(None)))
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (c, _) in groups.iter_mut() {
+        signal_group(c, Signal::SIGKILL);
+        let _ = c.wait();
+    }
+    groups.clear();
+}
+
+impl Launched {
+    /// The exit status of the server process if it has exited (process launcher only).
+    pub fn server_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.groups
+            .iter_mut()
+            .find(|(_, role)| *role == "server")
+            .and_then(|(c, _)| c.try_wait().ok().flatten())
+    }
+
+    /// Tears everything down: process groups (TERM, then KILL after 20 s), compose services
+    /// (stopped, removed, and the user's previous state restored).
+    pub async fn shutdown(mut self) {
+        if let Some(f) = &self.attach_log {
+            // The attached server's own log, copied whole: start-up lines matter most.
+            let _ = std::fs::copy(f, &self.log);
+        }
+        let mut groups = std::mem::take(&mut self.groups);
+        let compose = self.compose.take();
+        let _ = tokio::task::spawn_blocking(move || {
+            stop_groups(&mut groups, Duration::from_secs(20));
+            if let Some(c) = compose {
+                c.teardown();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        // Last resort (panic, early return): no orphan survives kvbench.
+        stop_groups(&mut self.groups, Duration::from_secs(2));
+        if let Some(c) = self.compose.take() {
+            c.teardown();
+        }
+    }
+}
+
+fn substitute(s: &str, port: Option<u16>) -> String {
+    match port {
+        Some(p) => s.replace("{port}", &p.to_string()),
+        None => s.to_owned(),
+    }
+}
+
+/// Starts `program args` in its own process group with output appended to `log`.
+pub fn spawn_logged(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: Option<&Path>,
+    log: &Path,
+) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .process_group(0);
+    if let Some(d) = cwd {
+        cmd.current_dir(d);
+    }
+    cmd.spawn()
+}
+
+/// Launches (or attaches to) the arm's server and waits until it is healthy.
+pub async fn launch(
+    plan: &ArmPlan,
+    files: &ArmFiles,
+    catalog: &Catalog,
+    cancel: &CancellationToken,
+) -> Result<Launched, LaunchError> {
+    let t0 = Instant::now();
+    let port = match &plan.port {
+        Some(PortSpec::Fixed(p)) => Some(*p),
+        Some(PortSpec::Named(_)) => Some(free_port().map_err(|e| LaunchError {
+            failure: Failure {
+                kind: "launch_error".into(),
+                message: format!("no free port: {e}"),
+                log_tail: String::new(),
+            },
+            launch_args: Vec::new(),
+            elapsed_s: 0.0,
+        })?),
+        None if matches!(plan.launch, LaunchSpec::Process { .. })
+            && plan.url.contains("{port}") =>
+        {
+            free_port().ok()
+        }
+        None => None,
+    };
+    let url = substitute(&plan.url, port).trim_end_matches('/').to_owned();
+    let _ = std::fs::write(&files.log, b"");
+    let fail = |kind: &str, message: String, args: &[String]| LaunchError {
+        failure: Failure {
+            kind: kind.into(),
+            message,
+            log_tail: logscan::tail(&std::fs::read_to_string(&files.log).unwrap_or_default(), 40),
+        },
+        launch_args: args.to_vec(),
+        elapsed_s: t0.elapsed().as_secs_f64(),
+    };
+    let mut launched = Launched {
+        url: url.clone(),
+        launch_args: Vec::new(),
+        startup_s: 0.0,
+        log: files.log.clone(),
+        groups: Vec::new(),
+        compose: None,
+        attach_log: None,
+    };
+    match &plan.launch {
+        LaunchSpec::Process {
+            program,
+            args,
+            env,
+            cwd,
+        } => {
+            let args: Vec<String> = apply_changes(args, &plan.changes)
+                .iter()
+                .map(|a| substitute(a, port))
+                .collect();
+            let env: BTreeMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.clone(), substitute(v, port)))
+                .collect();
+            let mut full = vec![program.clone()];
+            full.extend(args.iter().cloned());
+            launched.launch_args = full.clone();
+            let child =
+                spawn_logged(program, &args, &env, cwd.as_deref(), &files.log).map_err(|e| {
+                    fail(
+                        "launch_error",
+                        format!("cannot start {program:?}: {e}"),
+                        &full,
+                    )
+                })?;
+            launched.groups.push((child, "server"));
+        }
+        LaunchSpec::Compose { .. } => {
+            let run = compose::ComposeRun::prepare(plan, files, port)
+                .map_err(|e| fail("launch_error", format!("{e:#}"), &[]))?;
+            launched.launch_args = run.service_args.clone();
+            let follower = run.up(&files.log).map_err(|e| {
+                run.teardown();
+                fail("launch_error", format!("{e:#}"), &launched.launch_args)
+            })?;
+            launched.groups.push((follower, "logs"));
+            launched.compose = Some(run);
+        }
+        LaunchSpec::Attach {
+            log_file,
+            log_command,
+        } => {
+            if let Some(cmd) = log_command.as_ref().filter(|c| !c.is_empty()) {
+                let child = spawn_logged(&cmd[0], &cmd[1..], &BTreeMap::new(), None, &files.log)
+                    .map_err(|e| {
+                        fail(
+                            "launch_error",
+                            format!("cannot start log command {:?}: {e}", cmd[0]),
+                            &[],
+                        )
+                    })?;
+                launched.groups.push((child, "logs"));
+            } else if let Some(f) = log_file {
+                if !f.is_file() {
+                    return Err(fail(
+                        "launch_error",
+                        format!("log file {} not found", f.display()),
+                        &[],
+                    ));
+                }
+                launched.attach_log = Some(f.clone());
+            }
+        }
+    }
+
+    // Wait for health: `/health` 200, then `/v1/models` with at least one model.
+    let http = reqwest::Client::new();
+    let deadline = t0 + plan.health_timeout;
+    let is_process_server = matches!(plan.launch, LaunchSpec::Process { .. });
+    loop {
+        if cancel.is_cancelled() {
+            return Err(fail(
+                "interrupted",
+                "interrupted while waiting for the server".into(),
+                &launched.launch_args,
+            ));
+        }
+        // A server (or the compose log follower) that exited before being healthy.
+        let exited = launched
+            .groups
+            .iter_mut()
+            .find(|(_, role)| *role == "server" || (*role == "logs" && launched.compose.is_some()))
+            .and_then(|(c, _)| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            if is_process_server || !healthy(&http, &url).await {
+                let log = std::fs::read_to_string(&files.log).unwrap_or_default();
+                let (kind, message) =
+                    logscan::classify_failure(catalog, &log).unwrap_or_else(|| {
+                        (
+                            "crashed".into(),
+                            format!("the server exited ({status}) before it was healthy"),
+                        )
+                    });
+                let args = launched.launch_args.clone();
+                let e = fail(&kind, message, &args);
+                launched.shutdown().await;
+                return Err(e);
+            }
+        }
+        if healthy(&http, &url).await {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let args = launched.launch_args.clone();
+            let e = fail(
+                "startup_timeout",
+                format!("not healthy after {} s", plan.health_timeout.as_secs()),
+                &args,
+            );
+            launched.shutdown().await;
+            return Err(e);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+    launched.startup_s = t0.elapsed().as_secs_f64();
+    if let Some(f) = &launched.attach_log {
+        let _ = std::fs::copy(f, &files.log);
+    }
+    Ok(launched)
+}
+
+async fn healthy(http: &reqwest::Client, url: &str) -> bool {
+    let ok =
+        |r: Result<reqwest::Response, reqwest::Error>| r.is_ok_and(|r| r.status().is_success());
+    if !ok(http
+        .get(format!("{url}/health"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await)
+    {
+        return false;
+    }
+    match http
+        .get(format!("{url}/v1/models"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| {
+                v.get("data")
+                    .and_then(|d| d.as_array())
+                    .map(|d| !d.is_empty())
+            })
+            .unwrap_or(false),
+        _ => false,
+    }
+}
