@@ -28,7 +28,24 @@ if [ "$engines" != none ]; then
 fi
 if [ "${CI:-}" = true ]; then
     export KVBENCH_REQUIRE_ENGINES="${KVBENCH_REQUIRE_ENGINES:-$engines}"
+    export KVBENCH_REQUIRE_CHROMIUM="${KVBENCH_REQUIRE_CHROMIUM:-1}"
 fi
+
+# Headless Chromium checks the HTML report (tests/report.rs): Debian's package, installed once.
+ensure_chromium() {
+    command -v chromium >/dev/null 2>&1 && return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "chromium missing and no apt-get: the HTML report check will skip" >&2
+        return 0
+    fi
+    step "installing chromium (Debian package, for the HTML report check)"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends chromium >&2
+}
+ensure_chromium
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -32,6 +32,23 @@ pub enum Command {
     /// Example: kvbench run --url http://127.0.0.1:8000 --num-requests 200 --concurrency 16
     /// --input-len 1024 --max-tokens 128 --output baseline.json
     Run(Box<RunArgs>),
+    /// Compare arms' results: deltas with 95 % intervals, warnings resolved / persisting / new,
+    /// server facts, quality with paired tests, and a verdict (apply, monitor, keep,
+    /// inconclusive) with reasons (docs/decision.md).
+    ///
+    /// Examples: kvbench compare --baseline base.json --calibrated cal.json --output cmp.json;
+    /// kvbench compare reports/*.json --baseline fp8 --output cmp.json --html cmp.html
+    Compare(CompareArgs),
+    /// Run every arm of an experiment (launch, warm up, quality, performance, tear down), then
+    /// compare them and write the reports: the one-command A/B experiment.
+    ///
+    /// Example: kvbench ab examples/quickstart.toml --out-dir results/quickstart
+    Ab(AbArgs),
+    /// Render a comparison JSON again as reports: one self-contained HTML page (verdict on top,
+    /// charts, tables) and/or Markdown.
+    ///
+    /// Example: kvbench report cmp.json --html cmp.html --md -
+    Report(ReportArgs),
     /// Apply the warnings catalog to saved server logs: FP8 warnings and others, de-duplicated
     /// across tensor-parallel ranks, with facts such as KV-cache capacity.
     ///
@@ -374,6 +391,69 @@ impl QualityArgs {
     }
 }
 
+/// `kvbench compare` options.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Result files (any number of arms; repeats of an arm are grouped by its name).
+    pub results: Vec<PathBuf>,
+    /// The baseline: a result file (with --calibrated), or an arm name among RESULTS
+    /// [default: the first arm].
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// The candidate result file, compared with the --baseline file.
+    #[arg(long, requires = "baseline", conflicts_with = "results")]
+    pub calibrated: Option<PathBuf>,
+    /// Comparison JSON to write ("-" for stdout).
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Decision policy (TOML, keys at top level; docs/decision.md) [default: the user's rule].
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Warnings catalog replacing the embedded one.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// Also write the Markdown report here.
+    #[arg(long)]
+    pub md: Option<PathBuf>,
+    /// Also write the self-contained HTML report here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Print only errors.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// `kvbench ab` options.
+#[derive(Debug, Args)]
+pub struct AbArgs {
+    /// The experiment file (docs/experiment.md).
+    pub experiment: PathBuf,
+    /// Directory for every file of the experiment [default: results/<experiment name>].
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Run each arm this many times, interleaved (A B A B), so drift affects every arm alike.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
+    /// Keep arms that already have a result in --out-dir (outcome ok) and run only the others.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print what each arm would launch, and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The baseline arm [default: the experiment's [decision] baseline, else the first arm].
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Decision policy (TOML) replacing the experiment's [decision] table and the defaults.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Warnings catalog replacing the embedded one.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// No progress display.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
 /// `kvbench scan-logs` options.
 #[derive(Debug, Args)]
 pub struct ScanLogsArgs {
@@ -386,6 +466,20 @@ pub struct ScanLogsArgs {
     /// Warnings catalog (TOML) replacing the embedded one.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
+}
+
+/// `kvbench report` options.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("out").required(true).multiple(true).args(["html", "md"])))]
+pub struct ReportArgs {
+    /// The comparison JSON (`kvbench compare --output`).
+    pub comparison: PathBuf,
+    /// Write the HTML report here (one self-contained file).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Write the Markdown report here (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub md: Option<PathBuf>,
 }
 
 /// `kvbench test-server` options.
@@ -415,6 +509,9 @@ pub struct TestServerArgs {
     /// Exit with this code right after printing (imitates a server that fails to start).
     #[arg(long)]
     pub exit: Option<i32>,
+    /// Arguments after `--` are accepted and ignored (an arm's server flags, for tests).
+    #[arg(hide = true, allow_hyphen_values = true)]
+    pub ignored: Vec<String>,
 }
 
 /// `kvbench selftest` options.

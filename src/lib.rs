@@ -2,15 +2,18 @@
 //!
 //! The binary is a thin shell over [`main_entry`]; integration tests call the library directly.
 
+pub mod ab;
 pub mod arm;
 pub mod cli;
 pub mod client;
+pub mod compare;
 pub mod experiment;
 pub mod logscan;
 pub mod metrics;
 pub mod output;
 pub mod quality;
 pub mod record;
+pub mod report;
 pub mod result;
 pub mod runner;
 pub mod selftest;
@@ -155,7 +158,7 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Cancels `token` on the first Ctrl-C; a second Ctrl-C exits at once.
-fn cancel_on_ctrl_c(token: CancellationToken) {
+pub(crate) fn cancel_on_ctrl_c(token: CancellationToken) {
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("kvbench: interrupted: stopping, writing what was measured (Ctrl-C again to quit now)");
@@ -213,6 +216,12 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         }
         cli::Command::Selftest(a) => selftest_command(a).await,
         cli::Command::ScanLogs(a) => scan_logs(&a),
+        cli::Command::Report(a) => {
+            report::run(&a.comparison, a.html.as_deref(), a.md.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::Compare(a) => ab::compare_command(&a),
+        cli::Command::Ab(a) => ab::ab_command(&a).await,
         cli::Command::TestServer(a) => {
             if let Some(p) = &a.print {
                 print!("{}", std::fs::read_to_string(p)?);

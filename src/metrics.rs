@@ -103,6 +103,90 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / NS_PER_MS
 }
 
+/// The latency samples one completed request contributes (the definitions of docs/metrics.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordLatency {
+    /// First token of any channel, from send.
+    pub ttft_ms: Option<f64>,
+    /// First answer token, from send.
+    pub ttft_answer_ms: Option<f64>,
+    /// (e2e − ttft) / (output tokens − 1), with at least two output tokens.
+    pub tpot_ms: Option<f64>,
+    /// Send to end.
+    pub e2e_ms: f64,
+    /// Gaps between consecutive token-bearing chunks.
+    pub itl_ms: Vec<f64>,
+    /// Output tokens.
+    pub output_tokens: u64,
+}
+
+/// Latency samples of one completed request.
+pub fn record_latency(r: &RequestRecord) -> RecordLatency {
+    let e = r.end_ns.saturating_sub(r.sent_ns);
+    let out = r.output_tokens();
+    let ttft = r.first_token_ns.map(|ft| ft.saturating_sub(r.sent_ns));
+    RecordLatency {
+        ttft_ms: ttft.map(ms),
+        ttft_answer_ms: r.first_answer_ns.map(|fa| ms(fa.saturating_sub(r.sent_ns))),
+        tpot_ms: ttft
+            .filter(|_| out >= 2)
+            .map(|t| ms(e.saturating_sub(t)) / (out - 1) as f64),
+        e2e_ms: ms(e),
+        itl_ms: r
+            .chunk_ns
+            .windows(2)
+            .map(|w| ms(w[1].saturating_sub(w[0])))
+            .collect(),
+        output_tokens: out,
+    }
+}
+
+/// Per-request samples of a run's completed, measured requests, for confidence intervals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Samples {
+    /// TTFT per request.
+    pub ttft_ms: Vec<f64>,
+    /// Answer TTFT per request.
+    pub ttft_answer_ms: Vec<f64>,
+    /// Every inter-token gap.
+    pub itl_ms: Vec<f64>,
+    /// TPOT per request.
+    pub tpot_ms: Vec<f64>,
+    /// E2E per request.
+    pub e2e_ms: Vec<f64>,
+    /// (output tokens, e2e ms) per request, for throughput intervals.
+    pub tokens_e2e: Vec<(f64, f64)>,
+}
+
+impl Samples {
+    /// The samples of metric `name` (`ttft_ms`, `itl_ms`, ...).
+    pub fn get(&self, name: &str) -> Option<&[f64]> {
+        Some(match name {
+            "ttft_ms" => &self.ttft_ms,
+            "ttft_answer_ms" => &self.ttft_answer_ms,
+            "itl_ms" => &self.itl_ms,
+            "tpot_ms" => &self.tpot_ms,
+            "e2e_ms" => &self.e2e_ms,
+            _ => return None,
+        })
+    }
+}
+
+/// Collects the samples of completed, measured requests.
+pub fn samples(records: &[RequestRecord]) -> Samples {
+    let mut s = Samples::default();
+    for r in records.iter().filter(|r| !r.warmup && r.ok()) {
+        let l = record_latency(r);
+        s.ttft_ms.extend(l.ttft_ms);
+        s.ttft_answer_ms.extend(l.ttft_answer_ms);
+        s.tpot_ms.extend(l.tpot_ms);
+        s.e2e_ms.push(l.e2e_ms);
+        s.tokens_e2e.push((l.output_tokens as f64, l.e2e_ms));
+        s.itl_ms.extend(l.itl_ms);
+    }
+    s
+}
+
 /// Derives every metric from `records`. Warmup records are ignored; `open_loop` adds the
 /// from-scheduled metrics.
 pub fn derive(records: &[RequestRecord], open_loop: bool) -> Derived {
@@ -132,8 +216,12 @@ pub fn derive(records: &[RequestRecord], open_loop: bool) -> Derived {
         if let Some(f) = &r.finish_reason {
             *d.finish_reasons.entry(f.clone()).or_default() += 1;
         }
-        let e = r.end_ns.saturating_sub(r.sent_ns);
-        e2e.push(ms(e));
+        let lat = record_latency(r);
+        e2e.push(lat.e2e_ms);
+        ttft.extend(lat.ttft_ms);
+        ttfa.extend(lat.ttft_answer_ms);
+        tpot.extend(lat.tpot_ms);
+        itl.extend(lat.itl_ms);
         if open_loop {
             queue.push(ms(r.sent_ns.saturating_sub(r.scheduled_ns)));
             e2e_s.push(ms(r.end_ns.saturating_sub(r.scheduled_ns)));
@@ -159,20 +247,9 @@ pub fn derive(records: &[RequestRecord], open_loop: bool) -> Derived {
         if r.chunk_ns.is_empty() {
             d.requests.no_tokens += 1;
         }
-        if let Some(ft) = r.first_token_ns {
-            let t = ft.saturating_sub(r.sent_ns);
-            ttft.push(ms(t));
-            if open_loop {
-                ttft_s.push(ms(ft.saturating_sub(r.scheduled_ns)));
-            }
-            if out >= 2 {
-                tpot.push(ms(e.saturating_sub(t)) / (out - 1) as f64);
-            }
+        if let (Some(ft), true) = (r.first_token_ns, open_loop) {
+            ttft_s.push(ms(ft.saturating_sub(r.scheduled_ns)));
         }
-        if let Some(fa) = r.first_answer_ns {
-            ttfa.push(ms(fa.saturating_sub(r.sent_ns)));
-        }
-        itl.extend(r.chunk_ns.windows(2).map(|w| ms(w[1].saturating_sub(w[0]))));
     }
 
     d.metrics = Metrics {

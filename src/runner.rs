@@ -377,11 +377,20 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     }
 
     // Quality suites: after warmup, before the performance phase; per-item records go to their
-    // own journal next to the output.
+    // own journal next to the output. They get their own connection pool: a server may close a
+    // connection after an error answer (llama.cpp does for refused images), and such a dead
+    // keep-alive connection must not be handed to the first measured request.
     let quality = match &cfg.quality {
         Some(q) => {
+            let quality_client = Client::new(&ClientOptions {
+                api_base: base.clone(),
+                api_key: cfg.api_key.clone(),
+                headers: cfg.headers.clone(),
+                timeout: cfg.timeout,
+                pool_size: 1,
+            })?;
             let env = crate::quality::run::QualityEnv {
-                client: &ctx.client,
+                client: &quality_client,
                 endpoint: cfg.endpoint,
                 model: pre.model.clone(),
                 engine: pre.engine,
@@ -391,7 +400,12 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
                 origin,
                 progress: cfg.progress != ProgressMode::Quiet,
             };
-            Some(crate::quality::run_suites(q, &env, &cancel).await?)
+            let quality = crate::quality::run_suites(q, &env, &cancel).await?;
+            // The server may have closed the pre-opened connections while the suites ran: open
+            // them again, so TCP set-up stays out of the first measured requests.
+            futures_util::future::join_all((0..prewarm).map(|_| ctx.client.get_json("models")))
+                .await;
+            Some(quality)
         }
         None => None,
     };

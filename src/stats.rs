@@ -67,9 +67,191 @@ pub fn percentile_sorted(sorted: &[f64], p: f64) -> f64 {
     }
 }
 
+/// Percentile `p` of unsorted data (reordered in place), same definition as
+/// [`percentile_sorted`], in linear time.
+pub fn percentile_unsorted(v: &mut [f64], p: f64) -> f64 {
+    match v.len() {
+        0 => f64::NAN,
+        1 => v[0],
+        n => {
+            let rank = (p / 100.0).clamp(0.0, 1.0) * (n - 1) as f64;
+            let lo = rank.floor() as usize;
+            let frac = rank - lo as f64;
+            let (_, lo_v, upper) = v.select_nth_unstable_by(lo, f64::total_cmp);
+            let lo_v = *lo_v;
+            if frac == 0.0 || upper.is_empty() {
+                return lo_v;
+            }
+            let hi_v = upper.iter().copied().fold(f64::INFINITY, f64::min);
+            lo_v + (hi_v - lo_v) * frac
+        }
+    }
+}
+
+/// Resamples drawn for bootstrap intervals.
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+
+/// A small, seeded generator for resampling (SplitMix64): reproducible intervals.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// 95 % percentile-bootstrap interval of the relative change, in percent, of a statistic from
+/// sample `a` (baseline) to sample `b` (candidate): each sample is resampled with replacement
+/// independently, `stat` is computed on both, and `100 × (stat_b / stat_a − 1)` is collected.
+/// `None` when either sample is empty or the baseline statistic is 0.
+pub fn bootstrap_change_pct<A, B>(
+    a: &[A],
+    b: &[B],
+    stat_a: impl Fn(&[&A]) -> f64,
+    stat_b: impl Fn(&[&B]) -> f64,
+    seed: u64,
+) -> Option<(f64, f64)> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let mut rng = SplitMix(seed ^ 0x5EED);
+    let mut changes = Vec::with_capacity(BOOTSTRAP_RESAMPLES);
+    let mut ra: Vec<&A> = Vec::with_capacity(a.len());
+    let mut rb: Vec<&B> = Vec::with_capacity(b.len());
+    for _ in 0..BOOTSTRAP_RESAMPLES {
+        ra.clear();
+        rb.clear();
+        ra.extend((0..a.len()).map(|_| &a[rng.below(a.len())]));
+        rb.extend((0..b.len()).map(|_| &b[rng.below(b.len())]));
+        let (sa, sb) = (stat_a(&ra), stat_b(&rb));
+        if sa != 0.0 && sa.is_finite() && sb.is_finite() {
+            changes.push(100.0 * (sb / sa - 1.0));
+        }
+    }
+    if changes.len() < BOOTSTRAP_RESAMPLES / 2 {
+        return None;
+    }
+    changes.sort_unstable_by(f64::total_cmp);
+    Some((
+        percentile_sorted(&changes, 2.5),
+        percentile_sorted(&changes, 97.5),
+    ))
+}
+
+/// Two-sided 95 % quantile of Student's t with `df` degrees of freedom (rounded down, so the
+/// interval is never too narrow).
+pub fn t975(df: f64) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    if df.is_nan() || df < 1.0 {
+        return T[0];
+    }
+    let d = df.floor() as usize;
+    if d <= 30 {
+        T[d - 1]
+    } else {
+        // Between 30 and infinity t(0.975) goes from 2.042 to 1.960 roughly as 1/df.
+        1.960 + 2.46 / d as f64
+    }
+}
+
+/// 95 % Welch interval of the relative change, in percent, of the mean from `a` (baseline
+/// repeats) to `b` (candidate repeats), by the delta method: the variance of mean_b / mean_a is
+/// approximated to first order. `None` with fewer than two values on either side.
+pub fn welch_change_pct(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
+    if a.len() < 2 || b.len() < 2 {
+        return None;
+    }
+    let stats = |v: &[f64]| {
+        let n = v.len() as f64;
+        let m = v.iter().sum::<f64>() / n;
+        let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
+        (n, m, var)
+    };
+    let ((na, ma, va), (nb, mb, vb)) = (stats(a), stats(b));
+    if ma == 0.0 {
+        return None;
+    }
+    let ratio = mb / ma;
+    // Var(mb/ma) ≈ (vb/nb)/ma² + mb²·(va/na)/ma⁴.
+    let (ta, tb) = (mb * mb * (va / na) / ma.powi(4), (vb / nb) / (ma * ma));
+    let se = (ta + tb).sqrt();
+    let df = if ta + tb > 0.0 {
+        (ta + tb).powi(2) / (ta * ta / (na - 1.0) + tb * tb / (nb - 1.0)).max(f64::MIN_POSITIVE)
+    } else {
+        na + nb - 2.0
+    };
+    let half = t975(df) * se;
+    Some((100.0 * (ratio - half - 1.0), 100.0 * (ratio + half - 1.0)))
+}
+
+/// Percentile `p` of a resample of references.
+pub fn percentile_of_refs(v: &[&f64], p: f64) -> f64 {
+    let mut buf: Vec<f64> = v.iter().map(|x| **x).collect();
+    percentile_unsorted(&mut buf, p)
+}
+
+/// Mean of a resample of references.
+pub fn mean_of_refs(v: &[&f64]) -> f64 {
+    v.iter().map(|x| **x).sum::<f64>() / v.len().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn welch_interval_hand_computed() {
+        // a: mean 10, var 2/1 = 2 (values 9, 11); b: mean 12, var 2.
+        let (lo, hi) = welch_change_pct(&[9.0, 11.0], &[11.0, 13.0]).unwrap();
+        // Var(ratio) = 144·1/10⁴ + 1/100 = 0.0244; df = 0.0244² / (0.0144² + 0.01²) = 1.93 → t = 12.706.
+        let half = 12.706 * 0.0244f64.sqrt();
+        assert!((lo - 100.0 * (1.2 - half - 1.0)).abs() < 1e-9, "{lo}");
+        assert!((hi - 100.0 * (1.2 + half - 1.0)).abs() < 1e-9, "{hi}");
+        assert!(welch_change_pct(&[1.0], &[1.0, 2.0]).is_none());
+        assert_eq!(t975(2.9), 4.303);
+        assert!((t975(1000.0) - 1.962).abs() < 0.01);
+    }
+
+    #[test]
+    fn unsorted_percentile_matches_sorted() {
+        let data = [9.0, 1.0, 5.0, 3.0, 7.0, 2.0, 8.0];
+        let mut sorted = data.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        for p in [0.0, 10.0, 50.0, 90.0, 99.0, 100.0] {
+            let mut buf = data.to_vec();
+            assert!(
+                (percentile_unsorted(&mut buf, p) - percentile_sorted(&sorted, p)).abs() < 1e-12,
+                "p{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn bootstrap_finds_a_real_shift_and_not_a_null_one() {
+        // Two samples from the same spread, the second shifted up by 20 %.
+        let a: Vec<f64> = (0..400).map(|i| 100.0 + (i % 20) as f64).collect();
+        let b: Vec<f64> = a.iter().map(|x| x * 1.2).collect();
+        let p50 = |v: &[&f64]| percentile_of_refs(v, 50.0);
+        let (lo, hi) = bootstrap_change_pct(&a, &b, p50, p50, 1).unwrap();
+        assert!(
+            lo > 15.0 && hi < 25.0 && lo <= 20.0 && hi >= 20.0,
+            "{lo} {hi}"
+        );
+        let (lo, hi) = bootstrap_change_pct(&a, &a, p50, p50, 2).unwrap();
+        assert!(lo <= 0.0 && hi >= 0.0, "A/A interval holds 0: {lo} {hi}");
+        assert!(bootstrap_change_pct::<f64, f64>(&[], &a, p50, p50, 3).is_none());
+    }
 
     #[test]
     fn hand_computed_summary() {

@@ -219,6 +219,10 @@ pub async fn start(cfg: TestServerConfig, addr: SocketAddr) -> anyhow::Result<Te
         .with_state(shared.clone());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    // No Nagle delay: a lone small token frame must not wait for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -309,4 +310,43 @@ async fn vllm_cpu_runs_every_text_suite() {
         recs.iter().any(|r| r.logprobs.is_some()),
         "vLLM returns logprobs"
     );
+}
+
+#[test]
+fn dropping_a_server_stops_its_group_and_nothing_else() {
+    // A bystander in another process group must survive; the server and its child must not.
+    let mut bystander = Command::new("sleep")
+        .arg("60")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("child-pid");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("sleep 60 & echo $! > {}; wait", marker.display()));
+    let server = Server::start(cmd, 0, &dir.path().join("log"));
+    let t0 = Instant::now();
+    while !marker.exists() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let grandchild: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(server);
+    // The grandchild was in the server's group: gone (reaped by init, or a zombie no longer
+    // running). The bystander still runs.
+    let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z "),
+        "the server's child survived: {state}"
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "a process outside the group was signalled"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
 }

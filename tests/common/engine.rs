@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
 /// Engines run one at a time within a test binary: the machine has two cores.
 pub static ENGINE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -109,10 +112,15 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Signal the server's own process group through killpg(2), never through the `kill`
+        // command: procps `kill -TERM -PGID` (without `--`) sends the signal to pid -1, which
+        // is every process the user may signal.
         let pgid = self.child.id() as i32;
-        let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{pgid}")])
-            .status();
+        if pgid <= 1 {
+            return;
+        }
+        let pgid = Pid::from_raw(pgid);
+        let _ = killpg(pgid, Signal::SIGTERM);
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -120,9 +128,7 @@ impl Drop for Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{pgid}")])
-            .status();
+        let _ = killpg(pgid, Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }

@@ -1,0 +1,722 @@
+//! Comparing arms: deltas with confidence intervals, warnings resolved / persisting / new, server
+//! facts side by side, quality with paired tests, and the decision (see `decision`). The output
+//! is the comparison JSON (docs/decision.md) that reports render and `jq .recommendations` reads.
+
+pub mod decision;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::logscan::Catalog;
+use crate::metrics::{samples, Samples};
+use crate::quality::ItemRecord;
+use crate::record::RequestRecord;
+use crate::result::RunResult;
+use crate::stats::{bootstrap_change_pct, mean_of_refs, percentile_of_refs, Summary};
+pub use decision::Policy;
+
+/// Version of the comparison schema.
+pub const COMPARISON_SCHEMA_VERSION: u32 = 1;
+
+/// Latency metrics compared, and the percentiles compared for each.
+pub const LATENCY_METRICS: &[&str] = &["ttft_ms", "ttft_answer_ms", "itl_ms", "tpot_ms", "e2e_ms"];
+const PERCENTILES: &[(&str, f64)] = &[("p50", 50.0), ("p90", 90.0), ("p99", 99.0)];
+
+/// One arm's runs (several with `--repeat`), loaded with their journals.
+#[derive(Debug, Clone)]
+pub struct ArmRuns {
+    /// Arm name.
+    pub name: String,
+    /// Result files.
+    pub paths: Vec<PathBuf>,
+    /// Results, one per repeat.
+    pub results: Vec<RunResult>,
+    /// Per-request samples per repeat (`None` when the journal is missing).
+    pub samples: Vec<Option<Samples>>,
+    /// Quality item records (all repeats), when journals exist.
+    pub quality_items: Option<Vec<ItemRecord>>,
+}
+
+impl ArmRuns {
+    /// Whether every run of the arm measured something (`outcome` ok).
+    pub fn ok(&self) -> bool {
+        !self.results.is_empty() && self.results.iter().all(|r| r.outcome == "ok")
+    }
+
+    fn first_failure(&self) -> Option<&RunResult> {
+        self.results.iter().find(|r| r.outcome != "ok")
+    }
+
+    /// All per-request samples pooled over repeats.
+    fn pooled(&self) -> Option<Samples> {
+        let mut out = Samples::default();
+        for s in &self.samples {
+            let s = s.as_ref()?;
+            out.ttft_ms.extend(&s.ttft_ms);
+            out.ttft_answer_ms.extend(&s.ttft_answer_ms);
+            out.itl_ms.extend(&s.itl_ms);
+            out.tpot_ms.extend(&s.tpot_ms);
+            out.e2e_ms.extend(&s.e2e_ms);
+            out.tokens_e2e.extend(&s.tokens_e2e);
+        }
+        Some(out)
+    }
+}
+
+/// Resolves a path recorded in a result: as written, else relative to the result's folder, else
+/// the file name in the result's folder.
+fn resolve(recorded: &str, result_path: &Path) -> Option<PathBuf> {
+    let p = PathBuf::from(recorded);
+    let dir = result_path.parent().unwrap_or(Path::new("."));
+    [p.clone(), dir.join(&p), dir.join(p.file_name()?)]
+        .into_iter()
+        .find(|c| c.is_file())
+}
+
+fn read_records(path: &Path) -> Option<Vec<RequestRecord>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Loads result files and groups them by arm (the `arm` field, else the file stem).
+pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<ArmRuns>> {
+    let mut arms: Vec<ArmRuns> = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let r: RunResult = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a kvbench result: {e}", path.display()))?;
+        let name = r.arm.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "arm".into())
+        });
+        let samples = r
+            .journal
+            .as_deref()
+            .and_then(|j| resolve(j, path))
+            .and_then(|j| read_records(&j))
+            .map(|recs| samples(&recs));
+        let items = r
+            .quality
+            .as_ref()
+            .and_then(|q| q.get("journal"))
+            .and_then(Value::as_str)
+            .and_then(|j| resolve(j, path))
+            .and_then(|j| crate::quality::read_journal(&j).ok());
+        match arms.iter_mut().find(|a| a.name == name) {
+            Some(a) => {
+                a.paths.push(path.clone());
+                a.results.push(r);
+                a.samples.push(samples);
+                a.quality_items = match (a.quality_items.take(), items) {
+                    (Some(mut x), Some(y)) => {
+                        x.extend(y);
+                        Some(x)
+                    }
+                    _ => None,
+                };
+            }
+            None => arms.push(ArmRuns {
+                name,
+                paths: vec![path.clone()],
+                results: vec![r],
+                samples: vec![samples],
+                quality_items: items,
+            }),
+        }
+    }
+    Ok(arms)
+}
+
+/// A metric's change from baseline to candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Baseline value.
+    pub baseline: Option<f64>,
+    /// Candidate value.
+    pub candidate: Option<f64>,
+    /// 100 × (candidate / baseline − 1).
+    pub change_pct: Option<f64>,
+    /// 95 % interval of `change_pct`, low end.
+    pub ci_low_pct: Option<f64>,
+    /// 95 % interval of `change_pct`, high end.
+    pub ci_high_pct: Option<f64>,
+    /// The interval excludes 0 and the change is at least the noise floor; `null` without an
+    /// interval.
+    pub significant: Option<bool>,
+    /// `lower` or `higher` is better.
+    pub better: String,
+    /// `bootstrap_requests`, `repeats` or `none`.
+    pub method: String,
+}
+
+impl Delta {
+    /// The regression in percent when the change is significant and in the worse direction,
+    /// else 0; `None` when unknown (no interval).
+    pub fn regression_pct(&self) -> Option<f64> {
+        let c = self.change_pct?;
+        match self.significant? {
+            false => Some(0.0),
+            true if self.better == "lower" => Some(c.max(0.0)),
+            true => Some((-c).max(0.0)),
+        }
+    }
+}
+
+fn metric_value(r: &RunResult, key: &str) -> Option<f64> {
+    match key {
+        "output_tok_per_s" => r.throughput.output_tok_per_s,
+        "requests_per_s" => r.throughput.requests_per_s,
+        "total_tok_per_s" => r.throughput.total_tok_per_s,
+        _ => {
+            let (m, p) = key.split_once('.')?;
+            let v = serde_json::to_value(&r.metrics).ok()?;
+            v.get(m)?.get(p)?.as_f64()
+        }
+    }
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Throughput resampled through the per-request rate: the observed value scaled by how the
+/// resample's Σ tokens / Σ e2e (or n / Σ e2e) compares with the full sample's.
+fn rate_stat(v: &[&(f64, f64)], requests: bool) -> f64 {
+    let e2e: f64 = v.iter().map(|x| x.1).sum();
+    let num: f64 = if requests {
+        v.len() as f64
+    } else {
+        v.iter().map(|x| x.0).sum()
+    };
+    num / e2e.max(1e-12)
+}
+
+fn seed_of(key: &str) -> u64 {
+    crate::quality::fnv1a64(key.as_bytes())
+}
+
+/// The delta of one metric key between two arms.
+pub fn delta(base: &ArmRuns, cand: &ArmRuns, key: &str, noise_floor_pct: f64) -> Delta {
+    let better = if key.ends_with("per_s") {
+        "higher"
+    } else {
+        "lower"
+    };
+    let vals = |a: &ArmRuns| -> Vec<f64> {
+        a.results
+            .iter()
+            .filter_map(|r| metric_value(r, key))
+            .collect()
+    };
+    let (vb, vc) = (vals(base), vals(cand));
+    let (b, c) = (mean(&vb), mean(&vc));
+    let change = match (b, c) {
+        (Some(b), Some(c)) if b != 0.0 => Some(100.0 * (c / b - 1.0)),
+        _ => None,
+    };
+    let seed = seed_of(key);
+    let (ci, method) = if vb.len() >= 2 && vc.len() >= 2 {
+        (crate::stats::welch_change_pct(&vb, &vc), "repeats")
+    } else {
+        match (base.pooled(), cand.pooled()) {
+            (Some(sb), Some(sc)) => {
+                let ci = if let Some((m, p)) = key.split_once('.') {
+                    let pct = PERCENTILES.iter().find(|(n, _)| *n == p).map(|x| x.1);
+                    match (sb.get(m), sc.get(m), pct) {
+                        (Some(xb), Some(xc), Some(pct)) => {
+                            let st = move |v: &[&f64]| percentile_of_refs(v, pct);
+                            bootstrap_change_pct(xb, xc, st, st, seed)
+                        }
+                        _ => None,
+                    }
+                } else {
+                    let req = key == "requests_per_s";
+                    bootstrap_change_pct(
+                        &sb.tokens_e2e,
+                        &sc.tokens_e2e,
+                        |v| rate_stat(v, req),
+                        |v| rate_stat(v, req),
+                        seed,
+                    )
+                };
+                (ci, "bootstrap_requests")
+            }
+            _ => (None, "none"),
+        }
+    };
+    let significant = match (ci, change) {
+        (Some((lo, hi)), Some(ch)) => Some((lo > 0.0 || hi < 0.0) && ch.abs() >= noise_floor_pct),
+        _ => None,
+    };
+    Delta {
+        baseline: b,
+        candidate: c,
+        change_pct: change,
+        ci_low_pct: ci.map(|x| x.0),
+        ci_high_pct: ci.map(|x| x.1),
+        significant,
+        better: better.into(),
+        method: if ci.is_some() { method } else { "none" }.into(),
+    }
+}
+
+/// Every delta key compared.
+pub fn delta_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    for m in LATENCY_METRICS {
+        for (p, _) in PERCENTILES {
+            keys.push(format!("{m}.{p}"));
+        }
+    }
+    keys.extend(["output_tok_per_s".into(), "requests_per_s".into()]);
+    keys
+}
+
+/// A warning's status between two arms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarningChange {
+    /// Catalog id.
+    pub id: String,
+    /// Category (`fp8`, ...).
+    pub category: Option<String>,
+    /// Severity.
+    pub severity: String,
+    /// What it means.
+    pub meaning: Option<String>,
+    /// Times printed on the baseline.
+    pub baseline_count: u64,
+    /// Times printed on the candidate.
+    pub candidate_count: u64,
+    /// Whether the change under test is expected to resolve it (`null` when the change is not
+    /// recognised).
+    pub resolvable_by_change: Option<bool>,
+    /// An explanation when useful.
+    pub note: Option<String>,
+}
+
+/// Warnings resolved, persisting and new.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WarningDiff {
+    /// On the baseline, gone on the candidate.
+    pub resolved: Vec<WarningChange>,
+    /// On both.
+    pub persisting: Vec<WarningChange>,
+    /// New on the candidate.
+    pub new: Vec<WarningChange>,
+    /// The change under test as a catalog token (`calculate_kv_scales`,
+    /// `kv_cache_dtype_auto`, `kv_cache_dtype_fp8_e4m3`), when recognised.
+    pub change_under_test: Option<String>,
+    /// Baseline warnings (of the policy's category, severity warning) that the change can resolve.
+    pub resolvable: Option<u64>,
+    /// Baseline warnings of the policy's category (severity warning).
+    pub counted_on_baseline: u64,
+    /// Of those, resolved on the candidate.
+    pub counted_resolved: u64,
+    /// Explanations.
+    pub notes: Vec<String>,
+}
+
+fn requested(r: &RunResult) -> &Value {
+    r.server
+        .facts
+        .get("config_check")
+        .and_then(|c| c.get("requested"))
+        .unwrap_or(&Value::Null)
+}
+
+/// Recognises the change between two arms' requested settings.
+pub fn change_under_test(base: &RunResult, cand: &RunResult) -> Option<String> {
+    let (b, c) = (requested(base), requested(cand));
+    let calc = |v: &Value| {
+        v.get("calculate_kv_scales")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let dtype = |v: &Value| {
+        v.get("kv_cache_dtype")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    if !calc(b) && calc(c) {
+        return Some("calculate_kv_scales".into());
+    }
+    match (dtype(b).as_deref(), dtype(c).as_deref()) {
+        (Some(x), Some("auto")) if x.starts_with("fp8") => Some("kv_cache_dtype_auto".into()),
+        (Some("fp8"), Some("fp8_e4m3")) => Some("kv_cache_dtype_fp8_e4m3".into()),
+        _ => None,
+    }
+}
+
+fn warning_ids(r: &RunResult) -> BTreeMap<String, (u64, String)> {
+    let mut m = BTreeMap::new();
+    for w in &r.warnings {
+        let id = w.get("id").and_then(Value::as_str).unwrap_or("");
+        if id.is_empty() || id == "other" {
+            continue;
+        }
+        let count = w.get("count").and_then(Value::as_u64).unwrap_or(1);
+        let sev = w
+            .get("severity")
+            .and_then(Value::as_str)
+            .unwrap_or("warning")
+            .to_owned();
+        let e = m.entry(id.to_owned()).or_insert((0, sev));
+        e.0 = e.0.max(count);
+    }
+    m
+}
+
+/// Compares the catalogued warnings of two arms.
+pub fn warning_diff(
+    base: &RunResult,
+    cand: &RunResult,
+    catalog: &Catalog,
+    policy: &Policy,
+) -> WarningDiff {
+    let (wb, wc) = (warning_ids(base), warning_ids(cand));
+    let change = change_under_test(base, cand);
+    let mut d = WarningDiff {
+        change_under_test: change.clone(),
+        ..WarningDiff::default()
+    };
+    let mut resolvable = 0u64;
+    let item = |id: &str, sev: &str, bc: u64, cc: u64| {
+        let def = catalog.get(id);
+        let resolvable_by_change = change.as_ref().and_then(|ch| {
+            def.map(|d| {
+                d.resolved_by
+                    .iter()
+                    .chain(d.silenced_by.iter())
+                    .any(|r| r == ch)
+            })
+        });
+        let mut note = None;
+        if let (Some(ch), Some(def)) = (&change, def) {
+            if def.silenced_by.contains(ch) {
+                note = Some(format!(
+                    "`{ch}` only silences this warning; behaviour is unchanged"
+                ));
+            } else if !def.resolved_by.contains(ch) && bc > 0 {
+                let fixes = if def.resolved_by.is_empty() {
+                    "nothing in the catalog".to_owned()
+                } else {
+                    def.resolved_by.join(", ")
+                };
+                note = Some(format!("not resolvable by `{ch}`; resolved by: {fixes}"));
+            }
+        }
+        WarningChange {
+            id: id.to_owned(),
+            category: def.and_then(|d| d.category.clone()),
+            severity: sev.to_owned(),
+            meaning: def.map(|d| d.meaning.clone()),
+            baseline_count: bc,
+            candidate_count: cc,
+            resolvable_by_change,
+            note,
+        }
+    };
+    for (id, (bc, sev)) in &wb {
+        let counted = sev == "warning"
+            && catalog.get(id).and_then(|d| d.category.as_deref())
+                == Some(policy.warning_category.as_str());
+        let w = item(id, sev, *bc, wc.get(id).map_or(0, |x| x.0));
+        if counted {
+            d.counted_on_baseline += 1;
+            if w.resolvable_by_change == Some(true) {
+                resolvable += 1;
+            }
+        }
+        if wc.contains_key(id) {
+            d.persisting.push(w);
+        } else {
+            if counted {
+                d.counted_resolved += 1;
+            }
+            d.resolved.push(w);
+        }
+    }
+    for (id, (cc, sev)) in &wc {
+        if !wb.contains_key(id) {
+            d.new.push(item(id, sev, 0, *cc));
+        }
+    }
+    if change.is_some() {
+        d.resolvable = Some(resolvable);
+    }
+    for w in d.persisting.iter().chain(d.new.iter()) {
+        if let Some(n) = &w.note {
+            d.notes.push(format!("{}: {n}", w.id));
+        }
+    }
+    d
+}
+
+/// Quality of one suite between two arms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QualityDelta {
+    /// Baseline accuracy (0–1).
+    pub baseline_accuracy: Option<f64>,
+    /// Candidate accuracy (0–1).
+    pub candidate_accuracy: Option<f64>,
+    /// Change in percentage points.
+    pub change_pts: Option<f64>,
+    /// Paired items (same prompt on both arms).
+    pub paired: Option<u64>,
+    /// Right on the baseline, wrong on the candidate.
+    pub lost: Option<u64>,
+    /// Wrong on the baseline, right on the candidate.
+    pub gained: Option<u64>,
+    /// Exact McNemar p-value on the flips.
+    pub mcnemar_p: Option<f64>,
+    /// p < 0.05.
+    pub significant: Option<bool>,
+    /// The flipped items.
+    pub flips: Vec<crate::quality::agreement::Flip>,
+}
+
+/// Suites in a result's `quality` object.
+pub fn quality_suites(r: &RunResult) -> BTreeMap<String, Value> {
+    let mut m = BTreeMap::new();
+    if let Some(Value::Object(q)) = &r.quality {
+        for (k, v) in q {
+            if v.get("items").is_some() && v.get("accuracy").is_some() {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    m
+}
+
+fn quality_compare(
+    base: &ArmRuns,
+    cand: &ArmRuns,
+) -> (BTreeMap<String, QualityDelta>, Option<Value>) {
+    let (Some(rb), Some(rc)) = (base.results.first(), cand.results.first()) else {
+        return (BTreeMap::new(), None);
+    };
+    let (qb, qc) = (quality_suites(rb), quality_suites(rc));
+    let agreement = match (&base.quality_items, &cand.quality_items) {
+        (Some(a), Some(b)) => Some(crate::quality::agreement(a, b)),
+        _ => None,
+    };
+    let mut out = BTreeMap::new();
+    for (suite, vb) in &qb {
+        let Some(vc) = qc.get(suite) else { continue };
+        let (ab, ac) = (vb["accuracy"].as_f64(), vc["accuracy"].as_f64());
+        let pairing = agreement.as_ref().and_then(|a| a.suites.get(suite));
+        out.insert(
+            suite.clone(),
+            QualityDelta {
+                baseline_accuracy: ab,
+                candidate_accuracy: ac,
+                change_pts: ab.zip(ac).map(|(b, c)| 100.0 * (c - b)),
+                paired: pairing.map(|p| p.paired),
+                lost: pairing.map(|p| p.lost),
+                gained: pairing.map(|p| p.gained),
+                mcnemar_p: pairing.map(|p| p.mcnemar_p),
+                significant: pairing.map(|p| p.mcnemar_p < 0.05),
+                flips: pairing.map(|p| p.flips.clone()).unwrap_or_default(),
+            },
+        );
+    }
+    let summary = agreement.map(|a| {
+        json!({
+            "paired": a.paired, "exact_match_rate": a.exact_match_rate, "top1_agreement": a.top1_agreement,
+            "mean_kl": a.mean_kl, "max_kl": a.max_kl, "first_divergence_char": a.first_divergence_char,
+            "first_divergence_token": a.first_divergence_token, "finish_reason_shifts": a.finish_reason_shifts,
+            "degenerate_a": a.degenerate_a, "degenerate_b": a.degenerate_b, "prompt_mismatch": a.prompt_mismatch,
+        })
+    });
+    (out, summary)
+}
+
+fn server_summary(r: &RunResult) -> Value {
+    let f = &r.server.facts;
+    let check = f.get("config_check").cloned().unwrap_or(Value::Null);
+    let g = |k: &str| check.pointer(k).cloned().unwrap_or(Value::Null);
+    json!({
+        "engine": r.server.engine,
+        "version": r.server.version,
+        "kv_cache_dtype_requested": g("/requested/kv_cache_dtype"),
+        "kv_cache_dtype_effective": g("/effective/kv_cache_dtype"),
+        "calculate_kv_scales_requested": g("/requested/calculate_kv_scales"),
+        "calculate_kv_scales_effective": g("/effective/calculate_kv_scales"),
+        "cache_type_k": g("/effective/cache_type_k").as_str().map(str::to_owned).or_else(|| g("/requested/cache_type_k").as_str().map(str::to_owned)),
+        "kv_cache_tokens": f.get("kv_cache_tokens").or_else(|| f.get("llamacpp_kv_cache_cells")),
+        "startup_s": r.server.startup_s,
+        "mismatches": check.get("mismatches").cloned().unwrap_or(json!([])),
+    })
+}
+
+fn quantiles(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_unstable_by(f64::total_cmp);
+    if s.is_empty() {
+        return Vec::new();
+    }
+    (0..=100)
+        .map(|p| crate::stats::percentile_sorted(&s, p as f64))
+        .collect()
+}
+
+fn throughput_ci(a: &ArmRuns, key: &str) -> Value {
+    let vals: Vec<f64> = a
+        .results
+        .iter()
+        .filter_map(|r| metric_value(r, key))
+        .collect();
+    let Some(v) = mean(&vals) else {
+        return json!({"value": null, "ci_low": null, "ci_high": null});
+    };
+    // The interval of the arm's own value: the change against itself, shifted to its level.
+    let ci = if vals.len() >= 2 {
+        bootstrap_change_pct(&vals, &vals, |_| v, mean_of_refs, seed_of(key))
+    } else {
+        a.pooled().and_then(|s| {
+            let req = key == "requests_per_s";
+            let full = rate_stat(&s.tokens_e2e.iter().collect::<Vec<_>>(), req);
+            bootstrap_change_pct(
+                &s.tokens_e2e,
+                &s.tokens_e2e,
+                |_| full,
+                |x| rate_stat(x, req),
+                seed_of(key),
+            )
+        })
+    };
+    json!({
+        "value": v,
+        "ci_low": ci.map(|c| v * (1.0 + c.0 / 100.0)),
+        "ci_high": ci.map(|c| v * (1.0 + c.1 / 100.0)),
+    })
+}
+
+fn arm_summary(a: &ArmRuns) -> Value {
+    let first = a.results.first();
+    let failure = a.first_failure().and_then(|r| r.failure.clone());
+    let pooled = a.pooled();
+    let metrics: serde_json::Map<String, Value> = LATENCY_METRICS
+        .iter()
+        .map(|m| {
+            let s = match &pooled {
+                Some(p) => Summary::of(p.get(m).unwrap_or(&[])),
+                None => first
+                    .and_then(|r| serde_json::to_value(&r.metrics).ok())
+                    .and_then(|v| v.get(*m).cloned())
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default(),
+            };
+            ((*m).to_owned(), json!(s))
+        })
+        .collect();
+    let sum = |f: fn(&RunResult) -> u64| a.results.iter().map(f).sum::<u64>();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &a.results {
+        for (k, v) in &r.errors {
+            *errors.entry(k.clone()).or_default() += v;
+        }
+    }
+    json!({
+        "name": a.name,
+        "outcome": a.first_failure().map(|r| r.outcome.clone()).unwrap_or_else(|| "ok".into()),
+        "failure": failure,
+        "results": a.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "repeats": a.results.len(),
+        "server": first.map(server_summary),
+        "requests": {"total": sum(|r| r.requests.total), "completed": sum(|r| r.requests.completed), "failed": sum(|r| r.requests.failed)},
+        "errors": errors,
+        "metrics": metrics,
+        "throughput": {
+            "output_tok_per_s": throughput_ci(a, "output_tok_per_s"),
+            "requests_per_s": throughput_ci(a, "requests_per_s"),
+            "total_tok_per_s": {"value": mean(&a.results.iter().filter_map(|r| r.throughput.total_tok_per_s).collect::<Vec<_>>()), "ci_low": null, "ci_high": null},
+        },
+        "quality": first.map(|r| json!(quality_suites(r))),
+        "warnings": first.map(|r| r.warnings.clone()).unwrap_or_default(),
+        "server_metrics": first.and_then(|r| r.server_metrics.clone()),
+        "distributions": pooled.map(|p| json!({"ttft_ms": quantiles(&p.ttft_ms), "itl_ms": quantiles(&p.itl_ms)})),
+    })
+}
+
+/// Builds the comparison of `arms` against `baseline` (an arm name).
+pub fn compare(
+    arms: &[ArmRuns],
+    baseline: &str,
+    policy: &Policy,
+    catalog: &Catalog,
+    experiment: Option<&str>,
+) -> anyhow::Result<Value> {
+    let Some(base) = arms.iter().find(|a| a.name == baseline) else {
+        let names: Vec<&str> = arms.iter().map(|a| a.name.as_str()).collect();
+        bail!(
+            "no arm named {baseline:?} among the results (arms: {})",
+            names.join(", ")
+        );
+    };
+    if arms.len() < 2 {
+        bail!("a comparison needs at least two arms (got {})", arms.len());
+    }
+    let mut candidates = Vec::new();
+    for cand in arms.iter().filter(|a| a.name != baseline) {
+        let deltas: BTreeMap<String, Delta> = if base.ok() && cand.ok() {
+            delta_keys()
+                .into_iter()
+                .map(|k| {
+                    let d = delta(base, cand, &k, policy.noise_floor_pct);
+                    (k, d)
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let warnings = match (base.results.first(), cand.results.first()) {
+            (Some(b), Some(c)) => warning_diff(b, c, catalog, policy),
+            _ => WarningDiff::default(),
+        };
+        let (quality, agreement) = quality_compare(base, cand);
+        let (verdict, recs) = decision::decide(base, cand, &deltas, &warnings, &quality, policy);
+        candidates.push(json!({
+            "arm": cand.name,
+            "decision": verdict,
+            "recommendations": recs,
+            "deltas": deltas,
+            "warnings": warnings,
+            "quality": quality,
+            "agreement": agreement,
+        }));
+    }
+    let (decision, recommended, recommendations) = decision::overall(&candidates);
+    let first = candidates.first().cloned().unwrap_or(Value::Null);
+    let mut arms_json = vec![arm_summary(base)];
+    arms_json.extend(arms.iter().filter(|a| a.name != baseline).map(arm_summary));
+    Ok(json!({
+        "schema_version": COMPARISON_SCHEMA_VERSION,
+        "kvbench_version": env!("CARGO_PKG_VERSION"),
+        "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "experiment": experiment,
+        "baseline": baseline,
+        "decision": decision,
+        "recommended_arm": recommended,
+        "recommendations": recommendations,
+        "policy": policy,
+        "arms": arms_json,
+        "candidates": candidates,
+        "deltas": first.get("deltas").cloned().unwrap_or(json!({})),
+        "warnings": first.get("warnings").cloned().unwrap_or(json!({})),
+        "quality": first.get("quality").cloned().unwrap_or(json!({})),
+        "agreement": first.get("agreement").cloned().unwrap_or(Value::Null),
+    }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,267 @@
+//! Decision-table tests: every verdict path, including the unattainable criterion.
+
+use super::*;
+use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
+use crate::result::{ServerInfo, SCHEMA_VERSION};
+use crate::stats::Summary;
+
+const FP8: [&str; 3] = [
+    "fp8_q_scale_missing",
+    "fp8_kv_scale_default",
+    "fp8_qprob_scale_uncalibrated",
+];
+
+fn warnings(ids: &[&str]) -> Vec<Value> {
+    ids.iter()
+        .map(
+            |id| json!({"id": id, "severity": "warning", "count": 1, "ranks": 1, "first_line": id}),
+        )
+        .collect()
+}
+
+/// An arm whose per-request TTFT and E2E are `scale` times a fixed spread, with given warnings.
+fn arm(name: &str, scale: f64, ids: &[&str], calculate: bool, quality: Option<f64>) -> ArmRuns {
+    let ttft: Vec<f64> = (0..200)
+        .map(|i| scale * (100.0 + (i % 17) as f64))
+        .collect();
+    let e2e: Vec<f64> = ttft.iter().map(|t| t + 1000.0 * scale).collect();
+    let s = Samples {
+        ttft_ms: ttft.clone(),
+        ttft_answer_ms: ttft.clone(),
+        itl_ms: (0..400).map(|i| scale * (10.0 + (i % 5) as f64)).collect(),
+        tpot_ms: (0..200).map(|i| scale * (10.0 + (i % 3) as f64)).collect(),
+        e2e_ms: e2e.clone(),
+        tokens_e2e: e2e.iter().map(|e| (100.0, *e)).collect(),
+    };
+    let tput = 100.0 * 200.0 / (e2e.iter().sum::<f64>() / 1000.0) * 8.0;
+    let mut facts = BTreeMap::new();
+    facts.insert(
+        "config_check".into(),
+        json!({"requested": {"kv_cache_dtype": "fp8", "calculate_kv_scales": calculate}, "effective": {}, "mismatches": []}),
+    );
+    let r = RunResult {
+        schema_version: SCHEMA_VERSION,
+        kvbench_version: "test".into(),
+        arm: Some(name.into()),
+        started_at: String::new(),
+        finished_at: String::new(),
+        interrupted: false,
+        outcome: "ok".into(),
+        server: ServerInfo {
+            facts,
+            ..ServerInfo::default()
+        },
+        config: json!({}),
+        requests: RequestCounts {
+            total: 200,
+            completed: 200,
+            ..RequestCounts::default()
+        },
+        errors: BTreeMap::new(),
+        anomalies: BTreeMap::new(),
+        finish_reasons: BTreeMap::new(),
+        tokens: Tokens::default(),
+        metrics: Metrics {
+            ttft_ms: Summary::of(&ttft),
+            ttft_answer_ms: Summary::of(&ttft),
+            itl_ms: Summary::of(&s.itl_ms),
+            tpot_ms: Summary::of(&s.tpot_ms),
+            e2e_ms: Summary::of(&e2e),
+            ..Metrics::default()
+        },
+        throughput: Throughput {
+            requests_per_s: Some(tput / 100.0),
+            output_tok_per_s: Some(tput),
+            total_tok_per_s: None,
+        },
+        duration_s: Some(10.0),
+        warnings: warnings(ids),
+        server_metrics: None,
+        quality: quality.map(|a| {
+            json!({"passkey": {"items": 40, "correct": (a * 40.0) as u64, "accuracy": a, "ci_low": 0.0, "ci_high": 1.0}})
+        }),
+        journal: None,
+        failure: None,
+    };
+    ArmRuns {
+        name: name.into(),
+        paths: vec![PathBuf::from(format!("{name}.json"))],
+        results: vec![r],
+        samples: vec![Some(s)],
+        quality_items: None,
+    }
+}
+
+fn run(base: &ArmRuns, cand: &ArmRuns, policy: &Policy) -> Value {
+    compare(
+        &[base.clone(), cand.clone()],
+        &base.name,
+        policy,
+        Catalog::default_catalog(),
+        None,
+    )
+    .unwrap()
+}
+
+fn rec<'a>(c: &'a Value, criterion: &str) -> &'a Value {
+    c["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["criterion"] == criterion)
+        .unwrap_or_else(|| panic!("no {criterion} in {:#}", c["recommendations"]))
+}
+
+#[test]
+fn apply_when_every_criterion_holds() {
+    let base = arm("base", 1.0, &FP8, false, Some(0.9));
+    // A change that resolves all three (e.g. a calibrated checkpoint); speed unchanged.
+    let cand = arm("cand", 1.0, &[], false, Some(0.9));
+    let c = run(&base, &cand, &Policy::default());
+    assert_eq!(c["decision"], "apply", "{:#}", c["recommendations"]);
+    assert_eq!(c["recommended_arm"], "cand");
+    assert_eq!(c["deltas"]["ttft_ms.p50"]["significant"], false);
+    assert_eq!(rec(&c, "warnings")["evidence"]["counted_resolved"], 3);
+    assert_eq!(rec(&c, "overall")["verdict"], "apply");
+}
+
+#[test]
+fn a_a_comparison_is_no_significant_difference() {
+    let a = arm("a", 1.0, &FP8, false, None);
+    let mut b = a.clone();
+    b.name = "b".into();
+    let c = run(&a, &b, &Policy::default());
+    for (k, d) in c["deltas"].as_object().unwrap() {
+        assert_eq!(d["significant"], false, "{k}: {d}");
+        let (lo, hi) = (
+            d["ci_low_pct"].as_f64().unwrap(),
+            d["ci_high_pct"].as_f64().unwrap(),
+        );
+        assert!(lo <= 0.0 && hi >= 0.0, "{k}: {d}");
+    }
+}
+
+#[test]
+fn monitor_and_keep_by_regression_size() {
+    let base = arm("base", 1.0, &FP8, false, Some(0.9));
+    let c = run(
+        &base,
+        &arm("slow20", 1.2, &[], false, Some(0.9)),
+        &Policy::default(),
+    );
+    assert_eq!(c["decision"], "monitor", "{:#}", c["recommendations"]);
+    assert_eq!(rec(&c, "ttft_ms.p50")["verdict"], "monitor");
+    let c = run(
+        &base,
+        &arm("slow40", 1.4, &[], false, Some(0.9)),
+        &Policy::default(),
+    );
+    assert_eq!(c["decision"], "keep");
+    assert_eq!(rec(&c, "ttft_ms.p50")["verdict"], "keep");
+    let tput = rec(&c, "output_tok_per_s")["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(tput.contains("lower is worse"), "{tput}");
+}
+
+#[test]
+fn calculate_kv_scales_cannot_meet_three_resolved_by_construction() {
+    let base = arm("baseline", 1.0, &FP8, false, Some(0.9));
+    let cand = arm(
+        "calibrated",
+        1.0,
+        &[
+            "fp8_qprob_scale_uncalibrated",
+            "calculate_kv_scales_deprecated",
+        ],
+        true,
+        Some(0.9),
+    );
+    let c = run(&base, &cand, &Policy::default());
+    assert_eq!(c["decision"], "keep");
+    let w = rec(&c, "warnings");
+    assert_eq!(w["verdict"], "keep");
+    assert_eq!(w["evidence"]["counted_resolved"], 2);
+    assert_eq!(w["evidence"]["resolvable_by_change"], 2);
+    assert_eq!(w["evidence"]["attainable"], false);
+    let reason = w["reason"].as_str().unwrap();
+    assert!(reason.contains("cannot be met by construction"), "{reason}");
+    assert!(
+        reason.contains("fp8_qprob_scale_uncalibrated persists"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("calibrated k/v and q/prob scales"),
+        "{reason}"
+    );
+    let diff = &c["warnings"];
+    assert_eq!(diff["change_under_test"], "calculate_kv_scales");
+    assert_eq!(diff["new"][0]["id"], "calculate_kv_scales_deprecated");
+    let note = diff["persisting"][0]["note"].as_str().unwrap();
+    assert!(
+        note.contains("not resolvable by `calculate_kv_scales`"),
+        "{note}"
+    );
+    // With a policy asking for 2, the same data applies.
+    let lenient = Policy {
+        min_warnings_resolved: 2,
+        ..Policy::default()
+    };
+    assert_eq!(run(&base, &cand, &lenient)["decision"], "apply");
+}
+
+#[test]
+fn a_failed_arm_is_inconclusive_with_the_reason() {
+    let base = arm("baseline", 1.0, &FP8, false, None);
+    let mut cand = arm("calibrated", 1.0, &[], true, None);
+    cand.results[0].outcome = "unsupported_argument".into();
+    cand.results[0].failure = Some(crate::server::Failure {
+        kind: "unsupported_argument".into(),
+        message: "vllm: error: unrecognized arguments: --calculate-kv-scales".into(),
+        log_tail: String::new(),
+    });
+    let c = run(&base, &cand, &Policy::default());
+    assert_eq!(c["decision"], "inconclusive");
+    let r = rec(&c, "arms")["reason"].as_str().unwrap().to_owned();
+    assert!(
+        r.contains("no longer accepts --calculate-kv-scales") && r.contains("checkpoint"),
+        "{r}"
+    );
+    assert_eq!(c["arms"][1]["outcome"], "unsupported_argument");
+}
+
+#[test]
+fn missing_journals_and_missing_quality() {
+    let base = arm("base", 1.0, &FP8, false, None);
+    let mut cand = arm("cand", 1.0, &[], false, None);
+    cand.samples = vec![None];
+    let c = run(&base, &cand, &Policy::default());
+    assert_eq!(c["decision"], "inconclusive", "{:#}", c["recommendations"]);
+    assert_eq!(rec(&c, "ttft_ms.p50")["verdict"], "inconclusive");
+    assert_eq!(rec(&c, "quality")["verdict"], "monitor");
+}
+
+#[test]
+fn quality_drop_without_pairing_counts_and_policy_parses() {
+    let base = arm("base", 1.0, &FP8, false, Some(0.95));
+    let c = run(
+        &base,
+        &arm("worse", 1.0, &[], false, Some(0.80)),
+        &Policy::default(),
+    );
+    assert_eq!(rec(&c, "quality.passkey")["verdict"], "keep");
+    assert_eq!(c["decision"], "keep");
+    let p = Policy::parse(
+        "min_warnings_resolved = 2\nregression_metrics = [\"e2e_ms.p90\"]\n",
+        "p.toml",
+    )
+    .unwrap();
+    assert_eq!(p.min_warnings_resolved, 2);
+    assert_eq!(p.apply_max_regression_pct, 15.0);
+    let e = Policy::parse("min_warnings = 2\n", "p.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("p.toml:"), "{e}");
+    assert!(Policy::parse("regression_metrics = [\"ttft\"]\n", "p.toml").is_err());
+}

@@ -1,0 +1,102 @@
+//! Reports: a comparison JSON (`kvbench compare`'s output) rendered for people, as Markdown
+//! and as one self-contained HTML page with the verdict on top.
+//!
+//! The reports read the comparison as a plain `serde_json::Value` rather than the compare
+//! module's types, so `kvbench report C.json` renders any comparison file, including one from an
+//! older or newer kvbench, and renders defensively: any value may be missing or `null`.
+//!
+//! - [`view`] turns the JSON into one view (verdict, then sections of tables and charts);
+//! - [`html`] renders it with `minijinja` (escaping by default), [`markdown`] by hand;
+//! - [`svg`] draws the charts (hand-written SVG; its module doc says why not `plotters`).
+
+pub mod html;
+pub mod markdown;
+pub mod svg;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// The comparison as Markdown: the same content as the HTML report, as tables.
+pub fn markdown(c: &Value) -> String {
+    markdown::render(&view::build(c))
+}
+
+/// The comparison as one self-contained HTML page.
+pub fn html(c: &Value) -> String {
+    html::render(&view::build(c))
+}
+
+/// Reads a comparison JSON file.
+pub fn read_comparison(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the comparison {}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    if !v.is_object() {
+        anyhow::bail!(
+            "{} is not a comparison: expected a JSON object",
+            path.display()
+        );
+    }
+    Ok(v)
+}
+
+/// Writes `text` to `path`, or to stdout when `path` is `-`.
+pub fn write_output(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    if path.as_os_str() == "-" {
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => Ok(()),
+            // `kvbench report C.json --md - | head` is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(e).context("cannot write the report to stdout"),
+        }
+    } else {
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write the report {}", path.display()))
+    }
+}
+
+/// `kvbench report C.json [--html F] [--md F]`: renders the comparison again, then prints the
+/// verdict and the paths written.
+pub fn run(input: &Path, html_out: Option<&Path>, md_out: Option<&Path>) -> anyhow::Result<()> {
+    if html_out.is_none() && md_out.is_none() {
+        anyhow::bail!("nothing to write: give --html FILE and/or --md FILE (`-` for stdout)");
+    }
+    if html_out.is_some_and(|p| p.as_os_str() == "-")
+        && md_out.is_some_and(|p| p.as_os_str() == "-")
+    {
+        anyhow::bail!("only one of --html and --md can be `-` (stdout)");
+    }
+    let c = read_comparison(input)?;
+    let report = view::build(&c);
+    if let Some(p) = md_out {
+        write_output(p, &markdown::render(&report))?;
+    }
+    if let Some(p) = html_out {
+        write_output(p, &html::render(&report))?;
+    }
+    // The verdict and where to look, on stderr when a report went to stdout.
+    let mut lines = vec![format!("verdict     {}", report.decision_label)];
+    for (label, p) in [("html", html_out), ("markdown", md_out)] {
+        if let Some(p) = p.filter(|p| p.as_os_str() != "-") {
+            lines.push(format!("{label:<11} {}", p.display()));
+        }
+    }
+    let text = lines.join("\n");
+    if md_out.is_some_and(|p| p.as_os_str() == "-")
+        || html_out.is_some_and(|p| p.as_os_str() == "-")
+    {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Unit tests on hand-made comparisons (`tests/fixtures/comparison-*.json`).
+
+use serde_json::{json, Value};
+
+use super::{html, markdown};
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The page's text as a browser shows it (for checking content; escaping is checked on the
+/// raw page).
+fn unescape(h: &str) -> String {
+    h.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&#x2f;", "/")
+        .replace("&amp;", "&")
+}
+
+/// Checks that hold for both formats.
+fn assert_common(out: &str, c: &Value) {
+    // Every arm, every recommendation's criterion, every catalogued warning id.
+    for arm in c["arms"].as_array().unwrap() {
+        let name = arm["name"].as_str().unwrap();
+        assert!(out.contains(name), "arm {name} missing");
+        for w in arm["warnings"].as_array().unwrap() {
+            assert!(out.contains(w["id"].as_str().unwrap()));
+        }
+    }
+    for r in c["recommendations"].as_array().unwrap() {
+        assert!(out.contains(r["criterion"].as_str().unwrap()));
+    }
+}
+
+#[test]
+fn html_has_verdict_reasons_arms_numbers_and_warnings() {
+    let c = fixture("comparison-sample.json");
+    let raw = html(&c);
+    assert!(raw.starts_with("<!DOCTYPE html>"));
+    let h = unescape(&raw);
+    assert_common(&h, &c);
+    // The verdict on top, colour-coded, before any section.
+    let verdict = h.find(r#"class="verdict verdict-monitor""#).unwrap();
+    assert!(verdict < h.find("<section").unwrap());
+    assert!(h.contains(">MONITOR<"));
+    assert!(h.contains("recommended arm: fp8-calibrated · baseline: fp8"));
+    assert!(h.contains("Monitor: apply fp8-calibrated and watch it."));
+    // Reasons with their verdicts (the criterion table and each candidate's table).
+    assert!(h.contains("2 FP8 warnings resolved (fp8_q_scale_missing, fp8_kv_scale_default)"));
+    assert!(h.contains(r#"<td class="v-monitor">monitor</td>"#));
+    assert!(h.contains("Candidate reference: monitor"));
+    // Numbers: baseline TTFT p50, throughput with its interval, KV-cache capacity, start-up.
+    assert!(h.contains(">52.1<"));
+    assert!(h.contains("1,234.5 [1,203.6 … 1,265.4]"));
+    assert!(h.contains("6,741,744") && h.contains("3,370,872"));
+    assert!(h.contains(">110.2<") && h.contains(">131.7<"));
+    // The deltas row: change, CI, significance.
+    assert!(h.contains("+5.6 %"));
+    assert!(h.contains("significant (worse)") && h.contains("within noise"));
+    // Quality per suite and arm, and per context length.
+    assert!(h.contains("95.0 % (38/40)"));
+    assert!(h.contains("passkey by context length"));
+    assert!(h.contains("80.0 % (8/10)"));
+    assert!(h.contains("passkey-4096-0.5-3 (lost)"));
+    // Warnings: status, note explaining the unresolvable one.
+    assert!(h.contains(">resolved<") && h.contains(">persisting<") && h.contains(">new<"));
+    assert!(h.contains("prob_scale stays 1.0, so this warning cannot be resolved"));
+    // Server facts: dtype requested vs effective, the mismatch flagged.
+    assert!(h.contains("<code>bfloat16</code>"));
+    assert!(h.contains("asked for auto, server used bfloat16"));
+    // Two CDF charts (three arms each) and the throughput chart.
+    assert_eq!(h.matches("<polyline").count(), 6);
+    assert_eq!(h.matches("<circle").count(), 3);
+    // Self-contained: nothing to load, no script; the only URL is the SVG namespace.
+    assert!(!raw.contains("<script") && !raw.contains("src=") && !raw.contains("<link"));
+    assert!(!raw.contains("@import"));
+    assert_eq!(
+        raw.matches("url(").count(),
+        raw.matches("url(#clip-").count()
+    );
+    assert_eq!(
+        raw.matches("http://").count() + raw.matches("https://").count(),
+        raw.matches(r#"xmlns="http://www.w3.org/2000/svg""#).count()
+    );
+}
+
+#[test]
+fn text_from_the_comparison_is_escaped() {
+    let c = fixture("comparison-sample.json");
+    let h = html(&c);
+    assert!(!h.contains("<script>alert"));
+    assert!(
+        h.contains("&lt;script&gt;alert(&#x27;x&#x27;)&lt;&#x2f;script&gt;"),
+        "{}",
+        &h[h.find("deprecated &lt;").unwrap_or(0)..][..200]
+    );
+    // In Markdown the log line is a code span, which GitHub shows verbatim (never as HTML).
+    let m = markdown(&c);
+    assert!(m.contains(
+        "``(APIServer pid=90) WARNING 11-27 10:00:02 [cache.py:266] The `--calculate-kv-scales` \
+         option is deprecated <script>alert('x')</script> & will be removed in v0.19.``"
+    ));
+    assert_eq!(m.matches("<script>").count(), 1);
+
+    let f = fixture("comparison-failed-arm.json");
+    let h = html(&f);
+    assert!(h.contains("unrecognized arguments: --kv-cache-dtype fp8_e4m3 &lt;b&gt;"));
+    assert!(!h.contains("<b>bold</b>"));
+    assert!(h.contains("&lt;b&gt;bold&lt;&#x2f;b&gt;"));
+    // In Markdown the log tail sits in a fenced block, where GitHub shows it verbatim.
+    let m = markdown(&f);
+    assert!(m.contains("```\n(APIServer pid=90) usage: vllm serve"));
+}
+
+#[test]
+fn markdown_has_the_same_content_as_tables() {
+    let c = fixture("comparison-sample.json");
+    let m = markdown(&c);
+    assert_common(&m, &c);
+    assert!(m.starts_with("# kvbench report · fp8\n"));
+    assert!(m.contains("## Verdict: **MONITOR**"));
+    assert!(m.contains("> Monitor: apply fp8-calibrated and watch it."));
+    for title in [
+        "## Recommendations",
+        "## Arms",
+        "## Latency per arm",
+        "## Throughput per arm",
+        "## Deltas against the baseline",
+        "## Quality",
+        "## Warnings",
+        "## Server facts",
+        "## Decision policy",
+    ] {
+        assert!(m.contains(title), "{title}");
+    }
+    assert!(m.contains("1,234.5 [1,203.6 … 1,265.4]"));
+    assert!(m.contains("6,741,744"));
+    assert!(m.contains("95.0 % (38/40)"));
+    assert!(!m.contains("<svg"));
+    // Every table line has the same number of cells as its header, and tables are aligned.
+    let mut lines = m.lines().peekable();
+    let mut tables = 0;
+    while let Some(l) = lines.next() {
+        if !l.starts_with('|') {
+            continue;
+        }
+        tables += 1;
+        let cells = |s: &str| s.replace("\\|", "").matches('|').count();
+        let (n, w) = (cells(l), l.chars().count());
+        while let Some(next) = lines.peek().filter(|x| x.starts_with('|')) {
+            assert_eq!(cells(next), n, "{next}");
+            assert_eq!(
+                next.chars().count() - next.matches("\\|").count(),
+                w - l.matches("\\|").count(),
+                "{next}"
+            );
+            lines.next();
+        }
+    }
+    assert!(tables >= 12, "{tables} tables");
+    // The deltas row of the candidate, aligned but intact.
+    let row = m
+        .lines()
+        .find(|l| l.starts_with("| `ttft_ms.p50`") && l.contains("bootstrap_requests"))
+        .unwrap();
+    assert!(row.contains("52.1") && row.contains("55.0") && row.contains("+5.6 %"));
+    assert!(row.contains("significant (worse)") && row.contains("bootstrap_requests"));
+}
+
+#[test]
+fn a_failed_arm_shows_its_failure_and_an_inconclusive_verdict() {
+    let c = fixture("comparison-failed-arm.json");
+    for out in [unescape(&html(&c)), markdown(&c)] {
+        assert_common(&out, &c);
+        assert!(out.contains("INCONCLUSIVE"));
+        assert!(out.contains("the reference arm failed to start (unsupported_argument)"));
+        assert!(out.contains("unsupported_argument"));
+        assert!(out.contains("unrecognized arguments: --kv-cache-dtype fp8"));
+        assert!(out.contains("server log tail"));
+        assert!(out.contains("No deltas for reference."));
+        assert!(out.contains("no metrics"));
+    }
+    let h = html(&c);
+    assert!(h.contains("verdict-inconclusive"));
+    // The failed arm has no distribution: two arms per CDF, and a note.
+    assert_eq!(h.matches("<polyline").count(), 4);
+    assert!(h.contains("No TTFT distribution for: reference."));
+}
+
+#[test]
+fn anything_missing_renders_without_panicking() {
+    for c in [
+        json!({}),
+        json!(null),
+        json!([]),
+        json!({"decision": "weird", "arms": [{}], "candidates": [{}]}),
+        json!({"decision": null, "arms": [{"name": null, "metrics": {"ttft_ms": null}, "server": null,
+               "distributions": {"ttft_ms": [1.0, null, 3.0]}, "throughput": {"output_tok_per_s": {"value": null}},
+               "quality": {"passkey": null}}],
+               "recommendations": [{"criterion": "overall"}], "deltas": {"ttft_ms.p50": {}},
+               "warnings": {"resolved": [{}]}, "quality": {"passkey": {"flips": [{}]}}, "policy": null}),
+    ] {
+        let h = html(&c);
+        assert!(h.contains("NO VERDICT"), "{c}");
+        assert!(!h.contains("The report template failed"), "{h}");
+        let m = markdown(&c);
+        assert!(m.contains("## Verdict: **NO VERDICT**"));
+    }
+    // A missing value is a dash, never 0.
+    let c =
+        json!({"decision": "keep", "arms": [{"name": "a", "server": {"kv_cache_tokens": null}}]});
+    let m = markdown(&c);
+    let row = m.lines().find(|l| l.contains("KV-cache capacity")).unwrap();
+    assert!(row.contains('—') && !row.contains(" 0 "), "{row}");
+    assert!(html(&c).contains("verdict-keep"));
+}
+
+#[test]
+fn markdown_escaping_keeps_tables_and_code_intact() {
+    use super::markdown::esc;
+    assert_eq!(
+        esc("a|b<c>*d*\n[e](f) [1 … 2]"),
+        r"a\|b\<c\>\*d\* [e]\(f) [1 … 2]"
+    );
+    let c = json!({"decision": "apply", "arms": [{"name": "x|y", "warnings": [
+        {"id": "w", "first_line": "a `tick` | pipe\nnext"}]}]});
+    let m = markdown(&c);
+    assert!(m.contains("``a `tick` \\| pipe next``"), "{m}");
+    assert!(m.contains("`x\\|y`"));
+}

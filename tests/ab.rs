@@ -1,0 +1,185 @@
+//! `kvbench ab` and `kvbench compare` end to end with `kvbench test-server` arms that print
+//! real-looking vLLM start-up logs (no engine needed), including `--resume` and `--dry-run`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kvbench");
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/logs/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kvbench(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn experiment(dir: &Path) -> PathBuf {
+    let text = format!(
+        r#"name = "fp8"
+[server]
+command = ["{BIN}", "test-server", "--listen", "127.0.0.1:{{port}}", "--ttft-ms", "20", "--itl-ms", "2", "--tokens", "8"]
+port = "auto"
+[workload]
+num_requests = 30
+concurrency = 4
+max_tokens = 8
+warmup = 2
+
+[[arms]]
+name = "baseline"
+args = ["--print", "{}", "--", "--kv-cache-dtype", "fp8"]
+
+[[arms]]
+name = "calibrated"
+args = ["--print", "{}", "--", "--kv-cache-dtype", "fp8", "--calculate-kv-scales"]
+"#,
+        fixture("vllm-fp8-tp2-wsl.log"),
+        fixture("vllm-fp8-calibrated.log"),
+    );
+    let p = dir.join("fp8.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn files(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(prefix) && n.ends_with(suffix)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn ab_runs_every_arm_compares_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path());
+    let out = dir.path().join("out");
+    let o = kvbench(&[
+        "ab",
+        exp.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("kvbench verdict: KEEP"), "{stdout}");
+    assert!(stdout.contains("cannot be met by construction"), "{stdout}");
+    assert_eq!(files(&out, "benchmark_fp8_baseline_", ".json").len(), 1);
+    assert_eq!(files(&out, "benchmark_fp8_calibrated_", ".json").len(), 1);
+    let cmp = files(&out, "comparison_fp8_", ".json");
+    assert_eq!(cmp.len(), 1);
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cmp[0]).unwrap()).unwrap();
+    assert_eq!(c["decision"], "keep");
+    assert_eq!(c["baseline"], "baseline");
+    let resolved: Vec<&str> = c["warnings"]["resolved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        resolved.contains(&"fp8_q_scale_missing") && resolved.contains(&"fp8_kv_scale_default")
+    );
+    assert_eq!(
+        c["warnings"]["persisting"][0]["id"],
+        "fp8_qprob_scale_uncalibrated"
+    );
+    // Both arms run the same server: speed differences are within noise.
+    assert_eq!(c["deltas"]["ttft_ms.p50"]["method"], "bootstrap_requests");
+    assert_ne!(
+        c["deltas"]["ttft_ms.p50"]["significant"], true,
+        "{}",
+        c["deltas"]["ttft_ms.p50"]
+    );
+    assert_eq!(files(&out, "comparison_fp8_", ".html").len(), 1);
+    let md = std::fs::read_to_string(&files(&out, "comparison_fp8_", ".md")[0]).unwrap();
+    assert!(md.to_lowercase().contains("keep"), "{md}");
+
+    // --resume keeps both arms and only compares again.
+    let o = kvbench(&[
+        "ab",
+        exp.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("kept from an earlier run"));
+    assert_eq!(files(&out, "benchmark_fp8_baseline_", ".json").len(), 1);
+
+    // The user's original two-file form of compare.
+    let base = &files(&out, "benchmark_fp8_baseline_", ".json")[0];
+    let cal = &files(&out, "benchmark_fp8_calibrated_", ".json")[0];
+    let report = dir.path().join("fp8_comparison_report.json");
+    let o = kvbench(&[
+        "compare",
+        "--baseline",
+        base.to_str().unwrap(),
+        "--calibrated",
+        cal.to_str().unwrap(),
+        "--output",
+        report.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c2: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(c2["decision"], "keep");
+    assert!(c2["recommendations"].as_array().unwrap().len() >= 4);
+}
+
+#[test]
+fn ab_dry_run_starts_nothing_and_bad_input_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path());
+    let out = dir.path().join("out");
+    let o = kvbench(&[
+        "ab",
+        exp.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("arm \"baseline\"") && text.contains("arm \"calibrated\""),
+        "{text}"
+    );
+    assert!(files(&out, "benchmark_", ".json").is_empty());
+
+    let o = kvbench(&["ab", exp.to_str().unwrap(), "--baseline", "nope"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no arm named \"nope\""),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    let o = kvbench(&[
+        "compare",
+        fixture("vllm-fp8-calibrated.log").as_str(),
+        "x.json",
+        "-o",
+        "c.json",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("not a kvbench result"),
+        "{err}"
+    );
+}
