@@ -282,11 +282,6 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         _ = cancel.cancelled() => bail!("interrupted before the run started"),
     };
 
-    // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
-    // first wave's TTFT: a serving client keeps its connections alive.
-    let prewarm = prewarm_count(&cfg.arrival);
-    futures_util::future::join_all((0..prewarm).map(|_| client.get_json("models"))).await;
-
     // Journal first: if it cannot be written, fail before sending anything.
     let journal_file = std::fs::File::create(&cfg.journal)
         .with_context(|| format!("cannot write journal {}", cfg.journal.display()))?;
@@ -400,15 +395,15 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
                 origin,
                 progress: cfg.progress != ProgressMode::Quiet,
             };
-            let quality = crate::quality::run_suites(q, &env, &cancel).await?;
-            // The server may have closed the pre-opened connections while the suites ran: open
-            // them again, so TCP set-up stays out of the first measured requests.
-            futures_util::future::join_all((0..prewarm).map(|_| ctx.client.get_json("models")))
-                .await;
-            Some(quality)
+            Some(crate::quality::run_suites(q, &env, &cancel).await?)
         }
         None => None,
     };
+
+    // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
+    // first wave's TTFT: a serving client keeps its connections alive.
+    let prewarm = prewarm_count(&cfg.arrival);
+    futures_util::future::join_all((0..prewarm).map(|_| ctx.client.get_json("models"))).await;
 
     let measure_start = Instant::now();
     let deadline = cfg.duration.map(|d| measure_start + d);

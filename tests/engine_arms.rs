@@ -78,7 +78,11 @@ set = {{ "--cache-type-k" = "q8_0", "--cache-type-v" = "q8_0" }}
             r.server.facts.get("config_check")
         );
         assert_eq!(r.outcome, "ok", "{:?}", r.failure);
-        assert_eq!(r.requests.completed, 4);
+        assert_eq!(
+            r.requests.completed, 4,
+            "errors: {:?}, journal {:?}",
+            r.errors, r.journal
+        );
         assert!(r.server.startup_s.unwrap() > 0.0);
         let name = run.path.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
@@ -172,7 +176,7 @@ args = ["--calculate-kv-scales"]
         match arm.name.as_str() {
             "auto" => {
                 assert_eq!(r.outcome, "ok", "{:?}", r.failure);
-                assert_eq!(r.requests.completed, 4);
+                assert_eq!(r.requests.completed, 4, "errors: {:?}", r.errors);
                 assert!(
                     r.server.facts["kv_cache_tokens"].as_u64().unwrap() > 0,
                     "{:?}",

@@ -79,6 +79,11 @@ pub struct ClientOptions {
     pub pool_size: usize,
 }
 
+/// Idle pooled connections are dropped after this long: shorter than the keep-alive timeout of
+/// common servers (uvicorn in vLLM and cpp-httplib in llama.cpp close idle connections after
+/// 5 s), so the client rarely reuses a connection the server is closing.
+pub const POOL_IDLE: Duration = Duration::from_secs(3);
+
 /// A shared, keep-alive HTTP client for one server.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -109,7 +114,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .pool_max_idle_per_host(opts.pool_size.max(1))
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(POOL_IDLE)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))
             .http1_only()
@@ -198,36 +203,46 @@ impl Client {
             Endpoint::Completions => "completions",
         };
         let url = format!("{}/{}", self.api_base, path);
-        let req = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .timeout(self.timeout)
-            .body(body);
         let now_ns = || origin.elapsed().as_nanos() as u64;
-        rec.sent_ns = now_ns();
-        let resp = tokio::select! {
-            r = req.send() => r,
-            _ = cancel.cancelled() => {
-                rec.end_ns = now_ns();
-                fail(rec, ErrorKind::Cancelled, "interrupted before the response arrived");
-                return;
-            }
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                rec.end_ns = now_ns();
-                let kind = if e.is_timeout() {
-                    ErrorKind::Timeout
-                } else if e.is_connect() {
-                    ErrorKind::Connect
-                } else {
-                    ErrorKind::Other
-                };
-                fail(rec, kind, &describe_reqwest(&e));
-                return;
+        // A pooled keep-alive connection may have been closed by the server just before it is
+        // reused ("connection closed before message completed"): nothing reached the server, so
+        // the request is sent once more, and timed from that second send.
+        let mut attempt = 0;
+        let resp = loop {
+            let req = self
+                .http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+                .timeout(self.timeout)
+                .body(body.clone());
+            rec.sent_ns = now_ns();
+            let resp = tokio::select! {
+                r = req.send() => r,
+                _ = cancel.cancelled() => {
+                    rec.end_ns = now_ns();
+                    fail(rec, ErrorKind::Cancelled, "interrupted before the response arrived");
+                    return;
+                }
+            };
+            match resp {
+                Ok(r) => break r,
+                Err(e) if attempt == 0 && is_stale_connection(&e) => {
+                    attempt += 1;
+                    rec.note("stale_connection_retry");
+                }
+                Err(e) => {
+                    rec.end_ns = now_ns();
+                    let kind = if e.is_timeout() {
+                        ErrorKind::Timeout
+                    } else if e.is_connect() {
+                        ErrorKind::Connect
+                    } else {
+                        ErrorKind::Other
+                    };
+                    fail(rec, kind, &describe_reqwest(&e));
+                    return;
+                }
             }
         };
         rec.first_byte_ns = Some(now_ns());
@@ -328,6 +343,14 @@ impl Client {
             rec.note("no_tokens");
         }
     }
+}
+
+/// A send that failed because a reused keep-alive connection was already closed by the server
+/// (no response byte arrived, not a timeout, not a new connection that could not be made).
+fn is_stale_connection(e: &reqwest::Error) -> bool {
+    !e.is_timeout()
+        && !e.is_connect()
+        && describe_reqwest(e).contains("connection closed before message completed")
 }
 
 fn fail(rec: &mut RequestRecord, kind: ErrorKind, msg: &str) {

@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{Endpoint, Engine};
-use crate::workload::{Prompt, WorkItem};
+use crate::workload::{message_text, Prompt, WorkItem};
 
 /// Sampling parameters sent with every request.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -109,20 +109,6 @@ pub fn build_body(spec: &BodySpec, item: &WorkItem, prefix: &str) -> Value {
         body.insert("cache_prompt".into(), json!(false));
     }
     Value::Object(body)
-}
-
-fn message_text(m: &Value) -> Option<String> {
-    match m.get("content")? {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(parts) => Some(
-            parts
-                .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-        _ => None,
-    }
 }
 
 /// Puts `prefix` in front of the first message's text (a system or user message alike).

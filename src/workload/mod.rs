@@ -218,22 +218,27 @@ fn mix(seed: u64, id: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The text of a chat message: its string content, or its text parts joined with spaces.
+pub fn message_text(m: &Value) -> Option<String> {
+    match m.get("content")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => Some(
+            parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        _ => None,
+    }
+}
+
 fn count_prompt(prompt: &Prompt, tok: Option<&TokenCounter>) -> Option<u64> {
     let text = match prompt {
         Prompt::Text(t) => t.clone(),
         Prompt::Messages(m) => m
             .iter()
-            .filter_map(|m| match m.get("content") {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Array(parts)) => Some(
-                    parts
-                        .iter()
-                        .filter_map(|p| p.get("text").and_then(Value::as_str))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                ),
-                _ => None,
-            })
+            .filter_map(message_text)
             .collect::<Vec<_>>()
             .join("\n"),
     };
