@@ -429,7 +429,9 @@ fn recommendations_section(c: &Value) -> Section {
     } else {
         blocks.push(Block::Table(rec_table(recs)));
     }
-    for cand in arr(g(c, "candidates")) {
+    // With one candidate its table is the one above; with several, each gets its own.
+    let candidates = arr(g(c, "candidates"));
+    for cand in candidates.iter().filter(|_| candidates.len() > 1) {
         let crecs = arr(g(cand, "recommendations"));
         if crecs.is_empty() {
             continue;
