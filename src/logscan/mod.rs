@@ -394,11 +394,17 @@ fn fact_value(s: &str) -> serde_json::Value {
 /// matches a line, with that line; `None` when nothing matches (the caller says `crashed`).
 pub fn classify_failure(catalog: &Catalog, log: &str) -> Option<(String, String)> {
     let ansi = &patterns().ansi;
+    let lines: Vec<String> = log
+        .lines()
+        .map(|l| ansi.replace_all(l, "").into_owned())
+        .collect();
+    // Kinds in catalog order, and within a kind the most specific pattern (listed first) wins,
+    // so the reported line is the one that says why (e.g. "requires x86 with AVX-512" rather
+    // than a bare `raise NotImplementedError` line of the traceback).
     for (kind, pats) in &catalog.failures {
-        for raw in log.lines() {
-            let clean = ansi.replace_all(raw, "");
-            if pats.iter().any(|p| p.is_match(&clean)) {
-                return Some((kind.clone(), clean.trim().to_owned()));
+        for p in pats {
+            if let Some(line) = lines.iter().find(|l| p.is_match(l)) {
+                return Some((kind.clone(), line.trim().to_owned()));
             }
         }
     }

@@ -109,6 +109,13 @@ fn failures_are_classified() {
     let (kind, line) = classify_failure(c, &fixture("vllm-unrecognized-args.log")).unwrap();
     assert_eq!(kind, "unsupported_argument");
     assert!(line.contains("--calculate-kv-scales"));
+    let traceback = "  File \"x.py\", line 3\n    raise NotImplementedError(msg)\nNotImplementedError: FP8 KV cache on CPU requires x86 with AVX-512 or AMX.\n";
+    let (kind, line) = classify_failure(c, traceback).unwrap();
+    assert_eq!(kind, "unsupported_hardware");
+    assert!(
+        line.contains("AVX-512"),
+        "the most specific line is reported: {line}"
+    );
     let oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB";
     assert_eq!(classify_failure(c, oom).unwrap().0, "out_of_memory");
     assert_eq!(
