@@ -171,3 +171,92 @@ async fn jsonl_and_images_go_through() {
     // Items alternate: 3 tokens (item max_tokens) and 4 (--max-tokens).
     assert_eq!(r.tokens.output_total, 5 * 3 + 5 * 4);
 }
+
+/// A raw HTTP/1.1 server that answers one request per connection and then closes the socket
+/// without saying so (no `Connection: close`), as a server does when its keep-alive timeout
+/// expires just as the client reuses the connection.
+async fn one_shot_server() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                // Read the head and, for a POST, its body (Content-Length).
+                loop {
+                    let Ok(n) = sock.read(&mut tmp).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let (ctype, body) = if head.starts_with("GET") {
+                    (
+                        "application/json",
+                        r#"{"object":"list","data":[{"id":"m","owned_by":"vllm"}]}"#.to_owned(),
+                    )
+                } else {
+                    let mut b = String::from("data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n");
+                    b += "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" hi\"},\"finish_reason\":\"length\"}]}\n\n";
+                    b += "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+                    ("text/event-stream", b)
+                };
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+                // Keep the connection open a moment (the client pools it), then drop it.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_server_is_retried_once() {
+    let url = one_shot_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(
+        dir.path(),
+        &["--url", &url, "-n", "6", "-c", "1", "--engine", "vllm"],
+    );
+    let r = kvbench::runner::run(cfg, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let journal = std::fs::read_to_string(dir.path().join("out.requests.jsonl")).unwrap();
+    assert_eq!(r.requests.completed, 6, "errors: {:?}\n{journal}", r.errors);
+    assert!(
+        r.anomalies
+            .get("stale_connection_retry")
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "the dead pooled connections were hit and retried: {:?}",
+        r.anomalies
+    );
+    assert_eq!(r.tokens.output_total, 6);
+}

@@ -205,8 +205,9 @@ impl Client {
         let url = format!("{}/{}", self.api_base, path);
         let now_ns = || origin.elapsed().as_nanos() as u64;
         // A pooled keep-alive connection may have been closed by the server just before it is
-        // reused ("connection closed before message completed"): nothing reached the server, so
-        // the request is sent once more, and timed from that second send.
+        // reused ("connection closed before message completed", or reset while sending): the
+        // request is sent again on another connection (at most MAX_STALE_RETRIES times, each
+        // counted), and timed from the last send.
         let mut attempt = 0;
         let resp = loop {
             let req = self
@@ -227,7 +228,7 @@ impl Client {
             };
             match resp {
                 Ok(r) => break r,
-                Err(e) if attempt == 0 && is_stale_connection(&e) => {
+                Err(e) if attempt < MAX_STALE_RETRIES && is_stale_connection(&e) => {
                     attempt += 1;
                     rec.note("stale_connection_retry");
                 }
@@ -345,12 +346,21 @@ impl Client {
     }
 }
 
-/// A send that failed because a reused keep-alive connection was already closed by the server
-/// (no response byte arrived, not a timeout, not a new connection that could not be made).
+/// Sends retried after hitting a connection the server had closed (each dead pooled connection
+/// is discarded when found, so a few retries exhaust them).
+const MAX_STALE_RETRIES: u32 = 3;
+
+/// A send that failed because a reused keep-alive connection was already closed by the server:
+/// no response byte arrived, not a timeout, not a new connection that could not be made, and
+/// the socket was found closed or reset while the request was being sent.
 fn is_stale_connection(e: &reqwest::Error) -> bool {
-    !e.is_timeout()
-        && !e.is_connect()
-        && describe_reqwest(e).contains("connection closed before message completed")
+    if e.is_timeout() || e.is_connect() {
+        return false;
+    }
+    let d = describe_reqwest(e);
+    d.contains("connection closed before message completed")
+        || (d.contains("SendRequest")
+            && (d.contains("Connection reset by peer") || d.contains("Broken pipe")))
 }
 
 fn fail(rec: &mut RequestRecord, kind: ErrorKind, msg: &str) {
