@@ -579,7 +579,7 @@ pub fn workload_to_args(t: &toml::Table) -> Result<Vec<String>, String> {
                 toml::Value::Boolean(false) => {}
                 toml::Value::String(s) => {
                     out.push(flag.clone());
-                    out.push(s.clone());
+                    out.push(expand_env(s).map_err(|e| format!("key `{k}`: {e}"))?);
                 }
                 toml::Value::Integer(n) => {
                     out.push(flag.clone());
