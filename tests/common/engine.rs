@@ -132,3 +132,51 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Starts llama-server (SmolLM2, one thread, 2 slots, `ctx` tokens of context) with an optional
+/// quantized KV cache type for both K and V; its log goes to `dir`.
+pub fn llama_server(bin: &str, gguf: &str, ctx: u32, kv: Option<&str>, dir: &Path) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-m",
+        gguf,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ])
+    .args(["--metrics", "--alias", "smollm2", "-c", &ctx.to_string()])
+    .args(["-np", "2", "-t", "1"]);
+    if let Some(t) = kv {
+        cmd.args(["--cache-type-k", t, "--cache-type-v", t]);
+    }
+    let name = format!("llama-server-{}.log", kv.unwrap_or("f16"));
+    Server::start(cmd, port, &dir.join(name))
+}
+
+/// Starts vLLM on CPU (`$VLLM_PYTHON $VLLM_ENTRY serve $SMOLLM2_HF_DIR`, float32, eager, 2048
+/// tokens), with its caches and temporary files under `dir`; its log goes to `dir`.
+pub fn vllm_cpu_server(python: &str, entry: &str, model_dir: &str, dir: &Path) -> Server {
+    let work = dir.join("vllm-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(python);
+    cmd.arg(entry)
+        .args(["serve", model_dir, "--served-model-name", "smollm2"])
+        .args([
+            "--max-model-len",
+            "2048",
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+        ])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("VLLM_CPU_KVCACHE_SPACE", "1")
+        .env("VLLM_NO_USAGE_STATS", "1")
+        .env("VLLM_CACHE_ROOT", work.join("vllm-cache"))
+        .env("TORCHINDUCTOR_CACHE_DIR", work.join("inductor"))
+        .env("TMPDIR", &work);
+    Server::start(cmd, port, &dir.join("vllm.log"))
+}
