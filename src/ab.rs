@@ -104,7 +104,14 @@ pub fn compare_command(a: &CompareArgs) -> anyhow::Result<ExitCode> {
     };
     // Baseline first.
     arms.sort_by_key(|x| x.name != baseline);
-    let c = compare::compare(&arms, &baseline, &policy, &cat, None)?;
+    let c = compare::compare(
+        &arms,
+        &baseline,
+        a.reference.as_deref(),
+        &policy,
+        &cat,
+        None,
+    )?;
     let written = write_outputs(&c, &a.output, a.md.as_deref(), a.html.as_deref())?;
     if !a.quiet {
         print!("{}", verdict_block(&c));
@@ -165,6 +172,22 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         })
         .unwrap_or_else(|| exp.arms[0].name.clone());
     exp.arm(&baseline)?;
+    let reference = a.reference.clone().or_else(|| {
+        exp.decision
+            .as_ref()
+            .and_then(|d| d.get("reference"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    });
+    if let Some(r) = &reference {
+        exp.arm(r)?;
+        if *r == baseline {
+            anyhow::bail!(
+                "{}: the reference arm must differ from the baseline ({r:?})",
+                a.experiment.display()
+            );
+        }
+    }
     if exp.arms.len() < 2 {
         anyhow::bail!(
             "{}: an A/B experiment needs at least two arms",
@@ -279,7 +302,22 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         ordered.extend(paths.iter().filter(|(x, _)| x == n).map(|(_, p)| p.clone()));
     }
     let arms = compare::load(&ordered)?;
-    let c = compare::compare(&arms, &baseline, &policy, &opts.catalog, Some(&exp.name))?;
+    let names_ok: Vec<&str> = arms.iter().map(|x| x.name.as_str()).collect();
+    let reference = reference.filter(|r| {
+        let present = names_ok.contains(&r.as_str());
+        if !present {
+            eprintln!("kvbench: the reference arm {r:?} produced no result; comparing without it");
+        }
+        present
+    });
+    let c = compare::compare(
+        &arms,
+        &baseline,
+        reference.as_deref(),
+        &policy,
+        &opts.catalog,
+        Some(&exp.name),
+    )?;
     let ts = chrono::Local::now().format("%Y%m%d_%H%M%S");
     let stem = out_dir.join(format!("comparison_{}_{ts}", exp.name));
     let json_path = stem.with_extension("json");

@@ -403,6 +403,10 @@ pub struct CompareArgs {
     /// The candidate result file, compared with the --baseline file.
     #[arg(long, requires = "baseline", conflicts_with = "results")]
     pub calibrated: Option<PathBuf>,
+    /// A quality reference arm among RESULTS (e.g. bf16 KV): every other arm's answers are
+    /// compared with its answers, and it is not itself a candidate for the decision.
+    #[arg(long)]
+    pub reference: Option<String>,
     /// Comparison JSON to write ("-" for stdout).
     #[arg(long, short = 'o')]
     pub output: PathBuf,
@@ -443,6 +447,9 @@ pub struct AbArgs {
     /// The baseline arm [default: the experiment's [decision] baseline, else the first arm].
     #[arg(long)]
     pub baseline: Option<String>,
+    /// The quality reference arm [default: `[decision] reference` of the experiment, if any].
+    #[arg(long)]
+    pub reference: Option<String>,
     /// Decision policy (TOML) replacing the experiment's [decision] table and the defaults.
     #[arg(long)]
     pub policy: Option<PathBuf>,

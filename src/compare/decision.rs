@@ -71,10 +71,12 @@ impl Policy {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// From an experiment's `[decision]` table (its `baseline` key is not a policy key).
+    /// From an experiment's `[decision]` table (its `baseline` and `reference` keys are not
+    /// policy keys).
     pub fn from_table(t: &toml::Table, origin: &str) -> anyhow::Result<Self> {
         let mut t = t.clone();
         t.remove("baseline");
+        t.remove("reference");
         Self::parse(&toml::to_string(&t)?, &format!("{origin} [decision]"))
     }
 

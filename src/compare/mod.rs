@@ -648,10 +648,13 @@ fn arm_summary(a: &ArmRuns) -> Value {
     })
 }
 
-/// Builds the comparison of `arms` against `baseline` (an arm name).
+/// Builds the comparison of `arms` against `baseline` (an arm name). `reference`, when given,
+/// names a quality reference arm (e.g. bf16 KV): every other arm's answers are compared with
+/// its answers (`reference` in the JSON), and it is not a candidate for the decision.
 pub fn compare(
     arms: &[ArmRuns],
     baseline: &str,
+    reference: Option<&str>,
     policy: &Policy,
     catalog: &Catalog,
     experiment: Option<&str>,
@@ -666,8 +669,25 @@ pub fn compare(
     if arms.len() < 2 {
         bail!("a comparison needs at least two arms (got {})", arms.len());
     }
+    let reference_arm = match reference {
+        None => None,
+        Some(r) => match arms.iter().find(|a| a.name == r) {
+            Some(a) => Some(a),
+            None => {
+                let names: Vec<&str> = arms.iter().map(|a| a.name.as_str()).collect();
+                bail!(
+                    "no reference arm named {r:?} among the results (arms: {})",
+                    names.join(", ")
+                );
+            }
+        },
+    };
+    let is_candidate = |a: &&ArmRuns| a.name != baseline && Some(a.name.as_str()) != reference;
+    if !arms.iter().any(|a| is_candidate(&a)) {
+        bail!("a comparison needs a candidate arm besides the baseline {baseline:?} and the reference");
+    }
     let mut candidates = Vec::new();
-    for cand in arms.iter().filter(|a| a.name != baseline) {
+    for cand in arms.iter().filter(is_candidate) {
         let deltas: BTreeMap<String, Delta> = if base.ok() && cand.ok() {
             delta_keys()
                 .into_iter()
@@ -696,6 +716,7 @@ pub fn compare(
         }));
     }
     let (decision, recommended, recommendations) = decision::overall(&candidates);
+    let reference_json = reference_arm.map(|r| reference_section(r, arms));
     let first = candidates.first().cloned().unwrap_or(Value::Null);
     let mut arms_json = vec![arm_summary(base)];
     arms_json.extend(arms.iter().filter(|a| a.name != baseline).map(arm_summary));
@@ -715,7 +736,33 @@ pub fn compare(
         "warnings": first.get("warnings").cloned().unwrap_or(json!({})),
         "quality": first.get("quality").cloned().unwrap_or(json!({})),
         "agreement": first.get("agreement").cloned().unwrap_or(Value::Null),
+        "reference": reference_json,
     }))
+}
+
+/// Every other arm's quality against the reference arm: per suite the two accuracies, the
+/// change in points, the paired flips and the accuracy ratio (arm / reference; vLLM's advice is
+/// to calibrate when FP8 falls below about 95 % of the reference), plus answer agreement.
+fn reference_section(r: &ArmRuns, arms: &[ArmRuns]) -> Value {
+    let others: Vec<Value> = arms
+        .iter()
+        .filter(|a| a.name != r.name)
+        .map(|a| {
+            let (quality, agreement) = quality_compare(r, a);
+            let ratio: BTreeMap<&String, Option<f64>> = quality
+                .iter()
+                .map(|(s, q)| {
+                    let v = q
+                        .baseline_accuracy
+                        .zip(q.candidate_accuracy)
+                        .and_then(|(b, c)| (b > 0.0).then(|| c / b));
+                    (s, v)
+                })
+                .collect();
+            json!({"arm": a.name, "quality": quality, "accuracy_ratio": ratio, "agreement": agreement})
+        })
+        .collect();
+    json!({"arm": r.name, "arms": others})
 }
 
 #[cfg(test)]

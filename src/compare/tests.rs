@@ -96,6 +96,7 @@ fn run(base: &ArmRuns, cand: &ArmRuns, policy: &Policy) -> Value {
     compare(
         &[base.clone(), cand.clone()],
         &base.name,
+        None,
         policy,
         Catalog::default_catalog(),
         None,
@@ -264,4 +265,73 @@ fn quality_drop_without_pairing_counts_and_policy_parses() {
         .to_string();
     assert!(e.starts_with("p.toml:"), "{e}");
     assert!(Policy::parse("regression_metrics = [\"ttft\"]\n", "p.toml").is_err());
+}
+
+#[test]
+fn a_reference_arm_is_compared_with_every_arm_and_is_not_a_candidate() {
+    // bf16 KV (no FP8 warnings, best quality), FP8 baseline, and a calibrated candidate.
+    let reference = arm("reference", 1.0, &[], false, Some(1.0));
+    let base = arm("fp8", 1.0, &FP8, false, Some(0.5));
+    let cand = arm("fp8-calibrated", 1.0, &FP8[2..], true, Some(0.75));
+    let arms = [base.clone(), reference.clone(), cand.clone()];
+    let c = compare(
+        &arms,
+        "fp8",
+        Some("reference"),
+        &Policy::default(),
+        Catalog::default_catalog(),
+        None,
+    )
+    .unwrap();
+    let cands: Vec<&str> = c["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["arm"].as_str().unwrap())
+        .collect();
+    assert_eq!(cands, ["fp8-calibrated"]);
+    assert_eq!(c["arms"].as_array().unwrap().len(), 3);
+    assert_eq!(c["reference"]["arm"], "reference");
+    let per_arm = c["reference"]["arms"].as_array().unwrap();
+    let names: Vec<&str> = per_arm.iter().map(|x| x["arm"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fp8", "fp8-calibrated"]);
+    assert_eq!(per_arm[0]["accuracy_ratio"]["passkey"], 0.5);
+    assert_eq!(per_arm[1]["accuracy_ratio"]["passkey"], 0.75);
+    assert_eq!(per_arm[1]["quality"]["passkey"]["change_pts"], -25.0);
+
+    // Without a reference the bf16 arm would be a candidate; an unknown name is an error, and a
+    // reference that leaves no candidate is one too.
+    let c = compare(
+        &arms,
+        "fp8",
+        None,
+        &Policy::default(),
+        Catalog::default_catalog(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c["candidates"].as_array().unwrap().len(), 2);
+    assert!(c["reference"].is_null());
+    let e = compare(
+        &arms,
+        "fp8",
+        Some("bf16"),
+        &Policy::default(),
+        Catalog::default_catalog(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no reference arm named \"bf16\""), "{e}");
+    let e = compare(
+        &[base, reference],
+        "fp8",
+        Some("reference"),
+        &Policy::default(),
+        Catalog::default_catalog(),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("needs a candidate arm"), "{e}");
 }

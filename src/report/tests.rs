@@ -231,3 +231,31 @@ fn markdown_escaping_keeps_tables_and_code_intact() {
     assert!(m.contains("``a `tick` \\| pipe next``"), "{m}");
     assert!(m.contains("`x\\|y`"));
 }
+
+#[test]
+fn a_reference_arm_gets_its_role_and_its_own_quality_table() {
+    let mut c = fixture("comparison-sample.json");
+    let names: Vec<String> = c["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
+    let (reference, other) = (names[0].clone(), names[1].clone());
+    c["reference"] = json!({"arm": reference, "arms": [{
+        "arm": other,
+        "quality": {"passkey": {"baseline_accuracy": 0.95, "candidate_accuracy": 0.6, "change_pts": -35.0,
+                                 "paired": 20, "lost": 7, "gained": 0, "mcnemar_p": 0.0156, "significant": true, "flips": []}},
+        "accuracy_ratio": {"passkey": 0.6316},
+        "agreement": {"paired": 60, "exact_match_rate": 0.45, "top1_agreement": 0.912, "mean_kl": 0.0831, "max_kl": 2.5}
+    }]});
+    for out in [unescape(&html(&c)), markdown(&c)] {
+        assert!(
+            out.contains(&format!("Against the reference arm: {reference}")),
+            "{out}"
+        );
+        assert!(out.contains("63 %"), "ratio missing");
+        assert!(out.contains("-35.0 pts") && out.contains("0.0831") && out.contains("0.016"));
+        assert!(out.contains("reference"));
+    }
+}

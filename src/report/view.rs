@@ -367,6 +367,9 @@ struct Ctx<'a> {
     names: Vec<String>,
     baseline: Option<String>,
     candidates: Vec<&'a Value>,
+    /// The quality reference arm and every other arm's comparison with it.
+    reference: Option<String>,
+    reference_arms: &'a [Value],
 }
 
 impl<'a> Ctx<'a> {
@@ -392,6 +395,8 @@ impl<'a> Ctx<'a> {
             names,
             baseline: text_of(g(c, "baseline")),
             candidates,
+            reference: text_of(g(g(c, "reference"), "arm")),
+            reference_arms: arr(g(g(c, "reference"), "arms")),
         }
     }
 
@@ -402,6 +407,8 @@ impl<'a> Ctx<'a> {
     fn role(&self, name: &str) -> &'static str {
         if self.baseline.as_deref() == Some(name) {
             "baseline"
+        } else if self.reference.as_deref() == Some(name) {
+            "reference"
         } else {
             "candidate"
         }
@@ -966,10 +973,107 @@ fn quality_section(ctx: &Ctx) -> Section {
             blocks.push(Block::Table(t));
         }
     }
+    if let Some(r) = &ctx.reference {
+        reference_blocks(ctx, r, &mut blocks);
+    }
     Section {
         id: "quality".into(),
         title: "Quality".into(),
         blocks,
+    }
+}
+
+/// Every arm against the quality reference arm: accuracy per suite with the ratio (vLLM advises
+/// calibrating when FP8 falls below about 95 % of the reference), and answer agreement.
+fn reference_blocks(ctx: &Ctx, reference: &str, blocks: &mut Vec<Block>) {
+    blocks.push(Block::Subheading {
+        text: format!("Against the reference arm: {reference}"),
+    });
+    let mut t = Table::new(
+        &[
+            "arm",
+            "suite",
+            "reference",
+            "arm accuracy",
+            "change",
+            "ratio",
+            "lost / gained",
+            "McNemar p",
+        ],
+        &[false, false, true, true, true, true, true, true],
+    );
+    let mut agreement = Table::new(
+        &[
+            "arm",
+            "paired answers",
+            "identical answers",
+            "top-1 agreement",
+            "mean KL (nats)",
+            "max KL (nats)",
+        ],
+        &[false, true, true, true, true, true],
+    );
+    for a in ctx.reference_arms {
+        let name = text(g(a, "arm"));
+        if let Some(q) = g(a, "quality").as_object() {
+            for (suite, s) in q {
+                let ratio = num(g(g(a, "accuracy_ratio"), suite))
+                    .map(|x| format!("{:.0} %", 100.0 * x))
+                    .unwrap_or_else(|| MISSING.to_owned());
+                t.rows.push(vec![
+                    Cell::plain(name.clone()),
+                    Cell::code(suite.clone()),
+                    Cell::plain(fmt_acc(g(s, "baseline_accuracy"))),
+                    Cell::plain(fmt_acc(g(s, "candidate_accuracy"))),
+                    Cell::plain(
+                        num(g(s, "change_pts"))
+                            .map(|x| format!("{x:+.1} pts"))
+                            .unwrap_or_else(|| MISSING.to_owned()),
+                    ),
+                    Cell::plain(ratio),
+                    Cell::plain(format!(
+                        "{} / {}",
+                        fmt_count(g(s, "lost")),
+                        fmt_count(g(s, "gained"))
+                    )),
+                    Cell::plain(
+                        num(g(s, "mcnemar_p"))
+                            .map(|p| format!("{p:.3}"))
+                            .unwrap_or_else(|| MISSING.to_owned()),
+                    ),
+                ]);
+            }
+        }
+        let agr = g(a, "agreement");
+        if agr.is_object() {
+            let kl = |k: &str| {
+                num(g(agr, k))
+                    .map(|x| format!("{x:.4}"))
+                    .unwrap_or_else(|| MISSING.to_owned())
+            };
+            agreement.rows.push(vec![
+                Cell::plain(name.clone()),
+                Cell::plain(fmt_count(g(agr, "paired"))),
+                Cell::plain(fmt_acc(g(agr, "exact_match_rate"))),
+                Cell::plain(fmt_acc(g(agr, "top1_agreement"))),
+                Cell::plain(kl("mean_kl")),
+                Cell::plain(kl("max_kl")),
+            ]);
+        }
+    }
+    blocks.push(Block::Para {
+        text: "Accuracy of each arm against the reference on the same items; ratio = arm / \
+               reference (vLLM's advice: calibrate when FP8 falls below about 95 % of the \
+               reference). Agreement compares the answers token by token (KL over the returned \
+               top-k log-probabilities)."
+            .into(),
+        class: "note".into(),
+    });
+    if !t.rows.is_empty() {
+        blocks.push(Block::Table(t));
+    }
+    if !agreement.rows.is_empty() {
+        blocks.push(Block::Table(agreement));
     }
 }
 

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine, in the copy of this repository that each `run` call brings there.
+# The payload that scripts/gpu/build-payload.sh made here arrives one piece per call (carried as
+# gpu-payload/part-NN with gpu-payload/SHA256SUMS); the machine keeps /tmp between calls while it
+# stays warm. docs/gpu-validation.md lists the calls in order.
+#
+# Usage: scripts/gpu/device.sh STEP...      steps run in the order given:
+#   info            the machine: GPU, driver, Python, torch, transformers
+#   receive         copy the carried pieces into $W/parts and check their checksums
+#   install         join the pieces, check everything, unpack vLLM, convert the model (bf16)
+#   start [EXP]     start `kvbench ab EXP` (default examples/gpu-h100-fp8.toml) in the background
+#   wait SECONDS    wait until it ends or SECONDS pass, printing progress
+#   collect         pack results and logs into $OUT (at most 8 files come back, 16 MiB each)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+W=${KVBENCH_GPU_DIR:-/tmp/kvbench-gpu}
+PY=${DEVICE_PYTHON:-python3}
+EXP_DEFAULT=examples/gpu-h100-fp8.toml
+
+log() { printf '[device %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+die() { printf '[device] error: %s\n' "$*" >&2; exit 1; }
+
+step_info() {
+    log "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || die "no GPU"
+    "$PY" -c 'import sys, torch, transformers; print("python", sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, "gpu", torch.cuda.get_device_name())'
+    log "state of $W: $(ls "$W/parts" 2>/dev/null | tr '\n' ' ')"
+}
+
+step_receive() {
+    mkdir -p "$W/parts"
+    [[ -f $ROOT/gpu-payload/SHA256SUMS ]] || die "no gpu-payload/SHA256SUMS here (carry it)"
+    cp "$ROOT/gpu-payload/SHA256SUMS" "$W/parts/"
+    local f n=0
+    for f in "$ROOT"/gpu-payload/part-*; do
+        [[ -e $f ]] || continue
+        cp "$f" "$W/parts/"
+        (cd "$W/parts" && grep " $(basename "$f")\$" SHA256SUMS | sha256sum -c --quiet) \
+            || die "checksum mismatch for $(basename "$f")"
+        n=$((n + 1))
+    done
+    local want have
+    want=$(grep -c ' part-' "$W/parts/SHA256SUMS")
+    have=$(ls "$W/parts" | grep -c '^part-' || true)
+    log "received $n piece(s) in this call; $have of $want here"
+}
+
+step_install() {
+    local want have
+    want=$(grep -c ' part-' "$W/parts/SHA256SUMS")
+    have=$(ls "$W/parts" | grep -c '^part-' || true)
+    [[ $have == "$want" ]] || die "only $have of $want pieces are here (a fresh machine? start again from the first piece)"
+    mkdir -p "$W/payload"
+    cat "$W"/parts/part-* >"$W/payload.tar"
+    (cd "$W" && grep ' payload.tar$' parts/SHA256SUMS | sha256sum -c --quiet) || die "payload.tar checksum mismatch"
+    tar -C "$W/payload" -xf "$W/payload.tar"
+    rm -f "$W/payload.tar"
+    (cd "$W/payload" && sha256sum -c --quiet CONTENTS.sha256) || die "payload contents checksum mismatch"
+    log "payload checked; unpacking vLLM"
+    rm -rf "$W/site" && mkdir -p "$W/site"
+    xz -dc -T0 "$W/payload/vllm-site.tar.xz" | tar -C "$W/site" -xf -
+    install -m 755 "$W/payload/kvbench" "$W/kvbench"
+    export PYTHONPATH=$W/site
+    "$PY" -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__, "cuda", torch.version.cuda)' \
+        || die "vLLM does not import"
+    "$W/kvbench" --version
+    if [[ ! -f $W/model/tokenizer.json ]]; then
+        log "converting the GGUF to a bf16 Hugging Face folder"
+        rm -rf "$W/model"
+        "$PY" "$W/payload/gguf_to_hf.py" "$W/payload/model.gguf" "$W/model" --dtype bfloat16
+    fi
+    log "installed: vLLM in $W/site, model in $W/model"
+}
+
+step_start() {
+    local exp=${1:-$EXP_DEFAULT}
+    [[ -x $W/kvbench ]] || die "not installed (run install first)"
+    rm -f "$W/ab.rc"
+    mkdir -p "$W/results"
+    log "starting kvbench ab $exp (log: $W/ab.log)"
+    # A new session, so that the run outlives this call; the next calls wait for it.
+    setsid nohup env VLLM_PYTHON="$(command -v "$PY")" MODEL_DIR="$W/model" PYTHONPATH="$W/site" \
+        bash -c '"$0" ab "$1" --out-dir "$2"; echo $? >"$3"' \
+        "$W/kvbench" "$ROOT/$exp" "$W/results" "$W/ab.rc" >"$W/ab.log" 2>&1 </dev/null &
+    sleep 2
+}
+
+step_wait() {
+    local secs=${1:-540} t0=$SECONDS last=""
+    while ((SECONDS - t0 < secs)); do
+        if [[ -f $W/ab.rc ]]; then
+            log "kvbench ab ended with exit status $(cat "$W/ab.rc")"
+            tail -n 40 "$W/ab.log"
+            return 0
+        fi
+        local now
+        now=$(grep -v '^\s*$' "$W/ab.log" 2>/dev/null | tail -n 1 | cut -c1-200)
+        [[ $now != "$last" ]] && log "$now" && last=$now
+        sleep 5
+    done
+    log "still running after ${secs} s"
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader || true
+}
+
+step_collect() {
+    [[ -n ${OUT:-} ]] || die "OUT is not set"
+    cp "$W/ab.log" "$OUT/ab.log" 2>/dev/null || true
+    # Journals and logs compress well; one archive keeps under the 8-file limit.
+    tar -C "$W" -cf - results | xz -T0 -6 >"$OUT/results.tar.xz"
+    ls -la "$OUT"
+}
+
+[[ $# -gt 0 ]] || { sed -n '2,16p' "$0"; exit 2; }
+while [[ $# -gt 0 ]]; do
+    s=$1
+    shift
+    case $s in
+        info | receive | install | collect) "step_$s" ;;
+        start)
+            if [[ $# -gt 0 && $1 == *.toml ]]; then step_start "$1"; shift; else step_start; fi
+            ;;
+        wait)
+            if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then step_wait "$1"; shift; else step_wait; fi
+            ;;
+        *) die "unknown step $s" ;;
+    esac
+done
