@@ -10,6 +10,7 @@ fn every_example_is_a_valid_experiment() {
         ("VLLM_PYTHON", "/opt/venv/bin/python"),
         ("VLLM_ENTRY", "/opt/vllm_cpu_entry.py"),
         ("SMOLLM2_HF_DIR", "/opt/smollm2-hf"),
+        ("MODEL_DIR", "/opt/model"),
     ] {
         std::env::set_var(k, v);
     }
@@ -29,5 +30,5 @@ fn every_example_is_a_valid_experiment() {
         );
         seen += 1;
     }
-    assert!(seen >= 4, "examples found: {seen}");
+    assert!(seen >= 5, "examples found: {seen}");
 }
