@@ -11,6 +11,7 @@ fn every_example_is_a_valid_experiment() {
         ("VLLM_ENTRY", "/opt/vllm_cpu_entry.py"),
         ("SMOLLM2_HF_DIR", "/opt/smollm2-hf"),
         ("MODEL_DIR", "/opt/model"),
+        ("CALIBRATED_MODEL_DIR", "/opt/model-kv-scales"),
     ] {
         std::env::set_var(k, v);
     }

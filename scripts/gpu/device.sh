@@ -7,7 +7,8 @@
 # Usage: scripts/gpu/device.sh STEP...      steps run in the order given:
 #   info            the machine: GPU, driver, Python, torch, transformers
 #   receive         copy the carried pieces into $W/parts and check their checksums
-#   install         join the pieces, check everything, unpack vLLM, convert the model (bf16)
+#   install         join the pieces, check everything, unpack vLLM, convert the model (bf16),
+#                   and write a copy with calibrated q/k/v scales (calibrate_kv_scales.py)
 #   start [EXP]     start `kvbench ab EXP` (default examples/gpu-h100-fp8.toml) in the background
 #   wait SECONDS    wait until it ends or SECONDS pass, printing progress
 #   collect         pack results and logs into $OUT (at most 8 files come back, 16 MiB each)
@@ -70,7 +71,12 @@ step_install() {
         rm -rf "$W/model"
         "$PY" "$W/payload/gguf_to_hf.py" "$W/payload/model.gguf" "$W/model" --dtype bfloat16
     fi
-    log "installed: vLLM in $W/site, model in $W/model"
+    if [[ ! -f $W/model-kv-scales/kv_scales.safetensors ]]; then
+        log "calibrating q/k/v scales into a copy of the model (the fp8-checkpoint arm)"
+        rm -rf "$W/model-kv-scales"
+        "$PY" "$ROOT/scripts/gpu/calibrate_kv_scales.py" "$W/model" "$W/model-kv-scales"
+    fi
+    log "installed: vLLM in $W/site, models in $W/model and $W/model-kv-scales"
 }
 
 step_start() {
@@ -80,7 +86,8 @@ step_start() {
     mkdir -p "$W/results"
     log "starting kvbench ab $exp (log: $W/ab.log)"
     # A new session, so that the run outlives this call; the next calls wait for it.
-    setsid nohup env VLLM_PYTHON="$(command -v "$PY")" MODEL_DIR="$W/model" PYTHONPATH="$W/site" \
+    setsid nohup env VLLM_PYTHON="$(command -v "$PY")" MODEL_DIR="$W/model" \
+        CALIBRATED_MODEL_DIR="$W/model-kv-scales" PYTHONPATH="$W/site" \
         bash -c '"$0" ab "$1" --out-dir "$2"; echo $? >"$3"' \
         "$W/kvbench" "$ROOT/$exp" "$W/results" "$W/ab.rc" >"$W/ab.log" 2>&1 </dev/null &
     sleep 2
