@@ -18,6 +18,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 W=${KVBENCH_GPU_DIR:-/tmp/kvbench-gpu}
 PY=${DEVICE_PYTHON:-python3}
 EXP_DEFAULT=examples/gpu-h100-fp8.toml
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
 
 log() { printf '[device %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { printf '[device] error: %s\n' "$*" >&2; exit 1; }
