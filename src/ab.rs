@@ -104,7 +104,10 @@ pub fn compare_command(a: &CompareArgs) -> anyhow::Result<ExitCode> {
     };
     // Baseline first.
     arms.sort_by_key(|x| x.name != baseline);
-    let c = compare::compare(
+    if a.rescan_logs {
+        compare::rescan_logs(&mut arms, &cat)?;
+    }
+    let mut c = compare::compare(
         &arms,
         &baseline,
         a.reference.as_deref(),
@@ -112,6 +115,7 @@ pub fn compare_command(a: &CompareArgs) -> anyhow::Result<ExitCode> {
         &cat,
         None,
     )?;
+    c["logs_rescanned"] = serde_json::json!(a.rescan_logs);
     let written = write_outputs(&c, &a.output, a.md.as_deref(), a.html.as_deref())?;
     if !a.quiet {
         print!("{}", verdict_block(&c));

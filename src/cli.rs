@@ -407,6 +407,10 @@ pub struct CompareArgs {
     /// compared with its answers, and it is not itself a candidate for the decision.
     #[arg(long)]
     pub reference: Option<String>,
+    /// Read each result's server log again (the `.log` beside it) with the current warnings
+    /// catalog, replacing the warnings recorded at run time (e.g. after a catalog fix).
+    #[arg(long)]
+    pub rescan_logs: bool,
     /// Comparison JSON to write ("-" for stdout).
     #[arg(long, short = 'o')]
     pub output: PathBuf,

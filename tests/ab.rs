@@ -263,3 +263,71 @@ args = ["--print", "{}", "--", "--kv-cache-dtype", "fp8", "--calculate-kv-scales
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("nope") && err.lines().count() == 1, "{err}");
 }
+
+#[test]
+fn compare_rescan_logs_reads_the_server_logs_again_with_the_given_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path());
+    let out = dir.path().join("out");
+    let o = kvbench(&[
+        "ab",
+        exp.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results: Vec<String> = files(&out, "benchmark_fp8_", ".json")
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    // A catalog that names the WSL line differently: only a rescan can see it.
+    let cat = dir.path().join("cat.toml");
+    std::fs::write(
+        &cat,
+        "[[warning]]\nid = \"wsl_renamed\"\nseverity = \"warning\"\npatterns = ['pin_memory=False']\nmeaning = \"m\"\n",
+    )
+    .unwrap();
+    let ids = |rescan: bool| -> Vec<String> {
+        let cmp = dir.path().join(format!("cmp-{rescan}.json"));
+        let mut args: Vec<&str> = vec!["compare"];
+        args.extend(results.iter().map(String::as_str));
+        args.extend([
+            "--catalog",
+            cat.to_str().unwrap(),
+            "--output",
+            cmp.to_str().unwrap(),
+            "-q",
+        ]);
+        if rescan {
+            args.push("--rescan-logs");
+        }
+        let o = kvbench(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cmp).unwrap()).unwrap();
+        assert_eq!(c["logs_rescanned"], rescan);
+        c["arms"][0]["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(!ids(false).contains(&"wsl_renamed".to_owned()));
+    assert!(ids(true).contains(&"wsl_renamed".to_owned()));
+
+    // Without the log beside the result, a rescan is a one-line error.
+    for p in files(&out, "benchmark_fp8_baseline_", ".log") {
+        std::fs::remove_file(p).unwrap();
+    }
+    let mut args: Vec<&str> = vec!["compare"];
+    args.extend(results.iter().map(String::as_str));
+    args.extend(["--rescan-logs", "--output", "-"]);
+    let o = kvbench(&args);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no server log to rescan") && err.lines().count() == 1,
+        "{err}"
+    );
+}

@@ -69,6 +69,35 @@ impl ArmRuns {
 
 /// Resolves a path recorded in a result: as written, else relative to the result's folder, else
 /// the file name in the result's folder.
+/// Replaces every result's warnings by a new scan of its server log (`server.facts.log`, found as
+/// recorded, relative to the result, or by file name beside it) with `catalog`.
+pub fn rescan_logs(arms: &mut [ArmRuns], catalog: &Catalog) -> anyhow::Result<()> {
+    for arm in arms.iter_mut() {
+        for (r, path) in arm.results.iter_mut().zip(&arm.paths) {
+            let Some(log) = r
+                .server
+                .facts
+                .get("log")
+                .and_then(Value::as_str)
+                .and_then(|l| resolve(l, path))
+            else {
+                bail!(
+                    "{}: no server log to rescan (server.facts.log is missing or the file is gone)",
+                    path.display()
+                );
+            };
+            let text = std::fs::read_to_string(&log)
+                .with_context(|| format!("cannot read {}", log.display()))?;
+            r.warnings = crate::logscan::scan(catalog, &text)
+                .warnings
+                .iter()
+                .filter_map(|w| serde_json::to_value(w).ok())
+                .collect();
+        }
+    }
+    Ok(())
+}
+
 fn resolve(recorded: &str, result_path: &Path) -> Option<PathBuf> {
     let p = PathBuf::from(recorded);
     let dir = result_path.parent().unwrap_or(Path::new("."));

@@ -35,6 +35,10 @@ struct RawWarning {
     #[serde(default)]
     category: Option<String>,
     patterns: Vec<String>,
+    /// Lines that continue a message of this warning printed over several lines: not counted,
+    /// and not reported as `other`.
+    #[serde(default)]
+    continuation: Vec<String>,
     meaning: String,
     #[serde(default)]
     resolved_by: Vec<String>,
@@ -78,6 +82,7 @@ pub struct WarningDef {
     /// Category (`fp8`, `platform`, `startup`).
     pub category: Option<String>,
     patterns: Vec<Regex>,
+    continuation: Vec<Regex>,
     /// What it means, in words.
     pub meaning: String,
     /// Settings expected to resolve it.
@@ -118,11 +123,17 @@ impl Catalog {
                 .iter()
                 .map(|p| compile(p, &format!("{origin}: warning {}", w.id)))
                 .collect::<anyhow::Result<_>>()?;
+            let continuation = w
+                .continuation
+                .iter()
+                .map(|p| compile(p, &format!("{origin}: warning {} continuation", w.id)))
+                .collect::<anyhow::Result<_>>()?;
             warnings.push(WarningDef {
                 id: w.id,
                 severity: w.severity,
                 category: w.category,
                 patterns,
+                continuation,
                 meaning: w.meaning,
                 resolved_by: w.resolved_by,
                 silenced_by: w.silenced_by,
@@ -331,6 +342,14 @@ pub fn scan(catalog: &Catalog, text: &str) -> LogReport {
             .warnings
             .iter()
             .find(|w| w.patterns.iter().any(|r| r.is_match(&clean)));
+        if def.is_none()
+            && catalog
+                .warnings
+                .iter()
+                .any(|w| w.continuation.iter().any(|r| r.is_match(&clean)))
+        {
+            continue;
+        }
         let key = match (def, line.level) {
             (Some(d), _) => (d.id.clone(), String::new()),
             (None, Some("WARNING" | "ERROR" | "CRITICAL")) => {

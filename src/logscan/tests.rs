@@ -202,3 +202,73 @@ fn real_llama_server_log_levels() {
         "{other:#?}"
     );
 }
+
+/// Real logs of vLLM 0.26.0 on an H100 (docs/validation/h100-vllm-0.26/), SmolLM2-135M with
+/// `--quantization fp8`.
+#[test]
+fn real_vllm_h100_logs() {
+    let c = Catalog::default_catalog();
+    let ids = |name: &str| -> Vec<(String, u64)> {
+        scan(c, &fixture(name))
+            .warnings
+            .iter()
+            .filter(|w| w.id != "other")
+            .map(|w| (w.id.clone(), w.count))
+            .collect()
+    };
+    let has = |v: &[(String, u64)], id: &str| v.iter().any(|(i, _)| i == id);
+    let fp8_ids = [
+        "fp8_q_scale_missing",
+        "fp8_kv_scale_default",
+        "fp8_qprob_scale_uncalibrated",
+    ];
+
+    // bf16 KV: none of the FP8 lines.
+    let reference = ids("real-vllm-h100-0.26-reference.log");
+    assert!(
+        fp8_ids.iter().all(|id| !has(&reference, id)),
+        "{reference:?}"
+    );
+    assert!(!has(&reference, "fp8_kv_cache_in_use"));
+    // FP8 KV with scales 1.0: all three, once each.
+    let fp8 = ids("real-vllm-h100-0.26-fp8.log");
+    for id in fp8_ids {
+        assert!(fp8.contains(&(id.to_owned(), 1)), "{id}: {fp8:?}");
+    }
+    assert!(has(&fp8, "fp8_kv_cache_in_use"));
+    // --calculate-kv-scales: 1 and 2 gone, 3 persists, the deprecation appears.
+    let calc = ids("real-vllm-h100-0.26-fp8-calibrated.log");
+    assert!(
+        !has(&calc, fp8_ids[0]) && !has(&calc, fp8_ids[1]),
+        "{calc:?}"
+    );
+    assert!(
+        has(&calc, fp8_ids[2]) && has(&calc, "calculate_kv_scales_deprecated"),
+        "{calc:?}"
+    );
+    // q/k/v scales in the checkpoint: 1 and 2 gone; 3 is printed over two lines, once per
+    // distinct q_scale (27 of 30 layers), because prob_scale is still 1.0.
+    let ckpt = scan(c, &fixture("real-vllm-h100-0.26-fp8-checkpoint.log"));
+    let ck: Vec<(String, u64)> = ckpt
+        .warnings
+        .iter()
+        .map(|w| (w.id.clone(), w.count))
+        .collect();
+    assert!(!has(&ck, fp8_ids[0]) && !has(&ck, fp8_ids[1]), "{ck:?}");
+    assert!(ck.contains(&(fp8_ids[2].to_owned(), 27)), "{ck:?}");
+    assert!(
+        !ckpt
+            .warnings
+            .iter()
+            .any(|w| w.id == "other" && w.text.as_deref().unwrap_or("").contains("prob_scale")),
+        "the continuation line is not an `other` warning: {:#?}",
+        ckpt.warnings
+    );
+    // KV-cache capacity: FP8 holds twice the tokens of bf16.
+    let tokens = |name: &str| scan(c, &fixture(name)).facts["kv_cache_tokens"].clone();
+    assert_eq!(tokens("real-vllm-h100-0.26-reference.log"), 3370864);
+    assert_eq!(tokens("real-vllm-h100-0.26-fp8.log"), 6741744);
+    assert_eq!(tokens("real-vllm-h100-0.26-fp8-calibrated.log"), 6741696);
+    assert_eq!(ckpt.facts["vllm_version"], "0.26.0");
+    assert_eq!(ckpt.facts["attention_backend"], "FLASH_ATTN");
+}
