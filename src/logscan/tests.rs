@@ -270,5 +270,15 @@ fn real_vllm_h100_logs() {
     assert_eq!(tokens("real-vllm-h100-0.26-fp8.log"), 6741744);
     assert_eq!(tokens("real-vllm-h100-0.26-fp8-calibrated.log"), 6741696);
     assert_eq!(ckpt.facts["vllm_version"], "0.26.0");
+    let env = ckpt
+        .warnings
+        .iter()
+        .find(|w| w.id == "vllm_unknown_env_var")
+        .unwrap();
+    assert!(
+        env.first_line.ends_with("VLLM_PYTHON"),
+        "{}",
+        env.first_line
+    );
     assert_eq!(ckpt.facts["attention_backend"], "FLASH_ATTN");
 }
