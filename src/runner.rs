@@ -403,7 +403,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
     // first wave's TTFT: a serving client keeps its connections alive.
     let prewarm = prewarm_count(&cfg.arrival);
-    futures_util::future::join_all((0..prewarm).map(|_| ctx.client.get_json("models"))).await;
+    ctx.client.prewarm(prewarm).await;
 
     let measure_start = Instant::now();
     let deadline = cfg.duration.map(|d| measure_start + d);
