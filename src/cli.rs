@@ -695,6 +695,7 @@ impl RunArgs {
             },
             arm: None,
             quality,
+            origin: None,
         })
     }
 }

@@ -73,6 +73,10 @@ pub struct Truth {
     pub key: String,
     /// Nanoseconds from the request's arrival to the release of each token frame.
     pub token_ns: Vec<u64>,
+    /// The request's arrival on the machine's monotonic clock (`CLOCK_MONOTONIC`, ns), which
+    /// the client on the same machine reads too; `null` where it cannot be read.
+    #[serde(default)]
+    pub arrival_mono_ns: Option<u64>,
 }
 
 /// Counters since start or the last `POST /selftest/reset`.
@@ -302,6 +306,7 @@ pub fn response_tokens(max_tokens: u32, vary: bool, key: &str) -> u32 {
 
 fn respond(sh: Arc<Shared>, body: &[u8], chat: bool) -> Response {
     let arrival = Instant::now();
+    let arrival_mono_ns = super::probe::monotonic_ns();
     let n = sh.requests.fetch_add(1, Ordering::Relaxed) + 1;
     sh.first_arrival.fetch_min(unix_ns(), Ordering::Relaxed);
     let req: RawRequest = match serde_json::from_slice(body) {
@@ -336,6 +341,7 @@ fn respond(sh: Arc<Shared>, body: &[u8], chat: bool) -> Response {
         key,
         shared: sh,
         arrival,
+        arrival_mono_ns,
         frames,
         tokens,
         next: 0,
@@ -418,6 +424,7 @@ enum Phase {
 struct TokenStream {
     shared: Arc<Shared>,
     arrival: Instant,
+    arrival_mono_ns: Option<u64>,
     ttft: Duration,
     itl: Duration,
     sleep: Pin<Box<Sleep>>,
@@ -488,6 +495,7 @@ impl Drop for TokenStream {
                 t.push(Truth {
                     key: std::mem::take(&mut self.key),
                     token_ns: std::mem::take(&mut self.truth),
+                    arrival_mono_ns: self.arrival_mono_ns,
                 });
             }
         }
