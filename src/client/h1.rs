@@ -10,13 +10,17 @@
 //! parser), then a body framed by `Transfer-Encoding: chunked`, `Content-Length` or the
 //! connection's end, decoded incrementally (split anywhere) by [`Chunked`], which has property
 //! tests. The stream's task owns its socket, so nothing else is woken per event.
+//!
+//! On Linux each socket asks the kernel for receive timestamps (`SO_TIMESTAMPNS`): every read
+//! returns, with its bytes, the instant the last of them reached this machine's TCP stack. A
+//! token's instant is then when it arrived, not when a busy client got round to reading it,
+//! so the client's own CPU queueing (many streams on few cores) stays out of the figures.
 
 use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::unix::AsyncFd;
 
 /// Where and how to send: the parts of an `http://` API base the fast path needs.
 #[derive(Debug)]
@@ -68,6 +72,21 @@ impl Target {
         })
     }
 
+    /// A `GET` of `path` under the API base (the pre-warm request).
+    pub fn get(&self, path: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128 + self.extra_headers.len());
+        out.extend_from_slice(b"GET ");
+        out.extend_from_slice(self.path_prefix.as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(self.host_header.as_bytes());
+        out.extend_from_slice(b"\r\nAccept: application/json\r\n");
+        out.extend_from_slice(&self.extra_headers);
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
     /// The request head and body in one buffer (one write, one packet for small bodies).
     pub fn request(&self, path: &str, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.extra_headers.len() + body.len());
@@ -95,10 +114,168 @@ fn proxy_configured() -> bool {
         .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
 }
 
+/// One client connection: a non-blocking socket on the runtime's reactor, read with the
+/// kernel's receive timestamp when the OS gives one.
+#[derive(Debug)]
+pub struct Conn {
+    fd: AsyncFd<std::net::TcpStream>,
+    /// Kernel receive time (`CLOCK_REALTIME`, ns since the Unix epoch) of the last read.
+    rx_realtime_ns: Option<i128>,
+}
+
+impl Conn {
+    /// Opens a connection with `TCP_NODELAY` (a request is one small write that must not wait)
+    /// and, on Linux, receive timestamps.
+    pub async fn connect(authority: &str) -> io::Result<Self> {
+        let conn = tokio::net::TcpStream::connect(authority).await?;
+        conn.set_nodelay(true)?;
+        let std = conn.into_std()?;
+        enable_rx_timestamps(&std);
+        // SAFETY: the std::net::TcpStream owns its descriptor, which stays open and the same
+        // until the stream (inside the AsyncFd) is dropped.
+        let fd = unsafe { AsyncFd::register(std) }.map_err(io::Error::from)?;
+        Ok(Self {
+            fd,
+            rx_realtime_ns: None,
+        })
+    }
+
+    /// Writes all of `data`.
+    pub async fn send(&mut self, mut data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        while !data.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|s| s.get_ref().write(data)) {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => data = &data[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what has arrived into the spare capacity of `buf` (growing it when full); `0` at
+    /// the end of the stream. Sets [`Conn::rx_realtime_ns`].
+    pub async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(8 * 1024);
+        }
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let spare = buf.capacity() - buf.len();
+            match guard.try_io(|s| recv_stamped(s.get_ref(), buf)) {
+                Ok(Ok((n, ts))) => {
+                    // A short read emptied the socket: wait for the reactor's next event
+                    // instead of a read that would only say so (as tokio's own TcpStream does).
+                    if n > 0 && n < spare {
+                        guard.clear_ready();
+                    }
+                    self.rx_realtime_ns = ts;
+                    return Ok(n);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// When the last read's bytes reached this machine (the last of them, if several packets
+    /// were read at once), by the kernel's clock (`CLOCK_REALTIME`, ns); `None` when the OS
+    /// gave no timestamp.
+    pub fn rx_realtime_ns(&self) -> Option<i128> {
+        self.rx_realtime_ns
+    }
+
+    /// Whether an idle connection is still open with nothing unread (one `MSG_PEEK`).
+    fn idle_and_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.fd.get_ref().peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn enable_rx_timestamps(sock: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from the pointer we pass, with its size. A failure only
+    // means no timestamps: reads then fall back to the time of the read.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn enable_rx_timestamps(_sock: &std::net::TcpStream) {}
+
+/// `recvmsg` into the spare capacity of `buf`, with the kernel's receive timestamp.
+#[cfg(target_os = "linux")]
+fn recv_stamped(
+    sock: &std::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> io::Result<(usize, Option<i128>)> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    let mut iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    // Room for a few control messages, aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; zeroed is its documented initial state.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: the iovec points at `spare.len()` writable bytes of `buf`, the control buffer
+    // at `msg_controllen` bytes; both outlive the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: recvmsg initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    let mut ts = None;
+    // SAFETY: the CMSG_* helpers walk the control buffer the kernel filled, within
+    // `msg_controllen`; the timestamp is read unaligned from its message's data.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let t: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                ts = Some(t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n, ts))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn recv_stamped(
+    sock: &std::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> io::Result<(usize, Option<i128>)> {
+    use std::io::Read;
+    let len = buf.len();
+    buf.resize(buf.capacity(), 0);
+    let r = (&*sock).read(&mut buf[len..]);
+    buf.truncate(len + *r.as_ref().unwrap_or(&0));
+    r.map(|n| (n, None))
+}
+
 /// Idle keep-alive connections, most recently used last.
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -114,7 +291,7 @@ impl Pool {
     }
 
     /// A pooled connection that is still open, if any.
-    pub fn take(&self) -> Option<TcpStream> {
+    pub fn take(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some((conn, since)) = idle.pop() {
             if since.elapsed() >= self.idle_timeout {
@@ -122,37 +299,22 @@ impl Pool {
                 idle.clear();
                 return None;
             }
-            // Without a readiness event since the last read nothing arrived: no syscall. Data
-            // or an end-of-stream on an idle connection means it cannot be reused.
-            let mut probe = [0u8; 1];
-            match conn.try_read(&mut probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn),
-                _ => continue,
+            // Data or an end-of-stream on an idle connection means it cannot be reused.
+            if conn.idle_and_open() {
+                return Some(conn);
             }
         }
         None
     }
 
     /// Returns a connection whose response was read to its end.
-    pub fn put(&self, conn: TcpStream) {
+    pub fn put(&self, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.max_idle {
                 idle.push((conn, Instant::now()));
             }
         }
     }
-}
-
-/// Opens a connection with `TCP_NODELAY` (a request is one small write that must not wait).
-pub async fn connect(authority: &str) -> io::Result<TcpStream> {
-    let conn = TcpStream::connect(authority).await?;
-    conn.set_nodelay(true)?;
-    Ok(conn)
-}
-
-/// Writes the request on `conn`.
-pub async fn send(conn: &mut TcpStream, request: &[u8]) -> io::Result<()> {
-    conn.write_all(request).await
 }
 
 /// A parsed response head.
@@ -479,6 +641,43 @@ mod tests {
         assert_eq!(t.host_header, "[::1]");
         assert!(Target::for_base("https://h/v1", &h).is_none());
         assert!(Target::for_base("http://u:p@h/v1", &h).is_none());
+    }
+
+    /// On Linux a read carries the kernel's receive time: after the peer wrote, before the read
+    /// returned. (The kernel turns timestamping on for the whole machine a moment after the
+    /// first socket asks, so the first connection only asks, and the second is measured.)
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn reads_carry_the_kernel_receive_time() {
+        use tokio::io::AsyncWriteExt;
+        let real = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as i128
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let _first = Conn::connect(&addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut conn = Conn::connect(&addr).await.unwrap();
+        let (_, _) = listener.accept().await.unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        let before = real();
+        peer.write_all(b"data: x\n\n").await.unwrap();
+        // Let the bytes wait in the socket: the timestamp must not be the read's.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut buf = Vec::new();
+        assert_eq!(conn.read_buf(&mut buf).await.unwrap(), 9);
+        let after = real();
+        let t = conn.rx_realtime_ns().expect("a receive timestamp on Linux");
+        assert!(
+            before <= t && t + 10_000_000 < after,
+            "{before} {t} {after}"
+        );
+        drop(peer);
+        buf.clear();
+        assert_eq!(conn.read_buf(&mut buf).await.unwrap(), 0);
     }
 
     proptest! {

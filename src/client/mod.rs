@@ -158,16 +158,18 @@ impl Client {
         self.fast.is_some()
     }
 
-    /// Opens up to `n` keep-alive connections before measuring, so that connection set-up is
-    /// not counted in the first requests' TTFT.
+    /// Opens up to `n` keep-alive connections before measuring, each carrying one `GET /models`,
+    /// so that neither connection set-up nor the server's first request on a connection is
+    /// counted in the first requests' TTFT.
     pub async fn prewarm(&self, n: usize) {
         match &self.fast {
             Some(fast) => {
-                let conns = futures_util::future::join_all((0..n).map(|_| {
-                    tokio::time::timeout(CONNECT_TIMEOUT, h1::connect(&fast.target.authority))
-                }))
+                let request = fast.target.get("models");
+                let conns = futures_util::future::join_all(
+                    (0..n).map(|_| prewarm_one(&fast.target.authority, &request)),
+                )
                 .await;
-                for conn in conns.into_iter().flatten().flatten() {
+                for conn in conns.into_iter().flatten() {
                     fast.pool.put(conn);
                 }
             }
@@ -384,7 +386,6 @@ impl Client {
         mut state: StreamState<'_>,
         cancel: &CancellationToken,
     ) {
-        use tokio::io::AsyncReadExt;
         let now_ns = || origin.elapsed().as_nanos() as u64;
         let request = fast.target.request(path, body);
         let cancelled = cancel.cancelled();
@@ -404,7 +405,10 @@ impl Client {
             let reused = pooled.is_some();
             let sent = open_and_send(pooled, &fast.target.authority, &request, &mut buf);
             match guard(sent, deadline.as_mut(), cancelled.as_mut()).await {
-                Guarded::Done(Ok((conn, head))) => break (conn, head, now_ns()),
+                Guarded::Done(Ok((conn, head))) => {
+                    let t = arrival_ns(&conn, now_ns(), rec.sent_ns);
+                    break (conn, head, t);
+                }
                 Guarded::Done(Err(SendError::Stale(_)))
                     if reused && attempt < MAX_STALE_RETRIES =>
                 {
@@ -517,13 +521,13 @@ impl Client {
             }
             buf.clear();
             input_start = 0;
-            match guard(
+            let read = guard(
                 conn.read_buf(&mut buf),
                 deadline.as_mut(),
                 cancelled.as_mut(),
             )
-            .await
-            {
+            .await;
+            match read {
                 Guarded::Done(Ok(0)) => {
                     if matches!(framing, h1::Framing::Close) {
                         keep_alive = false;
@@ -540,7 +544,7 @@ impl Client {
                     }
                     return;
                 }
-                Guarded::Done(Ok(_)) => t = now_ns(),
+                Guarded::Done(Ok(_)) => t = arrival_ns(&conn, now_ns(), t),
                 Guarded::Done(Err(e)) => {
                     rec.end_ns = now_ns();
                     state.finish_into(rec);
@@ -574,6 +578,28 @@ impl Client {
     }
 }
 
+/// The instant, on the records' timeline, at which a read's bytes reached this machine: the
+/// read's own instant `read_ns` moved back by how long before it the kernel stamped their
+/// arrival ([`h1::Conn::rx_realtime_ns`]; that interval is measured on the realtime clock, so
+/// its slewing does not matter). Without a timestamp, or with an implausible one (before
+/// `floor_ns`, or after the read: the realtime clock was stepped), the read's instant.
+fn arrival_ns(conn: &h1::Conn, read_ns: u64, floor_ns: u64) -> u64 {
+    let Some(kernel) = conn.rx_realtime_ns() else {
+        return read_ns;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    let age = now - kernel;
+    let t = read_ns as i128 - age;
+    if age >= 0 && t >= floor_ns as i128 {
+        t as u64
+    } else {
+        read_ns
+    }
+}
+
 /// What a send on the lean path can end in.
 enum SendError {
     /// No connection could be opened.
@@ -586,15 +612,14 @@ enum SendError {
 
 /// Opens (or reuses) a connection, sends the request and reads the response head into `buf`.
 async fn open_and_send(
-    pooled: Option<tokio::net::TcpStream>,
+    pooled: Option<h1::Conn>,
     authority: &str,
     request: &[u8],
     buf: &mut Vec<u8>,
-) -> Result<(tokio::net::TcpStream, h1::Head), SendError> {
-    use tokio::io::AsyncReadExt;
+) -> Result<(h1::Conn, h1::Head), SendError> {
     let mut conn = match pooled {
         Some(c) => c,
-        None => match tokio::time::timeout(CONNECT_TIMEOUT, h1::connect(authority)).await {
+        None => match tokio::time::timeout(CONNECT_TIMEOUT, h1::Conn::connect(authority)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(SendError::Connect(format!("connection failed: {e}"))),
             Err(_) => {
@@ -604,7 +629,7 @@ async fn open_and_send(
             }
         },
     };
-    h1::send(&mut conn, request)
+    conn.send(request)
         .await
         .map_err(|e| SendError::Stale(format!("request failed: sending: {e}")))?;
     buf.clear();
@@ -632,6 +657,31 @@ async fn open_and_send(
             Err(e) => return Err(SendError::Other(format!("request failed: {e}"))),
         }
     }
+}
+
+/// One pre-warm connection: `request` sent and its whole response read (within 30 s), so the
+/// connection can be pooled; `None` when anything went wrong (the run then opens one later).
+async fn prewarm_one(authority: &str, request: &[u8]) -> Option<h1::Conn> {
+    let work = async {
+        let mut buf = Vec::with_capacity(READ_BUF);
+        let (mut conn, head) = open_and_send(None, authority, request, &mut buf)
+            .await
+            .ok()?;
+        let mut framing = head.framing;
+        let mut fed = feed(&mut framing, &buf[head.len..], &mut |_| {}).ok()?;
+        while fed.is_none() {
+            buf.clear();
+            if conn.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+            fed = feed(&mut framing, &buf, &mut |_| {}).ok()?;
+        }
+        (head.keep_alive && fed == Some(false)).then_some(conn)
+    };
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Feeds received bytes through the body's framing into `sink` (the body's payload).
