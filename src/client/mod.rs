@@ -1,8 +1,10 @@
 //! OpenAI-compatible streaming client: sends one request and records its raw timeline.
 //!
-//! One `reqwest::Client` (a keep-alive connection pool) is shared by every worker. Each network
-//! read is timestamped once, and every event it completes gets that instant. Nothing in the
-//! stream loop can panic: each failure becomes an [`ErrorKind`] on the record.
+//! Streaming requests to a plain `http://` server go through the lean HTTP/1.1 path ([`h1`]),
+//! which takes each read's instant from the kernel's receive timestamp; everything else (https,
+//! proxies, non-streaming requests) goes through one shared `reqwest::Client`. Either way each
+//! network read is timestamped once, and every event it completes gets that instant. Nothing
+//! in the stream loop can panic: each failure becomes an [`ErrorKind`] on the record.
 
 pub mod chunk;
 pub mod h1;
