@@ -130,7 +130,7 @@ impl Conn {
         let conn = tokio::net::TcpStream::connect(authority).await?;
         conn.set_nodelay(true)?;
         let std = conn.into_std()?;
-        enable_rx_timestamps(&std);
+        enable_rx_timestamps(std::os::fd::AsRawFd::as_raw_fd(&std));
         // SAFETY: the std::net::TcpStream owns its descriptor, which stays open and the same
         // until the stream (inside the AsyncFd) is dropped.
         let fd = unsafe { AsyncFd::register(std) }.map_err(io::Error::from)?;
@@ -194,15 +194,15 @@ impl Conn {
     }
 }
 
+/// Asks the kernel to stamp each received packet (`SO_TIMESTAMPNS`); Linux only. A failure
+/// only means no timestamps: reads then fall back to the time of the read.
 #[cfg(target_os = "linux")]
-fn enable_rx_timestamps(sock: &std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
+pub(crate) fn enable_rx_timestamps(fd: std::os::fd::RawFd) {
     let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int from the pointer we pass, with its size. A failure only
-    // means no timestamps: reads then fall back to the time of the read.
+    // SAFETY: setsockopt reads an int from the pointer we pass, with its size.
     unsafe {
         libc::setsockopt(
-            sock.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_TIMESTAMPNS,
             (&on as *const libc::c_int).cast(),
@@ -212,19 +212,31 @@ fn enable_rx_timestamps(sock: &std::net::TcpStream) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn enable_rx_timestamps(_sock: &std::net::TcpStream) {}
+pub(crate) fn enable_rx_timestamps(_fd: std::os::fd::RawFd) {}
 
 /// `recvmsg` into the spare capacity of `buf`, with the kernel's receive timestamp.
-#[cfg(target_os = "linux")]
 fn recv_stamped(
     sock: &std::net::TcpStream,
     buf: &mut Vec<u8>,
 ) -> io::Result<(usize, Option<i128>)> {
     use std::os::fd::AsRawFd;
-    let spare = buf.spare_capacity_mut();
+    let (n, ts) = recvmsg_stamped(sock.as_raw_fd(), buf.spare_capacity_mut())?;
+    // SAFETY: recvmsg initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok((n, ts))
+}
+
+/// One `recvmsg` on a non-blocking socket into `dst`: the bytes read (the first `n` of `dst`
+/// are then initialised) and the kernel's receive time of the last of them (`CLOCK_REALTIME`,
+/// ns), when it gave one.
+#[cfg(target_os = "linux")]
+pub(crate) fn recvmsg_stamped(
+    fd: std::os::fd::RawFd,
+    dst: &mut [std::mem::MaybeUninit<u8>],
+) -> io::Result<(usize, Option<i128>)> {
     let mut iov = libc::iovec {
-        iov_base: spare.as_mut_ptr().cast(),
-        iov_len: spare.len(),
+        iov_base: dst.as_mut_ptr().cast(),
+        iov_len: dst.len(),
     };
     // Room for a few control messages, aligned for cmsghdr.
     let mut control = [0u64; 16];
@@ -234,15 +246,12 @@ fn recv_stamped(
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: the iovec points at `spare.len()` writable bytes of `buf`, the control buffer
-    // at `msg_controllen` bytes; both outlive the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) };
+    // SAFETY: the iovec points at `dst.len()` writable bytes, the control buffer at
+    // `msg_controllen` bytes; both outlive the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let n = n as usize;
-    // SAFETY: recvmsg initialised the first `n` bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + n) };
     let mut ts = None;
     // SAFETY: the CMSG_* helpers walk the control buffer the kernel filled, within
     // `msg_controllen`; the timestamp is read unaligned from its message's data.
@@ -256,20 +265,20 @@ fn recv_stamped(
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok((n, ts))
+    Ok((n as usize, ts))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn recv_stamped(
-    sock: &std::net::TcpStream,
-    buf: &mut Vec<u8>,
+pub(crate) fn recvmsg_stamped(
+    fd: std::os::fd::RawFd,
+    dst: &mut [std::mem::MaybeUninit<u8>],
 ) -> io::Result<(usize, Option<i128>)> {
-    use std::io::Read;
-    let len = buf.len();
-    buf.resize(buf.capacity(), 0);
-    let r = (&*sock).read(&mut buf[len..]);
-    buf.truncate(len + *r.as_ref().unwrap_or(&0));
-    r.map(|n| (n, None))
+    // SAFETY: recv writes at most `dst.len()` bytes into `dst`.
+    let n = unsafe { libc::recv(fd, dst.as_mut_ptr().cast(), dst.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((n as usize, None))
 }
 
 /// Idle keep-alive connections, most recently used last.

@@ -154,6 +154,17 @@ pub struct SelftestReport {
     /// The server's arrival instant minus the client's send instant, monotonic clock, ms,
     /// after the first wave: the client's send path plus the server's accept and read.
     pub send_delay_ms: ErrorMs,
+    /// The first part of `send_delay_ms`: from the client's send to the request's last packet
+    /// reaching the server's socket (kernel receive timestamp), ms, after the first wave.
+    pub request_transit_ms: ErrorMs,
+    /// The second part: from that packet's arrival to the server's handler, ms: the server's
+    /// own lateness in reading the request, not the client's.
+    pub server_read_lateness_ms: ErrorMs,
+    /// The TTFT error without the server's read lateness: `request_transit_ms` +
+    /// `ttft_receive_delay_ms`, request by request, ms, after the first wave: what the client
+    /// itself adds to a TTFT (its send path and the loopback both ways, and any delay in
+    /// recording the first token).
+    pub ttft_client_error_ms: ErrorMs,
     /// Every token's timestamp at the client minus its release by the server, monotonic
     /// clock, ms (all requests).
     pub token_receive_delay_ms: ErrorMs,
@@ -418,6 +429,9 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
         itl_error_ms,
         ttft_receive_delay_ms: ErrorMs::of(&compared.ttft_receive_delay_ms),
         send_delay_ms: ErrorMs::of(&compared.send_delay_ms),
+        request_transit_ms: ErrorMs::of(&compared.request_transit_ms),
+        server_read_lateness_ms: ErrorMs::of(&compared.server_read_lateness_ms),
+        ttft_client_error_ms: ErrorMs::of(&compared.ttft_client_error_ms),
         token_receive_delay_ms: ErrorMs::of(&compared.token_receive_delay_ms),
         token_events: events,
         client_cpu_s,
@@ -463,6 +477,12 @@ pub struct Compared {
     pub ttft_receive_delay_ms: Vec<f64>,
     /// Per request after the first wave: server arrival minus client send, monotonic, ms.
     pub send_delay_ms: Vec<f64>,
+    /// Per request after the first wave: request at the server's socket minus client send, ms.
+    pub request_transit_ms: Vec<f64>,
+    /// Per request after the first wave: server arrival minus request at its socket, ms.
+    pub server_read_lateness_ms: Vec<f64>,
+    /// Per request after the first wave: request transit + first-token receive delay, ms.
+    pub ttft_client_error_ms: Vec<f64>,
     /// Per token: client instant minus server release, monotonic clock, ms.
     pub token_receive_delay_ms: Vec<f64>,
     /// Token events received over all records (warmup included).
@@ -527,9 +547,22 @@ pub fn compare(
             if r.id >= first_wave {
                 out.send_delay_ms
                     .push((arrival as f64 - client(r.sent_ns)) / 1e6);
-                if let (Some(first), Some(true_first)) = (r.first_token_ns, t.token_ns.first()) {
-                    out.ttft_receive_delay_ms
-                        .push((client(first) - server(*true_first)) / 1e6);
+                let receive = match (r.first_token_ns, t.token_ns.first()) {
+                    (Some(first), Some(true_first)) => {
+                        let d = (client(first) - server(*true_first)) / 1e6;
+                        out.ttft_receive_delay_ms.push(d);
+                        Some(d)
+                    }
+                    _ => None,
+                };
+                if let Some(rx) = t.request_rx_mono_ns {
+                    let transit = (rx as f64 - client(r.sent_ns)) / 1e6;
+                    out.request_transit_ms.push(transit);
+                    out.server_read_lateness_ms
+                        .push((arrival as f64 - rx as f64) / 1e6);
+                    if let Some(d) = receive {
+                        out.ttft_client_error_ms.push(transit + d);
+                    }
                 }
             }
         }
@@ -594,8 +627,11 @@ pub fn table(r: &SelftestReport) -> String {
         ("ttft (first wave)", &r.ttft_error_first_wave_ms),
         ("itl", &r.itl_error_ms),
         ("send delay", &r.send_delay_ms),
+        ("  request transit", &r.request_transit_ms),
+        ("  server read late", &r.server_read_lateness_ms),
         ("ttft receive delay", &r.ttft_receive_delay_ms),
         ("token receive delay", &r.token_receive_delay_ms),
+        ("ttft, client part", &r.ttft_client_error_ms),
     ] {
         s.push_str(&format!(
             "  {name:<19} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
@@ -657,11 +693,13 @@ mod tests {
                 key: "k0".into(),
                 token_ns: vec![20_000_000, 40_000_000],
                 arrival_mono_ns: Some(5_000_300_000),
+                request_rx_mono_ns: Some(5_000_100_000),
             },
             Truth {
                 key: "k9".into(),
                 token_ns: vec![1],
                 arrival_mono_ns: None,
+                request_rx_mono_ns: None,
             },
         ];
         let c = compare(&records, &truth, 0, None, |id| format!("k{id}"));
@@ -682,6 +720,23 @@ mod tests {
             c.ttft_receive_delay_ms
         );
         assert_eq!(c.token_receive_delay_ms.len(), 2);
+        // The request reached the server's socket at 5.0001 s: 0.1 ms transit, then 0.2 ms
+        // before the server's handler ran; the client's part of the TTFT error is 0.1 + 0.2.
+        assert!(
+            close(c.request_transit_ms[0], 0.1),
+            "{:?}",
+            c.request_transit_ms
+        );
+        assert!(
+            close(c.server_read_lateness_ms[0], 0.2),
+            "{:?}",
+            c.server_read_lateness_ms
+        );
+        assert!(
+            close(c.ttft_client_error_ms[0], 0.3),
+            "{:?}",
+            c.ttft_client_error_ms
+        );
         assert!(
             close(c.token_receive_delay_ms[1], -0.3),
             "{:?}",
@@ -705,11 +760,13 @@ mod tests {
                 key: "same".into(),
                 token_ns: vec![4],
                 arrival_mono_ns: None,
+                request_rx_mono_ns: None,
             },
             Truth {
                 key: "same".into(),
                 token_ns: vec![3],
                 arrival_mono_ns: None,
+                request_rx_mono_ns: None,
             },
         ];
         let c = compare(&records, &truth, 0, None, |_| "same".into());
