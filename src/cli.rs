@@ -706,6 +706,7 @@ impl RunArgs {
             },
             arm: None,
             quality,
+            origin: None,
         })
     }
 }

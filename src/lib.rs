@@ -33,10 +33,26 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// Parses arguments, runs the command, prints a one-line error on failure.
 pub fn main_entry() -> ExitCode {
     let cli = cli::Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The servers kvbench runs itself (the fast self-test server, the test server) use every
+    // core, as a real server does. The client side runs on one thread: a token's instant comes
+    // from the kernel's receive timestamp, not from when a thread got to read it, and one
+    // thread spends less CPU per token event than two that keep waking each other
+    // (docs/performance.md has the measurements).
+    let serves = matches!(
+        &cli.command,
+        cli::Command::TestServer(_)
+            | cli::Command::Selftest(cli::SelftestArgs { serve: Some(_), .. })
+    );
+    let built = if serves {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kvbench: error: cannot start the async runtime: {e}");

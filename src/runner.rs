@@ -1,8 +1,10 @@
 //! One measurement run against a running server: preflight, warmup, the workload under the
 //! chosen arrival schedule, the per-request journal, and the result JSON.
 //!
-//! Workers send finished records over a channel to one collector, which appends each to the
-//! journal at once (a crash keeps what finished) and drives the progress display. Cancellation
+//! Workers send finished records over a channel to one collector, which drives the progress
+//! display and hands each record to a journal thread: it appends the record to the journal and
+//! flushes whenever it has caught up (a crash keeps what finished), off the runtime's threads
+//! so that serializing and writing never delays a stream's reads. Cancellation
 //! (Ctrl-C) has one path: a `CancellationToken` that stops scheduling and makes in-flight
 //! requests end as `cancelled`; everything measured is still written.
 
@@ -73,6 +75,10 @@ pub struct RunConfig {
     pub arm: Option<String>,
     /// Quality suites to run after warmup, before the performance phase.
     pub quality: Option<crate::quality::QualityConfig>,
+    /// The time origin of the records' instants; `None` = when the run starts. `kvbench
+    /// selftest` passes one whose reading on the machine's monotonic clock it knows, to
+    /// compare the client's instants with the server's.
+    pub origin: Option<Instant>,
 }
 
 /// How progress is shown on stderr.
@@ -329,7 +335,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     }
     let job_rx = Arc::new(Mutex::new(job_rx));
 
-    let origin = Instant::now();
+    let origin = cfg.origin.unwrap_or_else(Instant::now);
     let started_at = chrono::Utc::now();
     let (rec_tx, rec_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(Ctx {
@@ -403,7 +409,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
     // first wave's TTFT: a serving client keeps its connections alive.
     let prewarm = prewarm_count(&cfg.arrival);
-    futures_util::future::join_all((0..prewarm).map(|_| ctx.client.get_json("models"))).await;
+    ctx.client.prewarm(prewarm).await;
 
     let measure_start = Instant::now();
     let deadline = cfg.duration.map(|d| measure_start + d);
@@ -582,24 +588,56 @@ async fn collect(
     warmup: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<Vec<RequestRecord>> {
-    let mut out = std::io::BufWriter::new(file);
-    let mut records = Vec::new();
+    let (to_journal, journal_rx) = std::sync::mpsc::channel::<RequestRecord>();
+    let journal = std::thread::Builder::new()
+        .name("kvbench-journal".into())
+        .spawn(move || write_journal(file, journal_rx))
+        .context("cannot start the journal thread")?;
+    let mut done = 0u64;
     let mut progress = Progress::new(mode, expected.map(|n| n + warmup), duration);
     let mut failed = 0u64;
     let mut tokens = 0u64;
     let started = Instant::now();
     while let Some(rec) = rx.recv().await {
-        serde_json::to_writer(&mut out, &rec)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
         if rec.error.is_some() {
             failed += 1;
         }
         tokens += rec.output_tokens();
-        records.push(rec);
-        progress.update(records.len() as u64, failed, tokens, started.elapsed());
+        done += 1;
+        if to_journal.send(rec).is_err() {
+            // The journal thread stopped on a write error: its result says which.
+            break;
+        }
+        progress.update(done, failed, tokens, started.elapsed());
     }
+    drop(to_journal);
     progress.finish();
+    journal
+        .join()
+        .map_err(|_| anyhow::anyhow!("the journal thread panicked"))?
+}
+
+/// Appends each record to the journal as one JSON line, flushing whenever no other record is
+/// waiting; returns the records in arrival order.
+fn write_journal(
+    file: std::fs::File,
+    rx: std::sync::mpsc::Receiver<RequestRecord>,
+) -> anyhow::Result<Vec<RequestRecord>> {
+    let mut out = std::io::BufWriter::new(file);
+    let mut records = Vec::new();
+    while let Ok(mut rec) = rx.recv() {
+        loop {
+            serde_json::to_writer(&mut out, &rec)?;
+            out.write_all(b"\n")?;
+            records.push(rec);
+            match rx.try_recv() {
+                Ok(next) => rec = next,
+                Err(_) => break,
+            }
+        }
+        out.flush()?;
+    }
+    out.flush()?;
     Ok(records)
 }
 

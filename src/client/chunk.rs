@@ -6,6 +6,8 @@
 //! `choices` or on the finish chunk itself; llama.cpp adds `timings`; errors may arrive inside the
 //! stream as `{"error": {...}}` or vLLM's `{"object": "error", "message": ...}`.
 
+mod scan;
+
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
@@ -250,8 +252,24 @@ pub fn decode(data: &[u8]) -> Event {
     }
 }
 
-/// Decodes one event's data without copying its text: what the streaming loop uses.
+/// Decodes one event's data without copying its text: what the streaming loop uses. A plain
+/// token chunk is read by a scanner (`chunk/scan.rs`) that takes only the fields needed;
+/// anything else goes to the full serde decoder ([`decode_ref_full`]), whose answer the
+/// scanner's always equals.
 pub fn decode_ref(data: &[u8]) -> EventRef<'_> {
+    let trimmed = data.trim_ascii();
+    if trimmed == b"[DONE]" {
+        return EventRef::Done;
+    }
+    if let Some(chunk) = scan::scan(trimmed) {
+        return EventRef::Chunk(chunk);
+    }
+    decode_ref_full(data)
+}
+
+/// [`decode_ref`] by the full serde decoder alone (the reference for the scanner, and the
+/// decoder of everything it leaves: errors, log-probabilities, unusual shapes).
+pub fn decode_ref_full(data: &[u8]) -> EventRef<'_> {
     let trimmed = data.trim_ascii();
     if trimmed == b"[DONE]" {
         return EventRef::Done;
@@ -522,5 +540,266 @@ mod tests {
         assert_eq!(decode(b"{not json"), Event::Malformed);
         assert_eq!(decode(b"[1,2]"), Event::Malformed);
         assert_eq!(decode(b""), Event::Malformed);
+    }
+
+    // The fast scanner (chunk/scan.rs) against the full serde decoder: whenever the scanner
+    // gives an answer, it is the full decoder's answer.
+    mod fast_path {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn agree(data: &[u8]) -> bool {
+            let trimmed = data.trim_ascii();
+            if trimmed == b"[DONE]" {
+                return true;
+            }
+            match scan::scan(trimmed) {
+                Some(fast) => {
+                    let full = decode_ref_full(data);
+                    assert_eq!(
+                        EventRef::Chunk(fast),
+                        full,
+                        "{}",
+                        String::from_utf8_lossy(data)
+                    );
+                    true
+                }
+                None => false,
+            }
+        }
+
+        /// Wire variants of DOMAIN.md and the tests above: the scanner must take the plain
+        /// ones (or it saves nothing) and agree on all.
+        #[test]
+        fn wire_variants() {
+            let plain = [
+                r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#,
+                r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" hello"},"logprobs":null,"finish_reason":null}]}"#,
+                r#"{"choices":[{"finish_reason":null,"index":0,"delta":{"role":"assistant","content":null}}],"object":"chat.completion.chunk"}"#,
+                r#"{"choices":[{"delta":{"reasoning":"hm"}}]}"#,
+                r#"{"choices":[{"delta":{"reasoning_content":"hm","content":null}}]}"#,
+                r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"completion_tokens_details":{"reasoning_tokens":2}}}"#,
+                r#"{"choices":[{"text":"","index":0,"logprobs":null,"finish_reason":"length"}],"id":"chatcmpl-x","object":"text_completion","usage":{"completion_tokens":8,"prompt_tokens":20,"total_tokens":28},"timings":{"prompt_n":20,"predicted_n":8,"prompt_ms":1.5e1,"x":[true,false,null,-0.5]}}"#,
+                r#"{"choices":[{"text":" hi","finish_reason":null}]}"#,
+                r#"{"object":"chat.completion.chunk","choices":[{"delta":{"content":" hi"},"finish_reason":null},{"delta":{"content":"second choice ignored"}}]}"#,
+                r#"{"choices":[{"delta":{"content":"a\nb \u00e9 \"q\""}}]}"#,
+                r#" { "choices" : [ { "delta" : { "content" : "x" } , "finish_reason" : "stop" } ] , "usage" : null } "#,
+                r#"{"choices":[{"text":" t","finish_reason":"stop"}]}"#,
+                r#"{"choices":[{"delta":{"content":" Paris"},"logprobs":null,"finish_reason":null}],"timings":null,"error":null}"#,
+                r#"{"id":"cmpl-\u0031","choices":[{"index":0,"text":"é日本","logprobs":null,"finish_reason":null,"stop_reason":null}]}"#,
+            ];
+            for c in plain {
+                assert!(agree(c.as_bytes()), "the scanner should take {c}");
+            }
+            let for_serde = [
+                r#"{"error":{"message":"boom","type":"InternalServerError","code":500}}"#,
+                r#"{"object":"error","message":"bad","type":"BadRequestError","code":400}"#,
+                r#"{"choices":[{"delta":{"content":" Paris"},"logprobs":{"content":[{"token":" Paris","logprob":-0.1,"bytes":[32],"top_logprobs":[]}]},"finish_reason":null}]}"#,
+                r#"{"choices":{"x":1}}"#,
+                r#"{"choices":[{"delta":{"content":"a"}}],"choices":[]}"#,
+                r#"{"usage":{"prompt_tokens":1.0}}"#,
+                r#"{"usage":{"prompt_tokens":-1}}"#,
+                r#"{"usage":{"prompt_tokens":18446744073709551616}}"#,
+                r#"{"choices":[{"delta":{"content":1}}]}"#,
+                r#"{"choices":[null]}"#,
+                r#"{"choices":[],}"#,
+                r#"{"cho\u0069ces":[]}"#,
+                r#"{"choices":[{"delta":{"content":"\ud800"}}]}"#,
+                "{\"choices\":[{\"delta\":{\"content\":\"tab\there\"}}]}",
+                r#"{"a":01}"#,
+                r#"{"a":1}x"#,
+                r#"[1,2]"#,
+                r#"{not json"#,
+                "",
+            ];
+            for c in for_serde {
+                assert!(
+                    !agree(c.as_bytes()),
+                    "the scanner should leave {c} to serde"
+                );
+            }
+        }
+
+        fn string_lit() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z ]{0,8}".prop_map(|s| format!("\"{s}\"")),
+                any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+                Just(r#""a\u00e9\n\"""#.to_owned()),
+                Just(r#""\ud800""#.to_owned()),
+                Just(r#""bad\x""#.to_owned()),
+                Just("\"raw\tcontrol\"".to_owned()),
+                Just(r#""""#.to_owned()),
+                Just(r#""error""#.to_owned()),
+                Just(r#""stop""#.to_owned()),
+            ]
+        }
+
+        fn scalar() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("null".to_owned()),
+                Just("true".to_owned()),
+                Just("false".to_owned()),
+                prop_oneof![
+                    Just("0"),
+                    Just("12"),
+                    Just("-3"),
+                    Just("1.5"),
+                    Just("1e3"),
+                    Just("2E-2"),
+                    Just("01"),
+                    Just("-"),
+                    Just("1."),
+                    Just("18446744073709551615"),
+                    Just("18446744073709551616")
+                ]
+                .prop_map(str::to_owned),
+                string_lit(),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            scalar().prop_recursive(3, 12, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4)
+                        .prop_map(|v| format!("[{}]", v.join(","))),
+                    prop::collection::vec(("[a-z_]{1,6}", inner), 0..4).prop_map(|v| {
+                        let f: Vec<String> =
+                            v.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                        format!("{{{}}}", f.join(","))
+                    }),
+                ]
+            })
+        }
+
+        /// An object of some of `fields` (name, value strategy), in random order, sometimes one
+        /// twice, with random whitespace.
+        fn object(fields: Vec<(&'static str, BoxedStrategy<String>)>) -> BoxedStrategy<String> {
+            let n = fields.len();
+            let parts: Vec<BoxedStrategy<Option<String>>> = fields
+                .into_iter()
+                .map(|(k, v)| {
+                    prop::option::weighted(0.6, v.prop_map(move |v| format!("\"{k}\":{v}"))).boxed()
+                })
+                .collect();
+            (
+                parts,
+                Just((0..n).collect::<Vec<usize>>()).prop_shuffle(),
+                prop::bool::weighted(0.1),
+                prop_oneof![Just(""), Just(" "), Just("\n ")],
+            )
+                .prop_map(|(parts, order, dup, ws)| {
+                    let mut present: Vec<String> =
+                        order.iter().filter_map(|&i| parts[i].clone()).collect();
+                    if dup && !present.is_empty() {
+                        present.push(present[0].clone());
+                    }
+                    let sep = format!(",{ws}");
+                    format!("{{{ws}{}{ws}}}", present.join(&sep))
+                })
+                .boxed()
+        }
+
+        fn maybe(s: BoxedStrategy<String>) -> BoxedStrategy<String> {
+            prop_oneof![6 => s, 1 => Just("null".to_owned()), 1 => value()].boxed()
+        }
+
+        fn chunk() -> BoxedStrategy<String> {
+            let delta = object(vec![
+                ("role", string_lit().boxed()),
+                ("content", maybe(string_lit().boxed())),
+                ("reasoning", maybe(string_lit().boxed())),
+                ("reasoning_content", maybe(string_lit().boxed())),
+                ("tool_calls", value().boxed()),
+            ]);
+            let choice = object(vec![
+                ("index", scalar().boxed()),
+                ("delta", maybe(delta)),
+                ("text", maybe(string_lit().boxed())),
+                ("finish_reason", maybe(string_lit().boxed())),
+                (
+                    "logprobs",
+                    prop_oneof![4 => Just("null".to_owned()), 1 => value()].boxed(),
+                ),
+                ("stop_reason", scalar().boxed()),
+            ]);
+            let choices = prop::collection::vec(choice, 0..3)
+                .prop_map(|v| format!("[{}]", v.join(",")))
+                .boxed();
+            let details = object(vec![
+                ("reasoning_tokens", scalar().boxed()),
+                ("other", value().boxed()),
+            ]);
+            let usage = object(vec![
+                ("prompt_tokens", scalar().boxed()),
+                ("completion_tokens", scalar().boxed()),
+                ("total_tokens", scalar().boxed()),
+                ("completion_tokens_details", maybe(details)),
+            ]);
+            object(vec![
+                ("id", string_lit().boxed()),
+                ("object", maybe(string_lit().boxed())),
+                ("created", scalar().boxed()),
+                ("model", string_lit().boxed()),
+                ("choices", maybe(choices)),
+                ("usage", maybe(usage)),
+                (
+                    "timings",
+                    prop_oneof![Just("null".to_owned()), value()].boxed(),
+                ),
+                (
+                    "error",
+                    prop_oneof![4 => Just("null".to_owned()), 1 => value()].boxed(),
+                ),
+                ("message", maybe(string_lit().boxed())),
+            ])
+        }
+
+        /// The property tests below mean something only if the scanner takes a fair share of
+        /// the generated chunks (the rest exercise the hand-over to serde).
+        #[test]
+        fn the_generator_reaches_the_scanner() {
+            use proptest::strategy::ValueTree;
+            use proptest::test_runner::TestRunner;
+            let mut runner = TestRunner::deterministic();
+            let strategy = chunk();
+            let taken = (0..500)
+                .filter(|_| agree(strategy.new_tree(&mut runner).unwrap().current().as_bytes()))
+                .count();
+            eprintln!("the scanner took {taken} of 500 generated chunks");
+            assert!(
+                taken >= 50,
+                "only {taken} of 500 generated chunks reached the scanner"
+            );
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn scanner_agrees_with_serde(c in chunk()) {
+                agree(c.as_bytes());
+            }
+
+            #[test]
+            fn scanner_agrees_on_mutations(
+                c in chunk(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                how in 0..3u8,
+            ) {
+                let mut b = c.into_bytes();
+                let i = at.index(b.len() + 1);
+                match how {
+                    0 => b.truncate(i),
+                    1 => b.insert(i, byte),
+                    _ => {
+                        if i < b.len() {
+                            b[i] = byte;
+                        }
+                    }
+                }
+                agree(&b);
+            }
+        }
     }
 }

@@ -1,18 +1,24 @@
 //! OpenAI-compatible streaming client: sends one request and records its raw timeline.
 //!
-//! One `reqwest::Client` (a keep-alive connection pool) is shared by every worker. Each network
-//! read is timestamped once, and every event it completes gets that instant. Nothing in the
-//! stream loop can panic: each failure becomes an [`ErrorKind`] on the record.
+//! Streaming requests to a plain `http://` server go through the lean HTTP/1.1 path ([`h1`]),
+//! which takes each read's instant from the kernel's receive timestamp; everything else (https,
+//! proxies, non-streaming requests) goes through one shared `reqwest::Client`. Either way each
+//! network read is timestamped once, and every event it completes gets that instant. Nothing
+//! in the stream loop can panic: each failure becomes an [`ErrorKind`] on the record.
 
 pub mod chunk;
+pub mod h1;
 pub mod request;
 pub mod sse;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::record::{ErrorKind, RequestRecord};
 use chunk::EventRef;
@@ -90,7 +96,23 @@ pub struct Client {
     http: reqwest::Client,
     api_base: String,
     timeout: Duration,
+    /// The lean HTTP/1.1 path for streaming requests to a plain `http://` server
+    /// ([`h1`]); `None` when reqwest streams (https, a proxy, credentials in the URL).
+    fast: Option<Arc<Fast>>,
 }
+
+#[derive(Debug)]
+struct Fast {
+    target: h1::Target,
+    pool: h1::Pool,
+}
+
+/// Time allowed to open a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Initial read buffer of a streaming request: several events per read when they queue up.
+const READ_BUF: usize = 8 * 1024;
+/// Bytes of an error response's body kept for its message.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 impl Client {
     /// Builds the client; fails on an invalid header.
@@ -111,6 +133,12 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
+        let fast = h1::Target::for_base(&opts.api_base, &headers).map(|target| {
+            Arc::new(Fast {
+                target,
+                pool: h1::Pool::new(opts.pool_size, POOL_IDLE),
+            })
+        });
         let http = reqwest::Client::builder()
             .default_headers(headers)
             .pool_max_idle_per_host(opts.pool_size.max(1))
@@ -123,7 +151,34 @@ impl Client {
             http,
             api_base: opts.api_base.clone(),
             timeout: opts.timeout,
+            fast,
         })
+    }
+
+    /// Whether streaming requests use the lean HTTP/1.1 path ([`h1`]) rather than reqwest.
+    pub fn uses_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Opens up to `n` keep-alive connections before measuring, each carrying one `GET /models`,
+    /// so that neither connection set-up nor the server's first request on a connection is
+    /// counted in the first requests' TTFT.
+    pub async fn prewarm(&self, n: usize) {
+        match &self.fast {
+            Some(fast) => {
+                let request = fast.target.get("models");
+                let conns = futures_util::future::join_all(
+                    (0..n).map(|_| prewarm_one(&fast.target.authority, &request)),
+                )
+                .await;
+                for conn in conns.into_iter().flatten() {
+                    fast.pool.put(conn);
+                }
+            }
+            None => {
+                futures_util::future::join_all((0..n).map(|_| self.get_json("models"))).await;
+            }
+        }
     }
 
     /// The API base URL (ends in `/v1`).
@@ -202,6 +257,16 @@ impl Client {
             Endpoint::Chat => "chat/completions",
             Endpoint::Completions => "completions",
         };
+        let state = StreamState {
+            keep_text,
+            logprobs,
+            ..StreamState::default()
+        };
+        if let Some(fast) = &self.fast {
+            self.stream_h1(fast, path, &body, rec, origin, state, cancel)
+                .await;
+            return;
+        }
         let url = format!("{}/{}", self.api_base, path);
         let now_ns = || origin.elapsed().as_nanos() as u64;
         // A pooled keep-alive connection may have been closed by the server just before it is
@@ -267,11 +332,7 @@ impl Client {
             return;
         }
 
-        let mut state = StreamState {
-            keep_text,
-            logprobs,
-            ..StreamState::default()
-        };
+        let mut state = state;
         let mut parser = SseParser::new();
         let mut stream = resp.bytes_stream();
         // One cancellation future for the whole stream: creating one per read would register
@@ -312,7 +373,374 @@ impl Client {
                 None => break,
             }
         }
-        let t = now_ns();
+        conclude(rec, &mut state, &mut parser, now_ns());
+    }
+
+    /// [`Client::stream_inner`] on the lean HTTP/1.1 path.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_h1(
+        &self,
+        fast: &Fast,
+        path: &str,
+        body: &[u8],
+        rec: &mut RequestRecord,
+        origin: Instant,
+        mut state: StreamState<'_>,
+        cancel: &CancellationToken,
+    ) {
+        let now_ns = || origin.elapsed().as_nanos() as u64;
+        let request = fast.target.request(path, body);
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+        // As on the reqwest path: a pooled connection the server has closed meanwhile is
+        // replaced (at most MAX_STALE_RETRIES times, each counted), timed from the last send.
+        let mut attempt = 0;
+        let (mut conn, head, t_head) = loop {
+            rec.sent_ns = now_ns();
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.timeout);
+            let pooled = fast.pool.take();
+            let reused = pooled.is_some();
+            let sent = open_and_send(pooled, &fast.target.authority, &request, &mut buf);
+            match guard(sent, deadline.as_mut(), cancelled.as_mut()).await {
+                Guarded::Done(Ok((conn, head))) => {
+                    let t = arrival_ns(&conn, now_ns(), rec.sent_ns);
+                    break (conn, head, t);
+                }
+                Guarded::Done(Err(SendError::Stale(_)))
+                    if reused && attempt < MAX_STALE_RETRIES =>
+                {
+                    attempt += 1;
+                    rec.note("stale_connection_retry");
+                }
+                Guarded::Done(Err(e)) => {
+                    rec.end_ns = now_ns();
+                    let (kind, msg) = match e {
+                        SendError::Connect(m) => (ErrorKind::Connect, m),
+                        SendError::Stale(m) | SendError::Other(m) => (ErrorKind::Other, m),
+                    };
+                    fail(rec, kind, &msg);
+                    return;
+                }
+                Guarded::TimedOut => {
+                    rec.end_ns = now_ns();
+                    fail(rec, ErrorKind::Timeout, "timed out");
+                    return;
+                }
+                Guarded::Cancelled => {
+                    rec.end_ns = now_ns();
+                    fail(
+                        rec,
+                        ErrorKind::Cancelled,
+                        "interrupted before the response arrived",
+                    );
+                    return;
+                }
+            }
+        };
+        rec.first_byte_ns = Some(t_head);
+        rec.status = Some(head.status);
+        let mut framing = head.framing;
+        let mut keep_alive = head.keep_alive;
+        if !(200..300).contains(&head.status) {
+            let mut error_body = Vec::new();
+            let keep = |body: &mut Vec<u8>, p: &[u8]| {
+                let room = ERROR_BODY_LIMIT.saturating_sub(body.len());
+                body.extend_from_slice(&p[..p.len().min(room)]);
+            };
+            let fed = feed(&mut framing, &buf[head.len..], &mut |p| {
+                keep(&mut error_body, p)
+            });
+            let mut ended = !matches!(fed, Ok(None));
+            let limit = tokio::time::sleep(Duration::from_secs(5));
+            tokio::pin!(limit);
+            while !ended && error_body.len() < ERROR_BODY_LIMIT {
+                buf.clear();
+                match guard(conn.read_buf(&mut buf), limit.as_mut(), cancelled.as_mut()).await {
+                    Guarded::Done(Ok(n)) if n > 0 => {
+                        let fed = feed(&mut framing, &buf, &mut |p| keep(&mut error_body, p));
+                        ended = !matches!(fed, Ok(None));
+                    }
+                    _ => break,
+                }
+            }
+            rec.end_ns = now_ns();
+            let msg = error_message_from_body(&error_body);
+            fail(
+                rec,
+                ErrorKind::HttpStatus,
+                &format!("HTTP {}: {}", head.status, msg),
+            );
+            return;
+        }
+
+        let mut parser = SseParser::new();
+        let mut ended = false;
+        let mut input_start = head.len;
+        let mut t = t_head;
+        loop {
+            let fed = feed(&mut framing, &buf[input_start..], &mut |p| {
+                parser.push(p, &mut |data| state.on_event(data, t, rec))
+            });
+            match fed {
+                Ok(Some(extra)) => {
+                    ended = true;
+                    keep_alive &= !extra;
+                }
+                Ok(None) => {}
+                Err(msg) => {
+                    rec.end_ns = now_ns();
+                    state.finish_into(rec);
+                    if rec.error.is_none() {
+                        fail(
+                            rec,
+                            ErrorKind::StreamReset,
+                            &format!("response body failed: {msg}"),
+                        );
+                    }
+                    return;
+                }
+            }
+            if ended || state.stop {
+                break;
+            }
+            // A flood of data keeps the read below always ready: look at cancellation and the
+            // deadline here too (cheap), not only when the read waits.
+            if cancel.is_cancelled() || deadline.is_elapsed() {
+                rec.end_ns = now_ns();
+                state.finish_into(rec);
+                let (kind, msg) = if cancel.is_cancelled() {
+                    (ErrorKind::Cancelled, "interrupted while streaming")
+                } else {
+                    (ErrorKind::Timeout, "timed out")
+                };
+                fail(rec, kind, msg);
+                return;
+            }
+            buf.clear();
+            input_start = 0;
+            let read = guard(
+                conn.read_buf(&mut buf),
+                deadline.as_mut(),
+                cancelled.as_mut(),
+            )
+            .await;
+            match read {
+                Guarded::Done(Ok(0)) => {
+                    if matches!(framing, h1::Framing::Close) {
+                        keep_alive = false;
+                        break;
+                    }
+                    rec.end_ns = now_ns();
+                    state.finish_into(rec);
+                    if rec.error.is_none() {
+                        fail(
+                            rec,
+                            ErrorKind::StreamReset,
+                            "response body failed: the connection closed before the response ended",
+                        );
+                    }
+                    return;
+                }
+                Guarded::Done(Ok(_)) => t = arrival_ns(&conn, now_ns(), t),
+                Guarded::Done(Err(e)) => {
+                    rec.end_ns = now_ns();
+                    state.finish_into(rec);
+                    if rec.error.is_none() {
+                        fail(
+                            rec,
+                            ErrorKind::StreamReset,
+                            &format!("response body failed: {e}"),
+                        );
+                    }
+                    return;
+                }
+                Guarded::TimedOut => {
+                    rec.end_ns = now_ns();
+                    state.finish_into(rec);
+                    fail(rec, ErrorKind::Timeout, "timed out");
+                    return;
+                }
+                Guarded::Cancelled => {
+                    rec.end_ns = now_ns();
+                    state.finish_into(rec);
+                    fail(rec, ErrorKind::Cancelled, "interrupted while streaming");
+                    return;
+                }
+            }
+        }
+        if ended && keep_alive && !state.stop {
+            fast.pool.put(conn);
+        }
+        conclude(rec, &mut state, &mut parser, now_ns());
+    }
+}
+
+/// The instant, on the records' timeline, at which a read's bytes reached this machine: the
+/// read's own instant `read_ns` moved back by how long before it the kernel stamped their
+/// arrival ([`h1::Conn::rx_realtime_ns`]; that interval is measured on the realtime clock, so
+/// its slewing does not matter). Without a timestamp, or with an implausible one (before
+/// `floor_ns`, or after the read: the realtime clock was stepped), the read's instant.
+fn arrival_ns(conn: &h1::Conn, read_ns: u64, floor_ns: u64) -> u64 {
+    let Some(kernel) = conn.rx_realtime_ns() else {
+        return read_ns;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    let age = now - kernel;
+    let t = read_ns as i128 - age;
+    if age >= 0 && t >= floor_ns as i128 {
+        t as u64
+    } else {
+        read_ns
+    }
+}
+
+/// What a send on the lean path can end in.
+enum SendError {
+    /// No connection could be opened.
+    Connect(String),
+    /// The connection was found closed before any byte of a response came back.
+    Stale(String),
+    /// Anything else.
+    Other(String),
+}
+
+/// Opens (or reuses) a connection, sends the request and reads the response head into `buf`.
+async fn open_and_send(
+    pooled: Option<h1::Conn>,
+    authority: &str,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<(h1::Conn, h1::Head), SendError> {
+    let mut conn = match pooled {
+        Some(c) => c,
+        None => match tokio::time::timeout(CONNECT_TIMEOUT, h1::Conn::connect(authority)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(SendError::Connect(format!("connection failed: {e}"))),
+            Err(_) => {
+                return Err(SendError::Connect(
+                    "connection failed: no connection within 10 s".into(),
+                ))
+            }
+        },
+    };
+    conn.send(request)
+        .await
+        .map_err(|e| SendError::Stale(format!("request failed: sending: {e}")))?;
+    buf.clear();
+    loop {
+        match conn.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => {
+                return Err(SendError::Stale(
+                    "request failed: connection closed before message completed".into(),
+                ))
+            }
+            Ok(0) => {
+                return Err(SendError::Other(
+                    "request failed: the connection closed inside the response head".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if buf.is_empty() => {
+                return Err(SendError::Stale(format!("request failed: {e}")))
+            }
+            Err(e) => return Err(SendError::Other(format!("request failed: {e}"))),
+        }
+        match h1::parse_head(buf) {
+            Ok(Some(head)) => return Ok((conn, head)),
+            Ok(None) => {}
+            Err(e) => return Err(SendError::Other(format!("request failed: {e}"))),
+        }
+    }
+}
+
+/// One pre-warm connection: `request` sent and its whole response read (within 30 s), so the
+/// connection can be pooled; `None` when anything went wrong (the run then opens one later).
+async fn prewarm_one(authority: &str, request: &[u8]) -> Option<h1::Conn> {
+    let work = async {
+        let mut buf = Vec::with_capacity(READ_BUF);
+        let (mut conn, head) = open_and_send(None, authority, request, &mut buf)
+            .await
+            .ok()?;
+        let mut framing = head.framing;
+        let mut fed = feed(&mut framing, &buf[head.len..], &mut |_| {}).ok()?;
+        while fed.is_none() {
+            buf.clear();
+            if conn.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+            fed = feed(&mut framing, &buf, &mut |_| {}).ok()?;
+        }
+        (head.keep_alive && fed == Some(false)).then_some(conn)
+    };
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Feeds received bytes through the body's framing into `sink` (the body's payload).
+/// `Ok(Some(extra))` when the body ended (`extra`: bytes followed it, so the connection cannot
+/// be reused), `Ok(None)` when more is to come.
+fn feed(
+    framing: &mut h1::Framing,
+    input: &[u8],
+    sink: &mut impl FnMut(&[u8]),
+) -> Result<Option<bool>, &'static str> {
+    match framing {
+        h1::Framing::Chunked(c) => {
+            let used = c.decode(input, sink)?;
+            Ok(c.is_done().then_some(used < input.len()))
+        }
+        h1::Framing::Length(left) => {
+            let n = (*left).min(input.len() as u64) as usize;
+            if n > 0 {
+                sink(&input[..n]);
+            }
+            *left -= n as u64;
+            Ok((*left == 0).then_some(n < input.len()))
+        }
+        h1::Framing::Close => {
+            if !input.is_empty() {
+                sink(input);
+            }
+            Ok(None)
+        }
+    }
+}
+
+enum Guarded<T> {
+    Done(T),
+    TimedOut,
+    Cancelled,
+}
+
+/// Awaits `fut` unless the deadline passes or the run is cancelled first. The future is polled
+/// first: when it is ready, the timer and the token are not touched.
+async fn guard<T>(
+    fut: impl Future<Output = T>,
+    deadline: Pin<&mut tokio::time::Sleep>,
+    cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> Guarded<T> {
+    tokio::select! {
+        biased;
+        v = fut => Guarded::Done(v),
+        _ = deadline => Guarded::TimedOut,
+        _ = cancelled => Guarded::Cancelled,
+    }
+}
+
+/// The end of a stream that was read to its end (or stopped at an error event): the pending
+/// event, the end instant, and the checks on what the stream held.
+fn conclude(rec: &mut RequestRecord, state: &mut StreamState, parser: &mut SseParser, t: u64) {
+    {
         if !state.stop {
             parser.finish(&mut |data| state.on_event(data, t, rec));
         }

@@ -13,7 +13,11 @@
 //!   bound);
 //! - TTFT and ITL measurement error: what the client measured minus what the server did,
 //!   per request (the server records when it released every token, relative to the request's
-//!   arrival, and hands that truth back after the run).
+//!   arrival, and hands that truth back after the run);
+//! - the same delays split on the machine's monotonic clock, which client and server both
+//!   read: the send delay (client send → server arrival) and the receive delay (server release
+//!   of a token → client timestamp), so that what the client adds on its receiving side is
+//!   seen apart from the server's own lateness in reading the request.
 
 pub mod probe;
 pub mod server;
@@ -127,6 +131,11 @@ pub struct SelftestReport {
     pub events_per_s_per_core: Option<f64>,
     /// Client CPU seconds (user + system) per million token events.
     pub cpu_s_per_million_events: Option<f64>,
+    /// The user-space part of `cpu_s_per_million_events`.
+    pub cpu_user_s_per_million_events: Option<f64>,
+    /// The kernel part of `cpu_s_per_million_events` (on loopback it includes the server-side
+    /// TCP processing of the client's ACKs, which runs in the client's system calls).
+    pub cpu_system_s_per_million_events: Option<f64>,
     /// Client memory per in-flight stream, bytes: (peak RSS − RSS before the run) / streams.
     pub bytes_per_stream: Option<f64>,
     /// TTFT measured by the client minus the server's true TTFT, ms, over requests sent after
@@ -137,6 +146,28 @@ pub struct SelftestReport {
     pub ttft_error_first_wave_ms: ErrorMs,
     /// Each inter-token gap measured by the client minus the server's true gap, ms.
     pub itl_error_ms: ErrorMs,
+    /// The first token's timestamp at the client minus its release by the server, both on the
+    /// machine's monotonic clock, ms, after the first wave: the delay the client's receiving
+    /// side adds (loopback, wake-up, read, parse) without the send side. `ttft_error_ms` =
+    /// `send_delay_ms` + this, request by request.
+    pub ttft_receive_delay_ms: ErrorMs,
+    /// The server's arrival instant minus the client's send instant, monotonic clock, ms,
+    /// after the first wave: the client's send path plus the server's accept and read.
+    pub send_delay_ms: ErrorMs,
+    /// The first part of `send_delay_ms`: from the client's send to the request's last packet
+    /// reaching the server's socket (kernel receive timestamp), ms, after the first wave.
+    pub request_transit_ms: ErrorMs,
+    /// The second part: from that packet's arrival to the server's handler, ms: the server's
+    /// own lateness in reading the request, not the client's.
+    pub server_read_lateness_ms: ErrorMs,
+    /// The TTFT error without the server's read lateness: `request_transit_ms` +
+    /// `ttft_receive_delay_ms`, request by request, ms, after the first wave: what the client
+    /// itself adds to a TTFT (its send path and the loopback both ways, and any delay in
+    /// recording the first token).
+    pub ttft_client_error_ms: ErrorMs,
+    /// Every token's timestamp at the client minus its release by the server, monotonic
+    /// clock, ms (all requests).
+    pub token_receive_delay_ms: ErrorMs,
     /// Token events the client received.
     pub token_events: u64,
     /// Client CPU time over the run, seconds (user + system, all threads).
@@ -262,6 +293,9 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
         unique_prefix: true,
         images: None,
     };
+    // The records' time origin and its reading on the monotonic clock the server reads too.
+    let origin = Instant::now();
+    let origin_mono_ns = probe::monotonic_ns();
     let run_cfg = RunConfig {
         url: server.url.clone(),
         model: None,
@@ -294,6 +328,7 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
         progress: ProgressMode::Quiet,
         arm: None,
         quality: None,
+        origin: Some(origin),
     };
     let journal = run_cfg.journal.clone();
 
@@ -312,11 +347,11 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
             }
         })
     };
-    let cpu_before = probe::cpu_seconds();
+    let cpu_before = probe::cpu_times();
     let wall = Instant::now();
     let result = crate::runner::run(run_cfg, cancel.clone()).await;
     let wall_s = wall.elapsed().as_secs_f64();
-    let cpu_after = probe::cpu_seconds();
+    let cpu_after = probe::cpu_times();
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.await;
     let result = result.context("the self-test run failed")?;
@@ -338,17 +373,28 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
     drop(scratch);
 
     let keys = Workload::new(workload, None)?;
-    let compared = compare(&records, &truth, cfg.concurrency as u64, |id| {
-        let (_, prefix) = keys.item(id);
-        prefix.split('\n').next().unwrap_or("").to_owned()
-    });
+    let compared = compare(
+        &records,
+        &truth,
+        cfg.concurrency as u64,
+        origin_mono_ns,
+        |id| {
+            let (_, prefix) = keys.item(id);
+            prefix.split('\n').next().unwrap_or("").to_owned()
+        },
+    );
 
-    let client_cpu_s = match (cpu_before, cpu_after) {
-        (Some(a), Some(b)) => b - a,
+    let (user_s, system_s) = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
+        _ => (None, None),
+    };
+    let client_cpu_s = match (user_s, system_s) {
+        (Some(u), Some(s)) => u + s,
         _ => f64::NAN,
     };
     let events = compared.token_events;
     let per_core = (client_cpu_s > 0.0 && events > 0).then(|| events as f64 / client_cpu_s);
+    let per_million = |s: Option<f64>| s.filter(|_| events > 0).map(|s| s * 1e6 / events as f64);
     let growth = match (rss_before, peak.load(Ordering::Relaxed)) {
         (Some(b), p) if p >= b => Some(p - b),
         _ => None,
@@ -375,10 +421,18 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
         achieved_events_per_s: events as f64 / wall_s,
         events_per_s_per_core: per_core,
         cpu_s_per_million_events: per_core.map(|r| 1e6 / r),
+        cpu_user_s_per_million_events: per_million(user_s),
+        cpu_system_s_per_million_events: per_million(system_s),
         bytes_per_stream,
         ttft_error_ms,
         ttft_error_first_wave_ms,
         itl_error_ms,
+        ttft_receive_delay_ms: ErrorMs::of(&compared.ttft_receive_delay_ms),
+        send_delay_ms: ErrorMs::of(&compared.send_delay_ms),
+        request_transit_ms: ErrorMs::of(&compared.request_transit_ms),
+        server_read_lateness_ms: ErrorMs::of(&compared.server_read_lateness_ms),
+        ttft_client_error_ms: ErrorMs::of(&compared.ttft_client_error_ms),
+        token_receive_delay_ms: ErrorMs::of(&compared.token_receive_delay_ms),
         token_events: events,
         client_cpu_s,
         wall_s,
@@ -418,6 +472,19 @@ pub struct Compared {
     pub ttft_err_first_wave_ms: Vec<f64>,
     /// Per gap: measured gap minus true gap, ms.
     pub itl_err_ms: Vec<f64>,
+    /// Per request after the first wave: client first-token instant minus the server's
+    /// release of it, on the monotonic clock, ms.
+    pub ttft_receive_delay_ms: Vec<f64>,
+    /// Per request after the first wave: server arrival minus client send, monotonic, ms.
+    pub send_delay_ms: Vec<f64>,
+    /// Per request after the first wave: request at the server's socket minus client send, ms.
+    pub request_transit_ms: Vec<f64>,
+    /// Per request after the first wave: server arrival minus request at its socket, ms.
+    pub server_read_lateness_ms: Vec<f64>,
+    /// Per request after the first wave: request transit + first-token receive delay, ms.
+    pub ttft_client_error_ms: Vec<f64>,
+    /// Per token: client instant minus server release, monotonic clock, ms.
+    pub token_receive_delay_ms: Vec<f64>,
     /// Token events received over all records (warmup included).
     pub token_events: u64,
     /// Completed, measured records with no (or an inconsistent) truth.
@@ -427,11 +494,14 @@ pub struct Compared {
 /// Matches each completed, measured record with the server's truth for its prompt (`key_of`
 /// gives the key the server saw for record `id`) and computes the errors. Keys seen more than
 /// once on the server are ambiguous and not used. Requests with an id below `first_wave` were
-/// sent together at the start (closed loop) and are kept apart.
+/// sent together at the start (closed loop) and are kept apart. `origin_mono_ns` is the
+/// records' time origin on the monotonic clock: with it, and the server's arrival on the same
+/// clock, the send and receive delays are computed too.
 pub fn compare(
     records: &[RequestRecord],
     truth: &[Truth],
     first_wave: u64,
+    origin_mono_ns: Option<u64>,
     key_of: impl Fn(u64) -> String,
 ) -> Compared {
     let mut by_key: HashMap<&str, Option<&Truth>> = HashMap::with_capacity(truth.len());
@@ -463,6 +533,37 @@ pub fn compare(
                 out.ttft_err_first_wave_ms.push(err);
             } else {
                 out.ttft_err_ms.push(err);
+            }
+        }
+        if let (Some(origin), Some(arrival)) = (origin_mono_ns, t.arrival_mono_ns) {
+            // Both sides on one clock: client instant = origin + record ns; server instant =
+            // arrival + truth ns.
+            let client = |ns: u64| origin as f64 + ns as f64;
+            let server = |ns: u64| arrival as f64 + ns as f64;
+            for (m, s) in r.chunk_ns.iter().zip(&t.token_ns) {
+                out.token_receive_delay_ms
+                    .push((client(*m) - server(*s)) / 1e6);
+            }
+            if r.id >= first_wave {
+                out.send_delay_ms
+                    .push((arrival as f64 - client(r.sent_ns)) / 1e6);
+                let receive = match (r.first_token_ns, t.token_ns.first()) {
+                    (Some(first), Some(true_first)) => {
+                        let d = (client(first) - server(*true_first)) / 1e6;
+                        out.ttft_receive_delay_ms.push(d);
+                        Some(d)
+                    }
+                    _ => None,
+                };
+                if let Some(rx) = t.request_rx_mono_ns {
+                    let transit = (rx as f64 - client(r.sent_ns)) / 1e6;
+                    out.request_transit_ms.push(transit);
+                    out.server_read_lateness_ms
+                        .push((arrival as f64 - rx as f64) / 1e6);
+                    if let Some(d) = receive {
+                        out.ttft_client_error_ms.push(transit + d);
+                    }
+                }
             }
         }
         for (m, t) in r.chunk_ns.windows(2).zip(t.token_ns.windows(2)) {
@@ -511,8 +612,10 @@ pub fn table(r: &SelftestReport) -> String {
         fmt_opt(r.events_per_s_per_core, 0)
     ));
     s.push_str(&format!(
-        "  CPU                  {} client CPU s per million events\n",
-        fmt_opt(r.cpu_s_per_million_events, 3)
+        "  CPU                  {} client CPU s per million events ({} user, {} system)\n",
+        fmt_opt(r.cpu_s_per_million_events, 3),
+        fmt_opt(r.cpu_user_s_per_million_events, 3),
+        fmt_opt(r.cpu_system_s_per_million_events, 3)
     ));
     s.push_str(&format!(
         "  memory               {} bytes per in-flight stream\n",
@@ -523,6 +626,12 @@ pub fn table(r: &SelftestReport) -> String {
         ("ttft", &r.ttft_error_ms),
         ("ttft (first wave)", &r.ttft_error_first_wave_ms),
         ("itl", &r.itl_error_ms),
+        ("send delay", &r.send_delay_ms),
+        ("  request transit", &r.request_transit_ms),
+        ("  server read late", &r.server_read_lateness_ms),
+        ("ttft receive delay", &r.ttft_receive_delay_ms),
+        ("token receive delay", &r.token_receive_delay_ms),
+        ("ttft, client part", &r.ttft_client_error_ms),
     ] {
         s.push_str(&format!(
             "  {name:<19} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
@@ -583,16 +692,57 @@ mod tests {
             Truth {
                 key: "k0".into(),
                 token_ns: vec![20_000_000, 40_000_000],
+                arrival_mono_ns: Some(5_000_300_000),
+                request_rx_mono_ns: Some(5_000_100_000),
             },
             Truth {
                 key: "k9".into(),
                 token_ns: vec![1],
+                arrival_mono_ns: None,
+                request_rx_mono_ns: None,
             },
         ];
-        let c = compare(&records, &truth, 0, |id| format!("k{id}"));
+        let c = compare(&records, &truth, 0, None, |id| format!("k{id}"));
         assert_eq!(c.ttft_err_ms, vec![0.5]);
         assert!(c.ttft_err_first_wave_ms.is_empty());
-        let c = compare(&records, &truth, 1, |id| format!("k{id}"));
+        assert!(c.send_delay_ms.is_empty(), "no clock, no split");
+        let c = compare(&records, &truth, 0, Some(4_999_000_000), |id| {
+            format!("k{id}")
+        });
+        // Sent at 5.000 s (origin 4.999 s + 1 ms), arrived 5.0003 s: send delay 0.3 ms. First
+        // token released at 5.0203 s, seen at 4.999 + 0.0215 = 5.0205 s: receive delay 0.2 ms.
+        // 0.3 + 0.2 = the TTFT error of 0.5 ms.
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(c.send_delay_ms[0], 0.3), "{:?}", c.send_delay_ms);
+        assert!(
+            close(c.ttft_receive_delay_ms[0], 0.2),
+            "{:?}",
+            c.ttft_receive_delay_ms
+        );
+        assert_eq!(c.token_receive_delay_ms.len(), 2);
+        // The request reached the server's socket at 5.0001 s: 0.1 ms transit, then 0.2 ms
+        // before the server's handler ran; the client's part of the TTFT error is 0.1 + 0.2.
+        assert!(
+            close(c.request_transit_ms[0], 0.1),
+            "{:?}",
+            c.request_transit_ms
+        );
+        assert!(
+            close(c.server_read_lateness_ms[0], 0.2),
+            "{:?}",
+            c.server_read_lateness_ms
+        );
+        assert!(
+            close(c.ttft_client_error_ms[0], 0.3),
+            "{:?}",
+            c.ttft_client_error_ms
+        );
+        assert!(
+            close(c.token_receive_delay_ms[1], -0.3),
+            "{:?}",
+            c.token_receive_delay_ms
+        );
+        let c = compare(&records, &truth, 1, None, |id| format!("k{id}"));
         assert_eq!(c.ttft_err_first_wave_ms, vec![0.5]);
         assert!(c.ttft_err_ms.is_empty());
         assert_eq!(c.itl_err_ms, vec![-0.5]);
@@ -609,13 +759,17 @@ mod tests {
             Truth {
                 key: "same".into(),
                 token_ns: vec![4],
+                arrival_mono_ns: None,
+                request_rx_mono_ns: None,
             },
             Truth {
                 key: "same".into(),
                 token_ns: vec![3],
+                arrival_mono_ns: None,
+                request_rx_mono_ns: None,
             },
         ];
-        let c = compare(&records, &truth, 0, |_| "same".into());
+        let c = compare(&records, &truth, 0, None, |_| "same".into());
         assert!(c.ttft_err_ms.is_empty());
         assert_eq!(c.unmatched, 1);
         assert_eq!(c.token_events, 2);

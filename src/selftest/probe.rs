@@ -37,6 +37,11 @@ pub fn machine() -> Machine {
 
 /// User + system CPU time of this process (all threads, finished ones included), seconds.
 pub fn cpu_seconds() -> Option<f64> {
+    cpu_times().map(|(user, system)| user + system)
+}
+
+/// User and system (kernel) CPU time of this process (all threads), seconds.
+pub fn cpu_times() -> Option<(f64, f64)> {
     // SAFETY: getrusage only writes into the zeroed struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
@@ -44,7 +49,17 @@ pub fn cpu_seconds() -> Option<f64> {
         return None;
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Some(tv(ru.ru_utime) + tv(ru.ru_stime))
+    Some((tv(ru.ru_utime), tv(ru.ru_stime)))
+}
+
+/// The machine's monotonic clock (`CLOCK_MONOTONIC`, shared by all processes; Rust's
+/// `Instant` reads the same clock on Linux), nanoseconds; `None` where it cannot be read.
+pub fn monotonic_ns() -> Option<u64> {
+    // SAFETY: clock_gettime only writes into the zeroed struct we pass.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (rc == 0 && cfg!(target_os = "linux"))
+        .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// Resident memory of this process, bytes (`/proc/self/statm`).
@@ -88,6 +103,18 @@ mod tests {
         std::hint::black_box(x);
         let b = cpu_seconds().unwrap();
         assert!(b > a, "{a} -> {b}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn monotonic_clock_matches_instant() {
+        let a = std::time::Instant::now();
+        let m = monotonic_ns().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let b = std::time::Instant::now();
+        let m2 = monotonic_ns().unwrap();
+        let d = (b - a).as_nanos() as i64 - (m2 - m) as i64;
+        assert!(d.abs() < 5_000_000, "{d} ns apart");
     }
 
     #[cfg(target_os = "linux")]

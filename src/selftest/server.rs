@@ -8,7 +8,10 @@
 //! no extra task per stream, one timer per stream.
 //!
 //! It records the truth: for every response, the instant each token frame was handed to the
-//! HTTP layer, relative to the request's arrival. `kvbench selftest` reads it back
+//! HTTP layer, relative to the request's arrival (when its handler ran); the arrival on the
+//! machine's monotonic clock; and, from the kernel's receive timestamp on its connections
+//! ([`StampedListener`]), when the request's last packet reached its socket, so that the
+//! server's own lateness in reading a request is not charged to the client. `kvbench selftest` reads it back
 //! (`GET /selftest/truth`) and compares it with what the client measured. Responses are keyed
 //! by the first line of the prompt, which for kvbench's synthetic prompts is the unique
 //! per-request prefix.
@@ -23,11 +26,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
+use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
+use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -73,6 +77,15 @@ pub struct Truth {
     pub key: String,
     /// Nanoseconds from the request's arrival to the release of each token frame.
     pub token_ns: Vec<u64>,
+    /// The request's arrival on the machine's monotonic clock (`CLOCK_MONOTONIC`, ns), which
+    /// the client on the same machine reads too; `null` where it cannot be read.
+    #[serde(default)]
+    pub arrival_mono_ns: Option<u64>,
+    /// When the request's last packet reached the server's socket, by the kernel's receive
+    /// timestamp, on the same monotonic clock (ns); `null` without a timestamp. The gap to
+    /// `arrival_mono_ns` is the server's own lateness in reading the request.
+    #[serde(default)]
+    pub request_rx_mono_ns: Option<u64>,
 }
 
 /// Counters since start or the last `POST /selftest/reset`.
@@ -195,17 +208,16 @@ pub async fn start(cfg: FastServerConfig, addr: SocketAddr) -> anyhow::Result<Fa
         .with_state(shared.clone());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    // Without TCP_NODELAY the first token waits behind the headers for the client's delayed
-    // ACK (tens of ms), which a real streaming server does not do.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = StampedListener(listener);
     let stop = CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { s.cancelled().await })
-            .await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<LastRx>(),
+        )
+        .with_graceful_shutdown(async move { s.cancelled().await })
+        .await;
     });
     Ok(FastServer { addr, shared, stop })
 }
@@ -232,12 +244,152 @@ async fn reset(State(sh): State<Arc<Shared>>) -> Response {
     Json(sh.stats()).into_response()
 }
 
-async fn chat(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
-    respond(sh, &body, true)
+async fn chat(
+    State(sh): State<Arc<Shared>>,
+    ConnectInfo(rx): ConnectInfo<LastRx>,
+    body: Bytes,
+) -> Response {
+    respond(sh, &body, true, rx.mono_ns())
 }
 
-async fn completions(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
-    respond(sh, &body, false)
+async fn completions(
+    State(sh): State<Arc<Shared>>,
+    ConnectInfo(rx): ConnectInfo<LastRx>,
+    body: Bytes,
+) -> Response {
+    respond(sh, &body, false, rx.mono_ns())
+}
+
+/// Accepts connections whose reads keep the kernel's receive timestamp of their last packet
+/// ([`LastRx`]), so that a request's arrival at the server's socket is known apart from when
+/// the server got round to handling it. Sets `TCP_NODELAY`: without it the first token waits
+/// behind the headers for the client's delayed ACK (tens of ms), which a real streaming server
+/// does not do.
+struct StampedListener(tokio::net::TcpListener);
+
+/// The kernel receive time (`CLOCK_REALTIME`, ns; 0 = none yet) of a connection's last read.
+#[derive(Clone, Debug)]
+struct LastRx(Arc<std::sync::atomic::AtomicI64>);
+
+impl LastRx {
+    fn new() -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicI64::new(0)))
+    }
+
+    /// The last read's kernel stamp on the monotonic clock: now, less the stamp's age.
+    fn mono_ns(&self) -> Option<u64> {
+        let kernel = self.0.load(Ordering::Relaxed);
+        let mono = super::probe::monotonic_ns()?;
+        let age = unix_ns() as i64 - kernel;
+        (kernel != 0 && age >= 0 && (age as u64) <= mono).then(|| mono - age as u64)
+    }
+}
+
+impl Connected<IncomingStream<'_, StampedListener>> for LastRx {
+    fn connect_info(stream: IncomingStream<'_, StampedListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+impl Listener for StampedListener {
+    type Io = StampedStream;
+    type Addr = LastRx;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    crate::client::h1::enable_rx_timestamps(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+                    let last = LastRx::new();
+                    return (
+                        StampedStream {
+                            tcp,
+                            last: last.clone(),
+                        },
+                        last,
+                    );
+                }
+                // Out of descriptors, or the like: wait a moment, as axum's own listener does.
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr().map(|_| LastRx::new())
+    }
+}
+
+/// A server connection that reads with `recvmsg`, keeping the kernel's receive timestamp.
+struct StampedStream {
+    tcp: tokio::net::TcpStream,
+    last: LastRx,
+}
+
+impl tokio::io::AsyncRead for StampedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if let Err(e) = std::task::ready!(this.tcp.poll_read_ready(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&this.tcp);
+            // SAFETY: recvmsg only writes into the unfilled part, and we mark as initialised
+            // exactly the bytes it reports.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            let read = this.tcp.try_io(tokio::io::Interest::READABLE, || {
+                crate::client::h1::recvmsg_stamped(fd, unfilled)
+            });
+            match read {
+                Ok((n, ts)) => {
+                    // SAFETY: the first `n` unfilled bytes were written by recvmsg.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    if let Some(t) = ts {
+                        this.last.0.store(t as i64, Ordering::Relaxed);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for StampedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }
 
 #[derive(Deserialize)]
@@ -300,8 +452,9 @@ pub fn response_tokens(max_tokens: u32, vary: bool, key: &str) -> u32 {
     max_tokens - (fnv1a(key) % (half as u64 + 1)) as u32
 }
 
-fn respond(sh: Arc<Shared>, body: &[u8], chat: bool) -> Response {
+fn respond(sh: Arc<Shared>, body: &[u8], chat: bool, request_rx_mono_ns: Option<u64>) -> Response {
     let arrival = Instant::now();
+    let arrival_mono_ns = super::probe::monotonic_ns();
     let n = sh.requests.fetch_add(1, Ordering::Relaxed) + 1;
     sh.first_arrival.fetch_min(unix_ns(), Ordering::Relaxed);
     let req: RawRequest = match serde_json::from_slice(body) {
@@ -336,6 +489,8 @@ fn respond(sh: Arc<Shared>, body: &[u8], chat: bool) -> Response {
         key,
         shared: sh,
         arrival,
+        arrival_mono_ns,
+        request_rx_mono_ns,
         frames,
         tokens,
         next: 0,
@@ -418,6 +573,8 @@ enum Phase {
 struct TokenStream {
     shared: Arc<Shared>,
     arrival: Instant,
+    arrival_mono_ns: Option<u64>,
+    request_rx_mono_ns: Option<u64>,
     ttft: Duration,
     itl: Duration,
     sleep: Pin<Box<Sleep>>,
@@ -488,6 +645,8 @@ impl Drop for TokenStream {
                 t.push(Truth {
                     key: std::mem::take(&mut self.key),
                     token_ns: std::mem::take(&mut self.truth),
+                    arrival_mono_ns: self.arrival_mono_ns,
+                    request_rx_mono_ns: self.request_rx_mono_ns,
                 });
             }
         }
