@@ -335,11 +335,7 @@ pub async fn run_arm(
             let mut r = empty_result(plan, &plan.url, &e.failure.kind);
             let log = std::fs::read_to_string(&files.log).unwrap_or_default();
             let report = logscan::scan(&opts.catalog, &log);
-            r.warnings = report
-                .warnings
-                .iter()
-                .filter_map(|w| serde_json::to_value(w).ok())
-                .collect();
+            r.warnings = report.warnings_json();
             r.server.launch_args = Some(e.launch_args.clone());
             r.server.facts = report.facts.clone();
             r.server
@@ -454,11 +450,7 @@ pub async fn run_arm(
     );
     facts.insert("log".into(), json!(files.log.display().to_string()));
     r.server.facts.extend(facts);
-    r.warnings = report
-        .warnings
-        .iter()
-        .filter_map(|w| serde_json::to_value(w).ok())
-        .collect();
+    r.warnings = report.warnings_json();
     r.server_metrics = server_metrics;
     scrub(&mut r, &secret_values(plan, &launch_args));
     write_json(&output, &r)?;

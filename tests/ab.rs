@@ -18,6 +18,18 @@ fn kvbench(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `kvbench ab EXP --out-dir OUT EXTRA...`.
+fn ab(exp: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "ab",
+        exp.to_str().unwrap(),
+        "--out-dir",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    kvbench(&args)
+}
+
 fn experiment(dir: &Path) -> PathBuf {
     let text = format!(
         r#"name = "fp8"
@@ -64,13 +76,7 @@ fn ab_runs_every_arm_compares_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path());
     let out = dir.path().join("out");
-    let o = kvbench(&[
-        "ab",
-        exp.to_str().unwrap(),
-        "--out-dir",
-        out.to_str().unwrap(),
-        "-q",
-    ]);
+    let o = ab(&exp, &out, &["-q"]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
@@ -111,13 +117,7 @@ fn ab_runs_every_arm_compares_and_reports() {
     assert!(md.to_lowercase().contains("keep"), "{md}");
 
     // --resume keeps both arms and only compares again.
-    let o = kvbench(&[
-        "ab",
-        exp.to_str().unwrap(),
-        "--out-dir",
-        out.to_str().unwrap(),
-        "--resume",
-    ]);
+    let o = ab(&exp, &out, &["--resume"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("kept from an earlier run"));
     assert_eq!(files(&out, "benchmark_fp8_baseline_", ".json").len(), 1);
@@ -147,13 +147,7 @@ fn ab_dry_run_starts_nothing_and_bad_input_is_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path());
     let out = dir.path().join("out");
-    let o = kvbench(&[
-        "ab",
-        exp.to_str().unwrap(),
-        "--out-dir",
-        out.to_str().unwrap(),
-        "--dry-run",
-    ]);
+    let o = ab(&exp, &out, &["--dry-run"]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -222,13 +216,7 @@ args = ["--print", "{}", "--", "--kv-cache-dtype", "fp8", "--calculate-kv-scales
     let exp = dir.path().join("ref.toml");
     std::fs::write(&exp, text).unwrap();
     let out = dir.path().join("out");
-    let o = kvbench(&[
-        "ab",
-        exp.to_str().unwrap(),
-        "--out-dir",
-        out.to_str().unwrap(),
-        "-q",
-    ]);
+    let o = ab(&exp, &out, &["-q"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let cmp = files(&out, "comparison_ref_", ".json");
     let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cmp[0]).unwrap()).unwrap();
@@ -269,13 +257,7 @@ fn compare_rescan_logs_reads_the_server_logs_again_with_the_given_catalog() {
     let dir = tempfile::tempdir().unwrap();
     let exp = experiment(dir.path());
     let out = dir.path().join("out");
-    let o = kvbench(&[
-        "ab",
-        exp.to_str().unwrap(),
-        "--out-dir",
-        out.to_str().unwrap(),
-        "-q",
-    ]);
+    let o = ab(&exp, &out, &["-q"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let results: Vec<String> = files(&out, "benchmark_fp8_", ".json")
         .iter()

@@ -30,6 +30,11 @@ step_info() {
     log "state of $W: $(ls "$W/parts" 2>/dev/null | tr '\n' ' ')"
 }
 
+# Prints "HAVE WANT": pieces in $W/parts, and pieces SHA256SUMS lists.
+pieces() {
+    echo "$(ls "$W/parts" | grep -c '^part-' || true) $(grep -c ' part-' "$W/parts/SHA256SUMS")"
+}
+
 step_receive() {
     mkdir -p "$W/parts"
     [[ -f $ROOT/gpu-payload/SHA256SUMS ]] || die "no gpu-payload/SHA256SUMS here (carry it)"
@@ -42,16 +47,14 @@ step_receive() {
             || die "checksum mismatch for $(basename "$f")"
         n=$((n + 1))
     done
-    local want have
-    want=$(grep -c ' part-' "$W/parts/SHA256SUMS")
-    have=$(ls "$W/parts" | grep -c '^part-' || true)
+    local have want
+    read -r have want < <(pieces)
     log "received $n piece(s) in this call; $have of $want here"
 }
 
 step_install() {
-    local want have
-    want=$(grep -c ' part-' "$W/parts/SHA256SUMS")
-    have=$(ls "$W/parts" | grep -c '^part-' || true)
+    local have want
+    read -r have want < <(pieces)
     [[ $have == "$want" ]] || die "only $have of $want pieces are here (a fresh machine? start again from the first piece)"
     mkdir -p "$W/payload"
     cat "$W"/parts/part-* >"$W/payload.tar"

@@ -343,9 +343,7 @@ impl Client {
             let next = tokio::select! {
                 n = stream.next() => n,
                 _ = &mut cancelled => {
-                    rec.end_ns = now_ns();
-                    state.finish_into(rec);
-                    fail(rec, ErrorKind::Cancelled, "interrupted while streaming");
+                    state.abort(rec, now_ns(), ErrorKind::Cancelled, "interrupted while streaming");
                     return;
                 }
             };
@@ -358,16 +356,12 @@ impl Client {
                     }
                 }
                 Some(Err(e)) => {
-                    rec.end_ns = now_ns();
-                    state.finish_into(rec);
-                    if rec.error.is_none() {
-                        let kind = if e.is_timeout() {
-                            ErrorKind::Timeout
-                        } else {
-                            ErrorKind::StreamReset
-                        };
-                        fail(rec, kind, &describe_reqwest(&e));
-                    }
+                    let kind = if e.is_timeout() {
+                        ErrorKind::Timeout
+                    } else {
+                        ErrorKind::StreamReset
+                    };
+                    state.abort(rec, now_ns(), kind, &describe_reqwest(&e));
                     return;
                 }
                 None => break,
@@ -493,15 +487,8 @@ impl Client {
                 }
                 Ok(None) => {}
                 Err(msg) => {
-                    rec.end_ns = now_ns();
-                    state.finish_into(rec);
-                    if rec.error.is_none() {
-                        fail(
-                            rec,
-                            ErrorKind::StreamReset,
-                            &format!("response body failed: {msg}"),
-                        );
-                    }
+                    let msg = format!("response body failed: {msg}");
+                    state.abort(rec, now_ns(), ErrorKind::StreamReset, &msg);
                     return;
                 }
             }
@@ -511,14 +498,12 @@ impl Client {
             // A flood of data keeps the read below always ready: look at cancellation and the
             // deadline here too (cheap), not only when the read waits.
             if cancel.is_cancelled() || deadline.is_elapsed() {
-                rec.end_ns = now_ns();
-                state.finish_into(rec);
                 let (kind, msg) = if cancel.is_cancelled() {
                     (ErrorKind::Cancelled, "interrupted while streaming")
                 } else {
                     (ErrorKind::Timeout, "timed out")
                 };
-                fail(rec, kind, msg);
+                state.abort(rec, now_ns(), kind, msg);
                 return;
             }
             buf.clear();
@@ -535,40 +520,31 @@ impl Client {
                         keep_alive = false;
                         break;
                     }
-                    rec.end_ns = now_ns();
-                    state.finish_into(rec);
-                    if rec.error.is_none() {
-                        fail(
-                            rec,
-                            ErrorKind::StreamReset,
-                            "response body failed: the connection closed before the response ended",
-                        );
-                    }
+                    state.abort(
+                        rec,
+                        now_ns(),
+                        ErrorKind::StreamReset,
+                        "response body failed: the connection closed before the response ended",
+                    );
                     return;
                 }
                 Guarded::Done(Ok(_)) => t = arrival_ns(&conn, now_ns(), t),
                 Guarded::Done(Err(e)) => {
-                    rec.end_ns = now_ns();
-                    state.finish_into(rec);
-                    if rec.error.is_none() {
-                        fail(
-                            rec,
-                            ErrorKind::StreamReset,
-                            &format!("response body failed: {e}"),
-                        );
-                    }
+                    let msg = format!("response body failed: {e}");
+                    state.abort(rec, now_ns(), ErrorKind::StreamReset, &msg);
                     return;
                 }
                 Guarded::TimedOut => {
-                    rec.end_ns = now_ns();
-                    state.finish_into(rec);
-                    fail(rec, ErrorKind::Timeout, "timed out");
+                    state.abort(rec, now_ns(), ErrorKind::Timeout, "timed out");
                     return;
                 }
                 Guarded::Cancelled => {
-                    rec.end_ns = now_ns();
-                    state.finish_into(rec);
-                    fail(rec, ErrorKind::Cancelled, "interrupted while streaming");
+                    state.abort(
+                        rec,
+                        now_ns(),
+                        ErrorKind::Cancelled,
+                        "interrupted while streaming",
+                    );
                     return;
                 }
             }
@@ -859,6 +835,16 @@ impl StreamState<'_> {
                     rec.usage = Some(u);
                 }
             }
+        }
+    }
+
+    /// Ends the record early at `t`: keeps what was received and records the error, unless an
+    /// error event from the server already did.
+    fn abort(&mut self, rec: &mut RequestRecord, t: u64, kind: ErrorKind, msg: &str) {
+        rec.end_ns = t;
+        self.finish_into(rec);
+        if rec.error.is_none() {
+            fail(rec, kind, msg);
         }
     }
 

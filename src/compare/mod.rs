@@ -88,11 +88,7 @@ pub fn rescan_logs(arms: &mut [ArmRuns], catalog: &Catalog) -> anyhow::Result<()
             };
             let text = std::fs::read_to_string(&log)
                 .with_context(|| format!("cannot read {}", log.display()))?;
-            r.warnings = crate::logscan::scan(catalog, &text)
-                .warnings
-                .iter()
-                .filter_map(|w| serde_json::to_value(w).ok())
-                .collect();
+            r.warnings = crate::logscan::scan(catalog, &text).warnings_json();
         }
     }
     Ok(())
@@ -766,6 +762,8 @@ pub fn compare(
         "quality": first.get("quality").cloned().unwrap_or(json!({})),
         "agreement": first.get("agreement").cloned().unwrap_or(Value::Null),
         "reference": reference_json,
+        // Set by `kvbench compare --rescan-logs`.
+        "logs_rescanned": false,
     }))
 }
 

@@ -224,6 +224,16 @@ pub struct LogReport {
     pub facts: BTreeMap<String, serde_json::Value>,
 }
 
+impl LogReport {
+    /// The warnings as they go into a result's `warnings` array.
+    pub fn warnings_json(&self) -> Vec<serde_json::Value> {
+        self.warnings
+            .iter()
+            .filter_map(|w| serde_json::to_value(w).ok())
+            .collect()
+    }
+}
+
 struct Patterns {
     ansi: Regex,
     proc_prefix: Regex,

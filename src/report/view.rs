@@ -931,23 +931,14 @@ fn quality_section(ctx: &Ctx) -> Section {
                 Some(false) => Cell::plain("within noise").class("noise"),
                 None => Cell::plain(MISSING),
             };
-            let change = num(g(s, "change_pts"))
-                .map(|x| format!("{x:+.1} pts"))
-                .unwrap_or_else(|| MISSING.to_owned());
-            let pval = num(g(s, "mcnemar_p"))
-                .map(|p| format!("{p:.3}"))
-                .unwrap_or_else(|| MISSING.to_owned());
+            let [change, lost_gained, pval] = paired_figures(s);
             t.rows.push(vec![
                 Cell::code(suite.clone()),
                 Cell::plain(fmt_acc(g(s, "baseline_accuracy"))),
                 Cell::plain(fmt_acc(g(s, "candidate_accuracy"))),
                 Cell::plain(change),
                 Cell::plain(fmt_count(g(s, "paired"))),
-                Cell::plain(format!(
-                    "{} / {}",
-                    fmt_count(g(s, "lost")),
-                    fmt_count(g(s, "gained"))
-                )),
+                Cell::plain(lost_gained),
                 Cell::plain(pval),
                 sig,
                 Cell::plain(if flips.is_empty() {
@@ -981,6 +972,22 @@ fn quality_section(ctx: &Ctx) -> Section {
         title: "Quality".into(),
         blocks,
     }
+}
+
+/// A paired quality comparison's change in points, "lost / gained" and McNemar p, as shown.
+fn paired_figures(s: &Value) -> [String; 3] {
+    let change = num(g(s, "change_pts"))
+        .map(|x| format!("{x:+.1} pts"))
+        .unwrap_or_else(|| MISSING.to_owned());
+    let lost_gained = format!(
+        "{} / {}",
+        fmt_count(g(s, "lost")),
+        fmt_count(g(s, "gained"))
+    );
+    let pval = num(g(s, "mcnemar_p"))
+        .map(|p| format!("{p:.3}"))
+        .unwrap_or_else(|| MISSING.to_owned());
+    [change, lost_gained, pval]
 }
 
 /// Every arm against the quality reference arm: accuracy per suite with the ratio (vLLM advises
@@ -1020,27 +1027,16 @@ fn reference_blocks(ctx: &Ctx, reference: &str, blocks: &mut Vec<Block>) {
                 let ratio = num(g(g(a, "accuracy_ratio"), suite))
                     .map(|x| format!("{:.0} %", 100.0 * x))
                     .unwrap_or_else(|| MISSING.to_owned());
+                let [change, lost_gained, pval] = paired_figures(s);
                 t.rows.push(vec![
                     Cell::plain(name.clone()),
                     Cell::code(suite.clone()),
                     Cell::plain(fmt_acc(g(s, "baseline_accuracy"))),
                     Cell::plain(fmt_acc(g(s, "candidate_accuracy"))),
-                    Cell::plain(
-                        num(g(s, "change_pts"))
-                            .map(|x| format!("{x:+.1} pts"))
-                            .unwrap_or_else(|| MISSING.to_owned()),
-                    ),
+                    Cell::plain(change),
                     Cell::plain(ratio),
-                    Cell::plain(format!(
-                        "{} / {}",
-                        fmt_count(g(s, "lost")),
-                        fmt_count(g(s, "gained"))
-                    )),
-                    Cell::plain(
-                        num(g(s, "mcnemar_p"))
-                            .map(|p| format!("{p:.3}"))
-                            .unwrap_or_else(|| MISSING.to_owned()),
-                    ),
+                    Cell::plain(lost_gained),
+                    Cell::plain(pval),
                 ]);
             }
         }
