@@ -52,5 +52,5 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
-cargo test --locked -- --test-threads="${KVBENCH_TEST_THREADS:-2}"
+cargo test --locked --no-fail-fast -- --test-threads="${KVBENCH_TEST_THREADS:-2}"
 echo "all checks passed in $(( $(date +%s) - t0 )) s" >&2
