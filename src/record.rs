@@ -89,6 +89,22 @@ pub struct RequestRecord {
     /// Output reasoning text (kept only when asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_text: Option<String>,
+    /// Where the arrival instants of this response (`first_byte_ns`, `chunk_ns`) came from;
+    /// `None` when no response arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instants: Option<InstantSource>,
+}
+
+/// How the arrival instants of a response were taken (docs/metrics.md, "Raw record").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstantSource {
+    /// Every read carried the kernel's receive timestamp (Linux, plain `http://`).
+    Kernel,
+    /// Every instant is when the read returned (https, a proxy, another OS, no timestamp).
+    Read,
+    /// Some reads carried a kernel timestamp and some did not.
+    Mixed,
 }
 
 impl RequestRecord {
@@ -102,6 +118,20 @@ impl RequestRecord {
         self.usage
             .and_then(|u| u.completion_tokens)
             .unwrap_or(self.chunk_ns.len() as u64)
+    }
+
+    /// Notes how one read's instant was taken: from the kernel's receive timestamp or not.
+    pub fn note_instant(&mut self, kernel: bool) {
+        let this = if kernel {
+            InstantSource::Kernel
+        } else {
+            InstantSource::Read
+        };
+        self.instants = match self.instants {
+            None => Some(this),
+            Some(seen) if seen == this => Some(seen),
+            Some(_) => Some(InstantSource::Mixed),
+        };
     }
 
     /// Counts an oddity.

@@ -172,6 +172,79 @@ async fn jsonl_and_images_go_through() {
     assert_eq!(r.tokens.output_total, 5 * 3 + 5 * 4);
 }
 
+/// What a run's outcome is made of, for comparing the two client paths.
+fn outcome(r: &RunResult) -> String {
+    format!(
+        "completed {} failed {} no_tokens {} errors {:?} anomalies {:?} tokens {} ttft samples {} itl samples {} finish {:?}",
+        r.requests.completed,
+        r.requests.failed,
+        r.requests.no_tokens,
+        r.errors,
+        r.anomalies,
+        r.tokens.output_total,
+        r.metrics.ttft_ms.count,
+        r.metrics.itl_ms.count,
+        r.finish_reasons,
+    )
+}
+
+/// Streaming to a plain `http://` URL goes through the lean HTTP/1.1 path; https, proxies and
+/// credentials in the URL go through reqwest. Both must read every variant and fault the same
+/// way, and the journal says how each response's instants were taken: `read` on reqwest, the
+/// kernel's receive timestamp on the lean path (Linux; a read without one says `read`, and a
+/// response with both says `mixed`).
+#[tokio::test]
+async fn both_client_paths_read_every_fault_the_same() {
+    let faults = [
+        None,
+        Some(Fault::HttpStatus(503)),
+        Some(Fault::StreamError { after: 2 }),
+        Some(Fault::Reset { after: 3 }),
+        Some(Fault::Truncate { after: 3 }),
+        Some(Fault::NoDone),
+        Some(Fault::ZeroTokens),
+        Some(Fault::Malformed),
+        Some(Fault::NotSse),
+    ];
+    let mut kernel_stamped = 0;
+    for fault in faults {
+        let cfg = TestServerConfig {
+            fault,
+            fault_every: 2,
+            crlf: true,
+            comments: true,
+            ..base()
+        };
+        let server = common::server(cfg).await;
+        let (lean_dir, reqwest_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let args = ["-n", "10", "-c", "2"];
+        let lean = common::run(&server, lean_dir.path(), &args).await;
+        let via_reqwest = common::run_via_reqwest(&server, reqwest_dir.path(), &args).await;
+        assert_eq!(outcome(&lean), outcome(&via_reqwest), "{fault:?}");
+        assert_eq!(
+            via_reqwest.server.url, lean.server.url,
+            "credentials are not recorded"
+        );
+        for line in common::journal(reqwest_dir.path()) {
+            if line["status"].is_u64() {
+                assert_eq!(line["instants"], "read", "{fault:?}: {line}");
+            } else {
+                assert!(line.get("instants").is_none(), "{fault:?}: {line}");
+            }
+        }
+        for line in common::journal(lean_dir.path()) {
+            let how = line["instants"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{line}"));
+            assert!(["kernel", "read", "mixed"].contains(&how), "{line}");
+            kernel_stamped += usize::from(how == "kernel");
+        }
+    }
+    if cfg!(target_os = "linux") {
+        assert!(kernel_stamped > 0, "no response was stamped by the kernel");
+    }
+}
+
 /// A raw HTTP/1.1 server that answers one request per connection and then closes the socket
 /// without saying so (no `Connection: close`), as a server does when its keep-alive timeout
 /// expires just as the client reuses the connection.

@@ -312,6 +312,7 @@ impl Client {
             }
         };
         rec.first_byte_ns = Some(now_ns());
+        rec.note_instant(false);
         let status = resp.status();
         rec.status = Some(status.as_u16());
         if !status.is_success() {
@@ -402,7 +403,7 @@ impl Client {
             let sent = open_and_send(pooled, &fast.target.authority, &request, &mut buf);
             match guard(sent, deadline.as_mut(), cancelled.as_mut()).await {
                 Guarded::Done(Ok((conn, head))) => {
-                    let t = arrival_ns(&conn, now_ns(), rec.sent_ns);
+                    let t = arrival_ns(&conn, now_ns(), rec.sent_ns, rec);
                     break (conn, head, t);
                 }
                 Guarded::Done(Err(SendError::Stale(_)))
@@ -528,7 +529,7 @@ impl Client {
                     );
                     return;
                 }
-                Guarded::Done(Ok(_)) => t = arrival_ns(&conn, now_ns(), t),
+                Guarded::Done(Ok(_)) => t = arrival_ns(&conn, now_ns(), t, rec),
                 Guarded::Done(Err(e)) => {
                     let msg = format!("response body failed: {e}");
                     state.abort(rec, now_ns(), ErrorKind::StreamReset, &msg);
@@ -560,9 +561,11 @@ impl Client {
 /// read's own instant `read_ns` moved back by how long before it the kernel stamped their
 /// arrival ([`h1::Conn::rx_realtime_ns`]; that interval is measured on the realtime clock, so
 /// its slewing does not matter). Without a timestamp, or with an implausible one (before
-/// `floor_ns`, or after the read: the realtime clock was stepped), the read's instant.
-fn arrival_ns(conn: &h1::Conn, read_ns: u64, floor_ns: u64) -> u64 {
+/// `floor_ns`, or after the read: the realtime clock was stepped), the read's instant. Notes
+/// which of the two it was in `rec` ([`RequestRecord::note_instant`]).
+fn arrival_ns(conn: &h1::Conn, read_ns: u64, floor_ns: u64, rec: &mut RequestRecord) -> u64 {
     let Some(kernel) = conn.rx_realtime_ns() else {
+        rec.note_instant(false);
         return read_ns;
     };
     let now = std::time::SystemTime::now()
@@ -571,7 +574,9 @@ fn arrival_ns(conn: &h1::Conn, read_ns: u64, floor_ns: u64) -> u64 {
         .unwrap_or(0);
     let age = now - kernel;
     let t = read_ns as i128 - age;
-    if age >= 0 && t >= floor_ns as i128 {
+    let plausible = age >= 0 && t >= floor_ns as i128;
+    rec.note_instant(plausible);
+    if plausible {
         t as u64
     } else {
         read_ns

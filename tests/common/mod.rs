@@ -46,6 +46,20 @@ pub async fn run(server: &TestServer, dir: &Path, args: &[&str]) -> RunResult {
         .expect("run succeeds")
 }
 
+/// Runs kvbench against `server` through reqwest rather than the lean HTTP/1.1 path: the URL
+/// carries credentials (which the test server ignores), and those always go through reqwest.
+pub async fn run_via_reqwest(server: &TestServer, dir: &Path, args: &[&str]) -> RunResult {
+    let url = server
+        .url()
+        .replacen("http://", "http://kvbench:secret@", 1);
+    let mut all = vec!["--url", url.as_str()];
+    all.extend_from_slice(args);
+    let cfg = config(dir, &all);
+    runner::run(cfg, CancellationToken::new())
+        .await
+        .expect("run succeeds")
+}
+
 /// The journal lines of the last run in `dir`.
 pub fn journal(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("out.requests.jsonl"))
