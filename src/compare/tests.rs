@@ -127,6 +127,34 @@ fn apply_when_every_criterion_holds() {
 }
 
 #[test]
+fn a_baseline_without_warnings_says_so() {
+    let base = arm("f16", 1.0, &[], false, None);
+    let cand = arm("q8_0", 1.0, &[], false, None);
+    let lenient = Policy {
+        min_warnings_resolved: 0,
+        ..Policy::default()
+    };
+    let c = run(&base, &cand, &lenient);
+    let w = rec(&c, "warnings");
+    assert_eq!(w["verdict"], "apply", "{w}");
+    assert_eq!(
+        w["reason"],
+        "no fp8 warnings printed on \"f16\", so none to resolve on \"q8_0\" (need >= 0)"
+    );
+    // The default policy needs 3: the criterion cannot be met, and says why.
+    let c = run(&base, &cand, &Policy::default());
+    let w = rec(&c, "warnings");
+    assert_eq!(w["verdict"], "keep", "{w}");
+    assert!(
+        w["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("cannot be met by construction: the baseline prints only 0 fp8 warnings"),
+        "{w}"
+    );
+}
+
+#[test]
 fn a_a_comparison_is_no_significant_difference() {
     let a = arm("a", 1.0, &FP8, false, None);
     let mut b = a.clone();
