@@ -200,17 +200,13 @@ pub fn decide(
     let resolved = warnings.counted_resolved;
     let total = warnings.counted_on_baseline;
     let cat = &policy.warning_category;
-    let mut reason = if total == 0 {
-        format!(
-            "no {cat} warnings printed on {:?}, so none to resolve on {:?} (need >= {})",
-            base.name, cand.name, policy.min_warnings_resolved
-        )
+    let (b, c) = (&base.name, &cand.name);
+    let counted_text = if total == 0 {
+        format!("no {cat} warnings printed on {b:?}, so none to resolve on {c:?}")
     } else {
-        format!(
-            "{resolved} of the {total} {cat} warnings printed on {:?} are gone on {:?} (need >= {})",
-            base.name, cand.name, policy.min_warnings_resolved
-        )
+        format!("{resolved} of the {total} {cat} warnings printed on {b:?} are gone on {c:?}")
     };
+    let mut reason = format!("{counted_text} (need >= {})", policy.min_warnings_resolved);
     let (counted, others): (Vec<_>, Vec<_>) = warnings
         .resolved
         .iter()

@@ -37,13 +37,7 @@ pub async fn server(cfg: TestServerConfig) -> TestServer {
 
 /// Runs kvbench against `server` with `args` and returns the result.
 pub async fn run(server: &TestServer, dir: &Path, args: &[&str]) -> RunResult {
-    let url = server.url();
-    let mut all = vec!["--url", url.as_str()];
-    all.extend_from_slice(args);
-    let cfg = config(dir, &all);
-    runner::run(cfg, CancellationToken::new())
-        .await
-        .expect("run succeeds")
+    run_at(&server.url(), dir, args).await
 }
 
 /// Runs kvbench against `server` through reqwest rather than the lean HTTP/1.1 path: the URL
@@ -52,7 +46,12 @@ pub async fn run_via_reqwest(server: &TestServer, dir: &Path, args: &[&str]) -> 
     let url = server
         .url()
         .replacen("http://", "http://kvbench:secret@", 1);
-    let mut all = vec!["--url", url.as_str()];
+    run_at(&url, dir, args).await
+}
+
+/// Runs kvbench against `url` with `args` and returns the result.
+async fn run_at(url: &str, dir: &Path, args: &[&str]) -> RunResult {
+    let mut all = vec!["--url", url];
     all.extend_from_slice(args);
     let cfg = config(dir, &all);
     runner::run(cfg, CancellationToken::new())
