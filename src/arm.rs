@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{Cli, Command};
 use crate::client::Engine;
 use crate::experiment::{apply_changes, flag_value, ArmPlan, LaunchSpec};
-use crate::logscan::{self, Catalog};
+use crate::logscan::Catalog;
 use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
 use crate::result::{write_json, RunResult, ServerInfo, SCHEMA_VERSION};
 use crate::runner::{self, RunConfig};
-use crate::server::{self, compose::ComposeRun, scrape, ArmFiles, Failure};
+use crate::server::{self, compose::ComposeRun, scrape, ArmFiles, Failure, ServerLog};
 
 /// How to run an arm.
 #[derive(Clone)]
@@ -333,8 +333,7 @@ pub async fn run_arm(
         Ok(l) => l,
         Err(e) => {
             let mut r = empty_result(plan, &plan.url, &e.failure.kind);
-            let log = std::fs::read_to_string(&files.log).unwrap_or_default();
-            let report = logscan::scan(&opts.catalog, &log);
+            let report = ServerLog::read(&files.log).scan(&opts.catalog);
             r.warnings = report.warnings_json();
             r.server.launch_args = Some(e.launch_args.clone());
             r.server.facts = report.facts.clone();
@@ -376,8 +375,8 @@ pub async fn run_arm(
     let url = launched.url.clone();
     launched.shutdown().await;
 
-    let log = std::fs::read_to_string(&files.log).unwrap_or_default();
-    let report = logscan::scan(&opts.catalog, &log);
+    let log = ServerLog::read(&files.log);
+    let report = log.scan(&opts.catalog);
     let mut r = match measured {
         Ok(r) => r,
         Err(e) => {
@@ -390,7 +389,7 @@ pub async fn run_arm(
                 }
                 .into(),
                 message: format!("{e:#}"),
-                log_tail: logscan::tail(&log, 40),
+                log_tail: log.tail(40),
             });
             r.outcome = r
                 .failure
@@ -401,17 +400,15 @@ pub async fn run_arm(
         }
     };
     if let Some(status) = died {
-        let (kind, message) = logscan::classify_failure(&opts.catalog, &log).unwrap_or_else(|| {
-            (
-                "crashed".into(),
-                format!("the server exited during the run ({status})"),
-            )
-        });
+        let (kind, message) = log.classify(
+            &opts.catalog,
+            format!("the server exited during the run ({status})"),
+        );
         r.outcome = kind.clone();
         r.failure = Some(Failure {
             kind,
             message,
-            log_tail: logscan::tail(&log, 40),
+            log_tail: log.tail(40),
         });
     }
     r.arm = Some(plan.name.clone());

@@ -78,11 +78,14 @@ fn scan_logs(a: &cli::ScanLogsArgs) -> anyhow::Result<ExitCode> {
     let mut text = String::new();
     for f in &a.files {
         if f.as_os_str() == "-" {
-            std::io::stdin().read_to_string(&mut text)?;
-        } else {
-            let bytes = std::fs::read(f)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+            // Any bytes, as from a file: a stray invalid byte must not hide the warnings.
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes)?;
             text.push_str(&String::from_utf8_lossy(&bytes));
+        } else {
+            let log = logscan::read_log(f)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+            text.push_str(&log);
         }
         text.push('\n');
     }

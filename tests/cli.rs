@@ -283,3 +283,49 @@ async fn ctrl_c_keeps_what_was_measured() {
     assert_eq!(journal.lines().count(), 4);
     assert!(journal.lines().all(|l| l.contains("\"chunk_ns\":[")));
 }
+
+#[tokio::test]
+async fn scan_logs_reads_any_bytes_from_a_file_or_stdin() {
+    let fixture = format!(
+        "{}/tests/fixtures/logs/vllm-fp8-tp2-wsl.log",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut log = b"progress \xff\n".to_vec();
+    log.extend(std::fs::read(&fixture).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.log");
+    std::fs::write(&file, &log).unwrap();
+    for from_stdin in [false, true] {
+        let mut c = kvbench();
+        c.args(["scan-logs", "--json"]);
+        if from_stdin {
+            c.arg("-").stdin(Stdio::piped());
+        } else {
+            c.arg(&file).stdin(Stdio::null());
+        }
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if from_stdin {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&log).unwrap();
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "stdin {from_stdin}: {err}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let ids: Vec<&str> = v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap())
+            .collect();
+        for id in [
+            "fp8_q_scale_missing",
+            "fp8_kv_scale_default",
+            "fp8_qprob_scale_uncalibrated",
+        ] {
+            assert!(ids.contains(&id), "stdin {from_stdin}: {id} in {ids:?}");
+        }
+    }
+}

@@ -440,6 +440,16 @@ pub fn classify_failure(catalog: &Catalog, log: &str) -> Option<(String, String)
     None
 }
 
+/// Reads a server log whatever its bytes: invalid UTF-8 (a progress bar, a crash dump, a binary
+/// blob) becomes U+FFFD and every other line is kept, so one stray byte cannot hide the
+/// warnings. An `Err` means the file could not be read at all; callers must say so rather than
+/// treat the log as empty (an empty log would read as "every warning is gone").
+pub fn read_log(path: &Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
 /// The last `n` lines of a log, ANSI codes removed.
 pub fn tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();

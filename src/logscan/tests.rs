@@ -282,3 +282,34 @@ fn real_vllm_h100_logs() {
     );
     assert_eq!(ckpt.facts["attention_backend"], "FLASH_ATTN");
 }
+
+#[test]
+fn a_stray_invalid_byte_hides_no_warning() {
+    let path = format!(
+        "{}/tests/fixtures/logs/vllm-fp8-tp2-wsl.log",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut bytes = b"Loading weights: 42%|\xff\xfe\x1b[2K\n".to_vec();
+    bytes.extend(std::fs::read(&path).unwrap());
+    bytes.extend(b"\n(Worker_TP1 pid=312) crash dump: \xc3\x28\n");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    std::fs::write(&log, &bytes).unwrap();
+    assert!(
+        std::fs::read_to_string(&log).is_err(),
+        "the fixture is not UTF-8"
+    );
+    let text = read_log(&log).unwrap();
+    assert!(text.starts_with("Loading weights: 42%|\u{fffd}\u{fffd}"));
+    let r = scan(Catalog::default_catalog(), &text);
+    for id in [
+        "fp8_q_scale_missing",
+        "fp8_kv_scale_default",
+        "fp8_qprob_scale_uncalibrated",
+    ] {
+        assert_eq!(hit(&r, id).count, 2, "{id}");
+    }
+    assert_eq!(r.facts["kv_cache_tokens"], 93184);
+    // Unreadable is an error, never an empty log.
+    assert!(read_log(&dir.path().join("missing.log")).is_err());
+}

@@ -33,6 +33,74 @@ pub struct Failure {
     pub log_tail: String,
 }
 
+/// A server's log as kvbench reads it after the fact (on failure and after teardown): decoded
+/// whatever its bytes, and when it cannot be read at all, the reason, so that nobody mistakes a
+/// missing log for a clean one (no warnings would then look like "every warning is gone").
+#[derive(Debug, Clone, Default)]
+pub struct ServerLog {
+    /// The log's text (invalid UTF-8 replaced by U+FFFD); empty when unreadable.
+    pub text: String,
+    /// Why the log could not be read, else `None`.
+    pub error: Option<String>,
+}
+
+impl ServerLog {
+    /// Reads `path` with [`logscan::read_log`].
+    pub fn read(path: &Path) -> Self {
+        match logscan::read_log(path) {
+            Ok(text) => Self { text, error: None },
+            Err(e) => Self {
+                text: String::new(),
+                error: Some(format!(
+                    "cannot read the server log {}: {e}",
+                    path.display()
+                )),
+            },
+        }
+    }
+
+    /// The last `n` lines, or why there are none.
+    pub fn tail(&self, n: usize) -> String {
+        match &self.error {
+            Some(e) => format!("({e})"),
+            None => logscan::tail(&self.text, n),
+        }
+    }
+
+    /// The catalog's warnings and facts. An unreadable log gives one `log_unreadable` error
+    /// (kvbench's, not the server's) and the fact `log_error`, so a comparison can tell
+    /// "no warnings" from "no log".
+    pub fn scan(&self, catalog: &Catalog) -> logscan::LogReport {
+        let mut report = logscan::scan(catalog, &self.text);
+        if let Some(e) = &self.error {
+            report.warnings.push(logscan::WarningHit {
+                id: "log_unreadable".into(),
+                severity: logscan::Severity::Error,
+                count: 1,
+                ranks: 0,
+                first_line: e.clone(),
+                text: None,
+                meaning: Some(
+                    "kvbench could not read the server's log: its warnings are unknown, not absent"
+                        .into(),
+                ),
+            });
+            report.facts.insert("log_error".into(), e.clone().into());
+        }
+        report
+    }
+
+    /// The failure kind and line of a server that exited (see [`logscan::classify_failure`]);
+    /// without a log, `crashed` with `fallback` and the reason the log is missing.
+    pub fn classify(&self, catalog: &Catalog, fallback: String) -> (String, String) {
+        match &self.error {
+            Some(e) => ("crashed".into(), format!("{fallback}; {e}")),
+            None => logscan::classify_failure(catalog, &self.text)
+                .unwrap_or_else(|| ("crashed".into(), fallback)),
+        }
+    }
+}
+
 /// Files an arm writes.
 #[derive(Debug, Clone)]
 pub struct ArmFiles {
@@ -211,7 +279,7 @@ pub async fn launch(
         failure: Failure {
             kind: kind.into(),
             message,
-            log_tail: logscan::tail(&std::fs::read_to_string(&files.log).unwrap_or_default(), 40),
+            log_tail: ServerLog::read(&files.log).tail(40),
         },
         launch_args: args.to_vec(),
         elapsed_s: t0.elapsed().as_secs_f64(),
@@ -311,14 +379,10 @@ pub async fn launch(
             .and_then(|(c, _)| c.try_wait().ok().flatten());
         if let Some(status) = exited {
             if is_process_server || !healthy(&http, &url).await {
-                let log = std::fs::read_to_string(&files.log).unwrap_or_default();
-                let (kind, message) =
-                    logscan::classify_failure(catalog, &log).unwrap_or_else(|| {
-                        (
-                            "crashed".into(),
-                            format!("the server exited ({status}) before it was healthy"),
-                        )
-                    });
+                let (kind, message) = ServerLog::read(&files.log).classify(
+                    catalog,
+                    format!("the server exited ({status}) before it was healthy"),
+                );
                 let args = launched.launch_args.clone();
                 let e = fail(&kind, message, &args);
                 launched.shutdown().await;
@@ -378,5 +442,43 @@ async fn healthy(http: &reqwest::Client, url: &str) -> bool {
             })
             .unwrap_or(false),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_log_is_reported_never_read_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ServerLog::read(&dir.path().join("gone.log"));
+        let e = log.error.clone().expect("an error");
+        assert!(e.contains("gone.log"), "{e}");
+        let r = log.scan(Catalog::default_catalog());
+        assert_eq!(r.warnings.len(), 1);
+        assert_eq!(r.warnings[0].id, "log_unreadable");
+        assert_eq!(r.warnings[0].severity, logscan::Severity::Error);
+        assert_eq!(r.facts["log_error"], e.as_str());
+        assert_eq!(log.tail(40), format!("({e})"));
+        let (kind, message) = log.classify(Catalog::default_catalog(), "it exited".into());
+        assert_eq!(kind, "crashed");
+        assert!(message.starts_with("it exited; cannot read"), "{message}");
+    }
+
+    #[test]
+    fn a_log_with_invalid_bytes_is_classified() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.log");
+        std::fs::write(
+            &path,
+            b"\xff\xfe\nvllm: error: unrecognized arguments: --calculate-kv-scales\n",
+        )
+        .unwrap();
+        let log = ServerLog::read(&path);
+        assert_eq!(log.error, None);
+        let (kind, _) = log.classify(Catalog::default_catalog(), "it exited".into());
+        assert_eq!(kind, "unsupported_argument");
+        assert!(log.tail(1).contains("unrecognized arguments"));
     }
 }
