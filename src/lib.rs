@@ -18,6 +18,7 @@ pub mod result;
 pub mod runner;
 pub mod selftest;
 pub mod server;
+pub mod signals;
 pub mod stats;
 pub mod testserver;
 pub mod workload;
@@ -138,7 +139,7 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cancel = CancellationToken::new();
-    cancel_on_ctrl_c(cancel.clone());
+    cancel_on_signals(cancel.clone());
     let run = arm::run_arm(plan, &opts, &cancel).await?;
     let r = &run.result;
     if !args.quiet && r.failure.is_none() {
@@ -158,7 +159,7 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
         println!("\n  result      {}", run.path.display());
     }
     if let Some(f) = &r.failure {
-        anyhow::bail!(
+        let message = format!(
             "arm {:?}: {}: {} (log: {})",
             plan.name,
             f.kind,
@@ -169,6 +170,11 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
                 .and_then(|v| v.as_str())
                 .unwrap_or("?")
         );
+        if f.kind == "interrupted" {
+            eprintln!("kvbench: {message}");
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+        anyhow::bail!(message);
     }
     if r.interrupted {
         return Ok(ExitCode::from(EXIT_INTERRUPTED));
@@ -176,18 +182,10 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Cancels `token` on the first Ctrl-C; a second Ctrl-C exits at once.
-pub(crate) fn cancel_on_ctrl_c(token: CancellationToken) {
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("kvbench: interrupted: stopping, writing what was measured (Ctrl-C again to quit now)");
-            token.cancel();
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(EXIT_INTERRUPTED as i32);
-            }
-        }
-    });
-}
+pub(crate) use signals::cancel_on_signals;
+/// The name `src/ab.rs` calls: every interrupting signal, not only Ctrl-C, goes through
+/// [`signals::cancel_on_signals`].
+pub(crate) use signals::cancel_on_signals as cancel_on_ctrl_c;
 
 async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -197,7 +195,7 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             let quiet = cfg.progress == runner::ProgressMode::Quiet;
             let output = cfg.output.clone();
             let cancel = CancellationToken::new();
-            cancel_on_ctrl_c(cancel.clone());
+            cancel_on_signals(cancel.clone());
             let result = runner::run(cfg, cancel).await?;
             if !quiet {
                 let text = output::summary(&result);
@@ -294,7 +292,7 @@ async fn selftest_command(a: cli::SelftestArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("cannot find the kvbench executable: {e}"))?,
     };
     let cancel = CancellationToken::new();
-    cancel_on_ctrl_c(cancel.clone());
+    cancel_on_signals(cancel.clone());
     let report = selftest::run(cfg, cancel).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
@@ -162,6 +163,41 @@ impl ComposeRun {
         })
     }
 
+    /// `stop` the service (compose gives it its `stop_grace_period`, 10 s by default); a second
+    /// interrupting signal, before or during the wait, makes it `kill` instead, and then waits
+    /// at most 10 s more for `stop` to return.
+    fn stop(&self) {
+        let s = self.service.as_str();
+        let kill = || {
+            let _ = run(&self.docker, &self.cmd(&self.with_override, &["kill", s]));
+        };
+        if crate::signals::hurried() {
+            return kill();
+        }
+        let stopping = Command::new(&self.docker)
+            .args(self.cmd(&self.with_override, &["stop", s]))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut stopping) = stopping else {
+            return kill();
+        };
+        let mut killed_at: Option<Instant> = None;
+        while matches!(stopping.try_wait(), Ok(None)) {
+            if killed_at.is_none() && crate::signals::hurried() {
+                kill();
+                killed_at = Some(Instant::now());
+            }
+            if killed_at.is_some_and(|t| t.elapsed() > Duration::from_secs(10)) {
+                let _ = stopping.kill();
+                let _ = stopping.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn cmd(&self, base: &[String], rest: &[&str]) -> Vec<String> {
         let mut v = base.to_vec();
         v.extend(rest.iter().map(|s| s.to_string()));
@@ -205,7 +241,7 @@ impl ComposeRun {
     /// Stops and removes the arm's container; restores the user's service if it was running.
     pub fn teardown(&self) {
         let s = self.service.as_str();
-        let _ = run(&self.docker, &self.cmd(&self.with_override, &["stop", s]));
+        self.stop();
         let _ = run(
             &self.docker,
             &self.cmd(&self.with_override, &["rm", "-f", s]),

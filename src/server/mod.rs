@@ -3,7 +3,8 @@
 //!
 //! Every process kvbench starts (a server, `docker compose logs -f`, a log command) runs in its
 //! own process group; [`Launched`] owns them and kills the groups on shutdown, on error, on
-//! Ctrl-C, and as a last resort when dropped.
+//! an interrupting signal (Ctrl-C, SIGTERM, SIGHUP), and as a last resort when dropped. A second
+//! signal cuts the grace periods short ([`crate::signals::hurried`]) but still kills every group.
 
 pub mod compose;
 pub mod scrape;
@@ -156,13 +157,15 @@ fn signal_group(child: &Child, sig: Signal) {
     let _ = killpg(Pid::from_raw(child.id() as i32), sig);
 }
 
-/// Stops process groups: SIGTERM, up to `grace` to exit, then SIGKILL.
+/// Stops process groups: SIGTERM, up to `grace` to exit (cut short by a second interrupting
+/// signal), then SIGKILL.
 fn stop_groups(groups: &mut Vec<(Child, &'static str)>, grace: Duration) {
     for (c, _) in groups.iter() {
         signal_group(c, Signal::SIGTERM);
     }
     let t0 = Instant::now();
     while t0.elapsed() < grace
+        && !crate::signals::hurried()
         && groups
             .iter_mut()
             .any(|(c, _)| matches!(c.try_wait(), Ok(None)))
@@ -185,8 +188,9 @@ impl Launched {
             .and_then(|(c, _)| c.try_wait().ok().flatten())
     }
 
-    /// Tears everything down: process groups (TERM, then KILL after 20 s), compose services
-    /// (stopped, removed, and the user's previous state restored).
+    /// Tears everything down: process groups (TERM, then KILL after 20 s, or at once after a
+    /// second interrupting signal), compose services (stopped, removed, and the user's previous
+    /// state restored).
     pub async fn shutdown(mut self) {
         if let Some(f) = &self.attach_log {
             // The attached server's own log, copied whole: start-up lines matter most.
