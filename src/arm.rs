@@ -20,6 +20,7 @@ use crate::logscan::Catalog;
 use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
 use crate::result::{write_json, RunResult, ServerInfo, SCHEMA_VERSION};
 use crate::runner::{self, RunConfig};
+use crate::server::engine_cache::EngineCache;
 use crate::server::{self, compose::ComposeRun, scrape, ArmFiles, Failure, ServerLog};
 
 /// How to run an arm.
@@ -142,6 +143,9 @@ pub fn dry_run(plan: &ArmPlan, opts: &ArmOptions) -> anyhow::Result<String> {
             );
             for (k, v) in env {
                 out += &format!("  env:      {k}={v}\n");
+            }
+            for (k, v) in &EngineCache::plan(plan.engine_cache, env).set {
+                out += &format!("  env:      {k}={v} (shared engine cache)\n");
             }
             if let Some(d) = cwd {
                 out += &format!("  cwd:      {}\n", d.display());
@@ -343,6 +347,9 @@ pub async fn run_arm(
             r.server
                 .facts
                 .insert("seconds_to_failure".into(), json!(e.elapsed_s));
+            if let Some(c) = &e.engine_cache {
+                r.server.facts.insert("engine_cache".into(), c.fact());
+            }
             r.server.facts.insert(
                 "config_check".into(),
                 config_check(&e.launch_args, &report.facts, None),
@@ -373,6 +380,7 @@ pub async fn run_arm(
     let startup_s = launched.startup_s;
     let launch_args = launched.launch_args.clone();
     let url = launched.url.clone();
+    let engine_cache = launched.engine_cache.clone();
     launched.shutdown().await;
 
     let log = ServerLog::read(&files.log);
@@ -446,6 +454,9 @@ pub async fn run_arm(
         config_check(&launch_args, &report.facts, cache_config.as_ref()),
     );
     facts.insert("log".into(), json!(files.log.display().to_string()));
+    if let Some(c) = &engine_cache {
+        facts.insert("engine_cache".into(), c.fact());
+    }
     r.server.facts.extend(facts);
     r.warnings = report.warnings_json();
     r.server_metrics = server_metrics;

@@ -53,6 +53,7 @@ pub struct RawServer {
     log_file: Option<PathBuf>,
     log_command: Option<Vec<String>>,
     metrics_interval: Option<String>,
+    engine_cache: Option<bool>,
 }
 
 impl RawServer {
@@ -75,7 +76,8 @@ impl RawServer {
             project,
             log_file,
             log_command,
-            metrics_interval
+            metrics_interval,
+            engine_cache
         );
         // Environment tables merge key by key (the arm wins).
         if let (Some(base), Some(arm)) = (&self.env, &over.env) {
@@ -202,6 +204,9 @@ pub struct ArmPlan {
     pub health_timeout: Duration,
     /// `/metrics` scrape interval.
     pub metrics_interval: Duration,
+    /// Whether a `process` server gets kvbench's shared engine caches (`[server] engine_cache`,
+    /// default true; see `server::engine_cache`).
+    pub engine_cache: bool,
     /// `kvbench run` flags for the workload (from `[workload]` and `[arms.workload]`).
     pub workload_args: Vec<String>,
     /// Quality settings (`[quality]` merged with `[arms.quality]`), if any.
@@ -479,6 +484,7 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
             engine: server.engine.unwrap_or(Engine::Auto),
             health_timeout,
             metrics_interval,
+            engine_cache: server.engine_cache.unwrap_or(true),
             workload_args,
             quality,
         });

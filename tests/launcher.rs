@@ -11,11 +11,13 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/logs/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-async fn kvbench(args: Vec<String>, envs: Vec<(String, String)>) -> Output {
+/// Runs kvbench with its engine caches in `dir` (not the user's home).
+async fn kvbench(args: Vec<String>, dir: &Path) -> Output {
+    let cache = dir.join("cache");
     tokio::task::spawn_blocking(move || {
         Command::new(BIN)
             .args(&args)
-            .envs(envs)
+            .env("KVBENCH_CACHE", cache)
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -99,7 +101,7 @@ async fn a_stray_non_utf8_byte_in_the_log_hides_no_warning() {
         fixture("vllm-fp8-tp2-wsl.log")
     );
     let exp = shell_exp(dir.path(), &script, "");
-    let o = kvbench(run_args(&exp, "a", dir.path()), vec![]).await;
+    let o = kvbench(run_args(&exp, "a", dir.path()), dir.path()).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v = result_json(dir.path());
     let ids = ids(&v);
@@ -121,7 +123,7 @@ async fn a_server_that_dies_with_a_non_utf8_log_is_still_classified() {
         fixture("vllm-unrecognized-args.log")
     );
     let exp = shell_exp(dir.path(), &script, "");
-    let o = kvbench(run_args(&exp, "a", dir.path()), vec![]).await;
+    let o = kvbench(run_args(&exp, "a", dir.path()), dir.path()).await;
     assert!(!o.status.success());
     let v = result_json(dir.path());
     assert_eq!(v["outcome"], "unsupported_argument");
@@ -143,11 +145,100 @@ async fn a_log_that_cannot_be_read_is_reported_not_taken_as_clean() {
         dir.path().display()
     );
     let exp = shell_exp(dir.path(), &script, "");
-    let o = kvbench(run_args(&exp, "a", dir.path()), vec![]).await;
+    let o = kvbench(run_args(&exp, "a", dir.path()), dir.path()).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v = result_json(dir.path());
     assert_eq!(ids(&v), ["log_unreadable"]);
     assert_eq!(v["warnings"][0]["severity"], "error");
     let e = v["server"]["facts"]["log_error"].as_str().unwrap();
     assert!(e.starts_with("cannot read the server log"), "{e}");
+}
+
+#[tokio::test]
+async fn the_server_gets_shared_engine_caches_unless_the_user_set_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let script = format!(r#"env > "$ENV_OUT"; {EXEC_SERVER}"#).replace('"', "\\\"");
+    let run = |arm: &'static str, out: PathBuf| {
+        let exp = dir.path().join("exp.toml");
+        let cache = cache.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(BIN)
+                    .args(run_args(&exp, arm, &out))
+                    .env("KVBENCH_CACHE", &cache)
+                    .env("TORCHINDUCTOR_CACHE_DIR", "/inherited/inductor")
+                    .env_remove("VLLM_CACHE_ROOT")
+                    .env_remove("TRITON_CACHE_DIR")
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let table = format!(
+        r#"command = ["sh", "-c", "{script}"]
+port = "auto"
+env = {{ KVBENCH = "{BIN}", PORT = "{{port}}", ENV_OUT = "{}" }}
+"#,
+        dir.path().join("env.txt").display()
+    );
+    std::fs::write(
+        dir.path().join("exp.toml"),
+        format!(
+            r#"name = "t"
+[server]
+{table}
+[workload]
+num_requests = 1
+max_tokens = 4
+
+[[arms]]
+name = "shared"
+env = {{ TRITON_CACHE_DIR = "/mine/triton" }}
+
+[[arms]]
+name = "own"
+[arms.server]
+engine_cache = false
+"#
+        ),
+    )
+    .unwrap();
+
+    let out = dir.path().join("shared");
+    let o = run("shared", out.clone()).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let env = std::fs::read_to_string(dir.path().join("env.txt")).unwrap();
+    let root = cache.join("engine-cache");
+    let vllm = format!("VLLM_CACHE_ROOT={}", root.join("vllm").display());
+    assert!(env.lines().any(|l| l == vllm), "{vllm} in {env}");
+    assert!(env.lines().any(|l| l == "TRITON_CACHE_DIR=/mine/triton"));
+    assert!(env
+        .lines()
+        .any(|l| l == "TORCHINDUCTOR_CACHE_DIR=/inherited/inductor"));
+    assert!(root.join("vllm").is_dir());
+    let v = result_json(&out);
+    assert_eq!(
+        v["server"]["facts"]["engine_cache"],
+        serde_json::json!({
+            "dir": root.display().to_string(),
+            "set": {"VLLM_CACHE_ROOT": root.join("vllm").display().to_string()},
+            "user_set": ["TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"],
+        })
+    );
+
+    // `engine_cache = false`: nothing set.
+    let out = dir.path().join("own");
+    let o = run("own", out.clone()).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let env = std::fs::read_to_string(dir.path().join("env.txt")).unwrap();
+    assert!(!env.contains("VLLM_CACHE_ROOT="), "{env}");
+    assert!(!env.contains("TRITON_CACHE_DIR="), "{env}");
+    assert_eq!(
+        result_json(&out)["server"]["facts"]["engine_cache"]["dir"],
+        serde_json::Value::Null
+    );
 }

@@ -96,6 +96,7 @@ name = "a"
             .arg(&exp)
             .args(["--arm", "a", "--out-dir"])
             .arg(dir.path())
+            .env("KVBENCH_CACHE", dir.path().join("cache"))
             .envs(envs)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -7,6 +7,7 @@
 //! signal cuts the grace periods short ([`crate::signals::hurried`]) but still kills every group.
 
 pub mod compose;
+pub mod engine_cache;
 pub mod scrape;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::experiment::{apply_changes, ArmPlan, LaunchSpec, PortSpec};
 use crate::logscan::{self, Catalog};
+use engine_cache::EngineCache;
 
 /// Why an arm did not get a healthy server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +123,8 @@ pub struct Launched {
     pub startup_s: f64,
     /// Log file.
     pub log: PathBuf,
+    /// The engine caches given to a `process` server (`None` for other launchers).
+    pub engine_cache: Option<EngineCache>,
     groups: Vec<(Child, &'static str)>,
     compose: Option<compose::ComposeRun>,
     attach_log: Option<PathBuf>,
@@ -144,6 +148,8 @@ pub struct LaunchError {
     pub launch_args: Vec<String>,
     /// Seconds from launch to the failure.
     pub elapsed_s: f64,
+    /// The engine caches given to a `process` server (`None` for other launchers).
+    pub engine_cache: Option<EngineCache>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -259,6 +265,10 @@ pub async fn launch(
     cancel: &CancellationToken,
 ) -> Result<Launched, LaunchError> {
     let t0 = Instant::now();
+    let engine_cache = match &plan.launch {
+        LaunchSpec::Process { env, .. } => Some(EngineCache::plan(plan.engine_cache, env).create()),
+        _ => None,
+    };
     let port = match &plan.port {
         Some(PortSpec::Fixed(p)) => Some(*p),
         Some(PortSpec::Named(_)) => Some(free_port().map_err(|e| LaunchError {
@@ -269,6 +279,7 @@ pub async fn launch(
             },
             launch_args: Vec::new(),
             elapsed_s: 0.0,
+            engine_cache: engine_cache.clone(),
         })?),
         None if matches!(plan.launch, LaunchSpec::Process { .. })
             && plan.url.contains("{port}") =>
@@ -287,12 +298,14 @@ pub async fn launch(
         },
         launch_args: args.to_vec(),
         elapsed_s: t0.elapsed().as_secs_f64(),
+        engine_cache: engine_cache.clone(),
     };
     let mut launched = Launched {
         url: url.clone(),
         launch_args: Vec::new(),
         startup_s: 0.0,
         log: files.log.clone(),
+        engine_cache: engine_cache.clone(),
         groups: Vec::new(),
         compose: None,
         attach_log: None,
@@ -308,10 +321,13 @@ pub async fn launch(
                 .iter()
                 .map(|a| substitute(a, port))
                 .collect();
-            let env: BTreeMap<String, String> = env
+            let mut env: BTreeMap<String, String> = env
                 .iter()
                 .map(|(k, v)| (k.clone(), substitute(v, port)))
                 .collect();
+            if let Some(c) = &engine_cache {
+                env.extend(c.set.clone());
+            }
             let mut full = vec![program.clone()];
             full.extend(args.iter().cloned());
             launched.launch_args = full.clone();
