@@ -24,7 +24,8 @@ dir=results/quickstart-$(date +%Y%m%d_%H%M%S)
 say "running the A/B experiment examples/quickstart.toml (f16 vs q8_0 vs q4_0 KV cache) into $dir"
 start=$(date +%s)
 set +e
-"$kvbench" ab examples/quickstart.toml --out-dir "$dir"
+# Adaptive: rounds of runs until the verdict is settled, within a 9-minute budget.
+"$kvbench" ab examples/quickstart.toml --out-dir "$dir" --until-decided --budget 9m
 rc=$?
 set -e
 say "took $(( $(date +%s) - start )) s; everything is in $dir (open the comparison_*.html report)"

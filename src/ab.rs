@@ -35,6 +35,10 @@ pub fn verdict_block(c: &Value) -> String {
         out += &format!(" ({a})");
     }
     out += "\n";
+    if let Some(e) = effort_line(c) {
+        out += &format!("  {e}\n");
+    }
+    let adaptive = c["effort"]["design"] == "adaptive";
     for r in c["recommendations"].as_array().into_iter().flatten() {
         out += &format!(
             "  [{:<12}] {:<16} {}\n",
@@ -42,8 +46,41 @@ pub fn verdict_block(c: &Value) -> String {
             r["criterion"].as_str().unwrap_or("?"),
             r["reason"].as_str().unwrap_or("")
         );
+        if let (true, Some(open)) = (adaptive, r["open"].as_str()) {
+            out += &format!("  {:<14} {:<16} still open: {open}\n", "", "");
+        }
     }
     out
+}
+
+/// "decided after 2 runs per arm in 3.4 min" (or why the runs stopped before a decision).
+pub fn effort_line(c: &Value) -> Option<String> {
+    let e = c.get("effort")?;
+    let runs = e["runs_per_arm"].as_object()?;
+    let counts: std::collections::BTreeSet<u64> = runs.values().filter_map(Value::as_u64).collect();
+    let runs_text = match counts.iter().collect::<Vec<_>>().as_slice() {
+        [n] => format!("{n} run{} per arm", if **n == 1 { "" } else { "s" }),
+        _ => {
+            runs.iter()
+                .map(|(a, n)| format!("{a}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+                + " runs"
+        }
+    };
+    let min = e["wall_s"].as_f64().unwrap_or(0.0) / 60.0;
+    Some(match e["stopped"].as_str().unwrap_or("") {
+        "decided" => format!("decided after {runs_text} in {min:.1} min"),
+        "max_runs" => format!(
+            "not settled within the cap of {} runs per arm ({runs_text}, {min:.1} min): the verdict follows the point estimates; the open criteria say what would settle them",
+            e["max_runs"]
+        ),
+        "budget" => format!(
+            "stopped by the time budget after {runs_text} ({min:.1} min), verdict not settled: the verdict follows the point estimates"
+        ),
+        "interrupted" => format!("interrupted after {runs_text} ({min:.1} min)"),
+        _ => format!("{runs_text}, {min:.1} min (fixed design)"),
+    })
 }
 
 /// Writes the comparison and its reports; returns the paths written.
@@ -156,6 +193,234 @@ fn existing_results(dir: &Path, exp: &str, arm: &str) -> Vec<PathBuf> {
     found
 }
 
+/// Runs per arm at most, by default, for `ab --until-decided` (docs/decision.md: the error
+/// rates were measured with it).
+pub const DEFAULT_MAX_RUNS: u32 = 8;
+
+/// How many runs each arm gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Design {
+    /// `--repeat N` (or one run per arm).
+    Fixed { runs: u32 },
+    /// `--until-decided`.
+    Adaptive {
+        max_runs: u32,
+        budget: Option<std::time::Duration>,
+    },
+}
+
+impl Design {
+    fn max_runs(&self) -> u32 {
+        match self {
+            Design::Fixed { runs } => *runs,
+            Design::Adaptive { max_runs, .. } => *max_runs,
+        }
+    }
+}
+
+/// Why the runs stopped (`effort.stopped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Stopped {
+    /// Every candidate's verdict is settled.
+    Decided,
+    /// The run cap was reached with a verdict still open.
+    MaxRuns,
+    /// The next round would have ended after the budget.
+    Budget,
+    /// Interrupted (a signal).
+    Interrupted,
+    /// The fixed design ran its runs.
+    Fixed,
+}
+
+/// Candidates whose verdict is not settled in a comparison.
+fn open_candidates(c: &Value) -> Vec<String> {
+    c["candidates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| !x["settled"].as_bool().unwrap_or(false))
+        .filter_map(|x| x["arm"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn report_run(name: &str, run: &arm::ArmRun, quiet: bool) {
+    if quiet {
+        return;
+    }
+    let r = &run.result;
+    match &r.failure {
+        None => eprintln!(
+            "kvbench: arm {name:?}: {} requests, TTFT p50 {} ms, {} output tok/s → {}",
+            r.requests.completed,
+            r.metrics
+                .ttft_ms
+                .p50
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "—".into()),
+            r.throughput
+                .output_tok_per_s
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "—".into()),
+            run.path.display()
+        ),
+        Some(f) => eprintln!("kvbench: arm {name:?} failed: {}: {}", f.kind, f.message),
+    }
+}
+
+/// The comparison of the runs so far (arms in experiment order, baseline first); `None` when
+/// fewer than two arms or no baseline have a result yet.
+fn compare_paths(
+    paths: &[(String, PathBuf)],
+    exp: &experiment::Experiment,
+    baseline: &str,
+    reference: Option<&str>,
+    policy: &Policy,
+    opts: &ArmOptions,
+) -> anyhow::Result<Option<Value>> {
+    let names: std::collections::BTreeSet<&str> = paths.iter().map(|(n, _)| n.as_str()).collect();
+    if names.len() < 2 || !names.contains(baseline) {
+        return Ok(None);
+    }
+    let mut order: Vec<&str> = vec![baseline];
+    order.extend(
+        exp.arms
+            .iter()
+            .map(|p| p.name.as_str())
+            .filter(|n| *n != baseline),
+    );
+    let ordered: Vec<PathBuf> = order
+        .iter()
+        .flat_map(|n| {
+            paths
+                .iter()
+                .filter(move |(x, _)| x == n)
+                .map(|(_, p)| p.clone())
+        })
+        .collect();
+    let arms = compare::load(&ordered)?;
+    let reference = reference.filter(|r| {
+        let present = arms.iter().any(|x| x.name == *r);
+        if !present {
+            eprintln!("kvbench: the reference arm {r:?} produced no result; comparing without it");
+        }
+        present
+    });
+    if !arms
+        .iter()
+        .any(|x| x.name != baseline && Some(x.name.as_str()) != reference)
+    {
+        return Ok(None);
+    }
+    compare::compare(
+        &arms,
+        baseline,
+        reference,
+        policy,
+        &opts.catalog,
+        Some(&exp.name),
+    )
+    .map(Some)
+}
+
+fn runs_per_arm(paths: &[(String, PathBuf)]) -> std::collections::BTreeMap<String, u32> {
+    let mut m = std::collections::BTreeMap::new();
+    for (n, _) in paths {
+        *m.entry(n.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// One adaptive round for `effort.rounds`: runs so far, and each candidate's verdict and
+/// speed intervals, so a report can show the intervals narrowing.
+fn round_summary(
+    round: u32,
+    c: &Value,
+    paths: &[(String, PathBuf)],
+    started: std::time::Instant,
+) -> Value {
+    let candidates: Vec<Value> = c["candidates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|cand| {
+            let criteria: Vec<Value> = cand["recommendations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["criterion"] != "overall")
+                .map(|r| {
+                    let d = &cand["deltas"][r["criterion"].as_str().unwrap_or("")];
+                    serde_json::json!({
+                        "criterion": r["criterion"], "verdict": r["verdict"], "settled": r["settled"],
+                        "change_pct": d.get("change_pct"), "ci_low_pct": d.get("ci_low_pct"),
+                        "ci_high_pct": d.get("ci_high_pct"),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "arm": cand["arm"], "decision": cand["decision"], "settled": cand["settled"],
+                "criteria": criteria,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "round": round,
+        "runs_per_arm": runs_per_arm(paths),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "decision": c["decision"],
+        "settled": c["settled"],
+        "candidates": candidates,
+    })
+}
+
+/// `effort`: what the verdict cost (docs/result-schema.md).
+fn effort(
+    design: &Design,
+    stopped: Stopped,
+    paths: &[(String, PathBuf)],
+    rounds: &[Value],
+    started: std::time::Instant,
+) -> Value {
+    let mut seconds: std::collections::BTreeMap<String, crate::result::Phases> =
+        std::collections::BTreeMap::new();
+    for (n, p) in paths {
+        let phases = std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| serde_json::from_str::<crate::result::RunResult>(&t).ok())
+            .map(|r| r.phases)
+            .unwrap_or_default();
+        let e = seconds.entry(n.clone()).or_default();
+        let add = |a: &mut Option<f64>, b: Option<f64>| {
+            if let Some(b) = b {
+                *a = Some(a.unwrap_or(0.0) + b);
+            }
+        };
+        add(&mut e.launch_s, phases.launch_s);
+        add(&mut e.warmup_s, phases.warmup_s);
+        add(&mut e.quality_s, phases.quality_s);
+        add(&mut e.workload_s, phases.workload_s);
+        add(&mut e.teardown_s, phases.teardown_s);
+    }
+    let (design_name, max_runs, budget) = match design {
+        Design::Fixed { runs } => ("fixed", *runs, None),
+        Design::Adaptive { max_runs, budget } => {
+            ("adaptive", *max_runs, budget.map(|b| b.as_secs_f64()))
+        }
+    };
+    serde_json::json!({
+        "design": design_name,
+        "runs_per_arm": runs_per_arm(paths),
+        "max_runs": max_runs,
+        "budget_s": budget,
+        "stopped": stopped,
+        "wall_s": started.elapsed().as_secs_f64(),
+        "seconds": seconds,
+        "rounds": rounds,
+    })
+}
+
 /// `kvbench ab`.
 pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
     let exp = experiment::load(&a.experiment)?;
@@ -218,25 +483,76 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     crate::cancel_on_ctrl_c(cancel.clone());
     let started = std::time::Instant::now();
+    let design = match (a.until_decided, a.repeat) {
+        (true, _) => Design::Adaptive {
+            max_runs: a.max_runs,
+            budget: a.budget,
+        },
+        (false, n) => Design::Fixed {
+            runs: n.unwrap_or(1),
+        },
+    };
     let mut paths: Vec<(String, PathBuf)> = Vec::new();
     let mut failed = Vec::new();
     if a.resume {
         for plan in &exp.arms {
             for p in existing_results(&out_dir, &exp.name, &plan.name)
                 .into_iter()
-                .take(a.repeat as usize)
+                .take(design.max_runs() as usize)
             {
                 paths.push((plan.name.clone(), p));
             }
         }
     }
-    'outer: for rep in 0..a.repeat {
-        for plan in &exp.arms {
+    let mut rounds: Vec<Value> = Vec::new();
+    let mut comparison: Option<Value> = None;
+    let mut last_round_s = 0.0;
+    let mut stopped = Stopped::MaxRuns;
+    for round in 0..design.max_runs() {
+        if cancel.is_cancelled() {
+            stopped = Stopped::Interrupted;
+            break;
+        }
+        // Which arms run this round: every arm first; in adaptive rounds after the first, the
+        // baseline and the candidates whose verdict is still open (the reference arm is for
+        // quality, whose items repeat identically, so it runs once).
+        let open: Option<Vec<String>> = comparison.as_ref().map(open_candidates);
+        if let (
+            Design::Adaptive {
+                budget: Some(b), ..
+            },
+            true,
+        ) = (design, round > 0)
+        {
+            if started.elapsed().as_secs_f64() + last_round_s > b.as_secs_f64() {
+                stopped = Stopped::Budget;
+                break;
+            }
+        }
+        let mut plans: Vec<&experiment::ArmPlan> = exp
+            .arms
+            .iter()
+            .filter(|p| match (&design, &open) {
+                (Design::Adaptive { .. }, Some(open)) => {
+                    p.name == baseline || open.contains(&p.name)
+                }
+                _ => true,
+            })
+            .collect();
+        // Interleave: A B, then B A, ...: a drift over time touches every arm alike.
+        if round % 2 == 1 {
+            plans.reverse();
+        }
+        let round_start = std::time::Instant::now();
+        if !a.quiet && design.max_runs() > 1 {
+            eprintln!("kvbench: round {}/{}", round + 1, design.max_runs());
+        }
+        for plan in plans {
             if cancel.is_cancelled() {
-                break 'outer;
+                break;
             }
             let have = paths.iter().filter(|(n, _)| *n == plan.name).count() as u32;
-            if have > rep {
+            if have > round {
                 if !a.quiet {
                     eprintln!(
                         "kvbench: arm {:?}: kept from an earlier run (--resume)",
@@ -245,38 +561,55 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
                 }
                 continue;
             }
-            if !a.quiet && a.repeat > 1 {
-                eprintln!("kvbench: repeat {}/{}", rep + 1, a.repeat);
+            // Quality items are the same in every round and answers at temperature 0 repeat:
+            // adaptive rounds after the first measure speed only.
+            let mut plan = plan.clone();
+            if round > 0 && matches!(design, Design::Adaptive { .. }) {
+                plan.quality = None;
             }
-            let run = arm::run_arm(plan, &opts, &cancel).await?;
-            let r = &run.result;
-            if !a.quiet {
-                match &r.failure {
-                    None => eprintln!(
-                        "kvbench: arm {:?}: {} requests, TTFT p50 {} ms, {} output tok/s → {}",
-                        plan.name,
-                        r.requests.completed,
-                        r.metrics
-                            .ttft_ms
-                            .p50
-                            .map(|v| format!("{v:.1}"))
-                            .unwrap_or_else(|| "—".into()),
-                        r.throughput
-                            .output_tok_per_s
-                            .map(|v| format!("{v:.1}"))
-                            .unwrap_or_else(|| "—".into()),
-                        run.path.display()
-                    ),
-                    Some(f) => eprintln!(
-                        "kvbench: arm {:?} failed: {}: {}",
-                        plan.name, f.kind, f.message
-                    ),
-                }
-            }
-            if r.failure.is_some() {
+            let run = arm::run_arm(&plan, &opts, &cancel).await?;
+            report_run(&plan.name, &run, a.quiet);
+            if run.result.failure.is_some() {
                 failed.push(plan.name.clone());
             }
             paths.push((plan.name.clone(), run.path));
+        }
+        last_round_s = round_start.elapsed().as_secs_f64();
+        if let Design::Adaptive { .. } = design {
+            let Some(c) = compare_paths(
+                &paths,
+                &exp,
+                &baseline,
+                reference.as_deref(),
+                &policy,
+                &opts,
+            )?
+            else {
+                break;
+            };
+            rounds.push(round_summary(round + 1, &c, &paths, started));
+            let settled = c["settled"].as_bool().unwrap_or(false);
+            if !a.quiet {
+                eprintln!(
+                    "kvbench: after round {}: {}{}",
+                    round + 1,
+                    c["decision"].as_str().unwrap_or("?"),
+                    if settled { ", settled" } else { ", still open" }
+                );
+            }
+            comparison = Some(c);
+            if settled {
+                stopped = Stopped::Decided;
+                break;
+            }
+        }
+    }
+    if cancel.is_cancelled() {
+        stopped = Stopped::Interrupted;
+    }
+    if let Design::Fixed { .. } = design {
+        if stopped != Stopped::Interrupted {
+            stopped = Stopped::Fixed;
         }
     }
     let names: std::collections::BTreeSet<&String> = paths.iter().map(|(n, _)| n).collect();
@@ -293,35 +626,25 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
             out_dir.display()
         );
     }
-    // Arms in experiment order, baseline first.
-    let mut ordered: Vec<PathBuf> = Vec::new();
-    let mut order: Vec<&str> = vec![baseline.as_str()];
-    order.extend(
-        exp.arms
-            .iter()
-            .map(|p| p.name.as_str())
-            .filter(|n| *n != baseline),
-    );
-    for n in order {
-        ordered.extend(paths.iter().filter(|(x, _)| x == n).map(|(_, p)| p.clone()));
-    }
-    let arms = compare::load(&ordered)?;
-    let names_ok: Vec<&str> = arms.iter().map(|x| x.name.as_str()).collect();
-    let reference = reference.filter(|r| {
-        let present = names_ok.contains(&r.as_str());
-        if !present {
-            eprintln!("kvbench: the reference arm {r:?} produced no result; comparing without it");
-        }
-        present
-    });
-    let c = compare::compare(
-        &arms,
+    // The final comparison. An adaptive design that ran out of runs or time with a speed
+    // criterion open takes its cautious side (docs/decision.md, "Adaptive runs").
+    let policy = Policy {
+        final_look: matches!(design, Design::Adaptive { .. })
+            && matches!(stopped, Stopped::MaxRuns | Stopped::Budget),
+        ..policy
+    };
+    let mut c = match compare_paths(
+        &paths,
+        &exp,
         &baseline,
         reference.as_deref(),
         &policy,
-        &opts.catalog,
-        Some(&exp.name),
-    )?;
+        &opts,
+    )? {
+        Some(c) => c,
+        None => anyhow::bail!("no comparison could be made in {}", out_dir.display()),
+    };
+    c["effort"] = effort(&design, stopped, &paths, &rounds, started);
     let ts = chrono::Local::now().format("%Y%m%d_%H%M%S");
     let stem = out_dir.join(format!("comparison_{}_{ts}", exp.name));
     let json_path = stem.with_extension("json");

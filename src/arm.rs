@@ -49,10 +49,17 @@ pub struct ArmRun {
 pub fn arm_paths(plan: &ArmPlan, opts: &ArmOptions) -> (PathBuf, PathBuf, ArmFiles) {
     let ts = chrono::Local::now().format("%Y%m%d_%H%M%S");
     let stem = format!("benchmark_{}_{}_{ts}", plan.experiment, plan.name);
-    let output = opts
-        .output
-        .clone()
-        .unwrap_or_else(|| opts.out_dir.join(format!("{stem}.json")));
+    // Runs shorter than a second (adaptive rounds on a fast server) must not overwrite each
+    // other: a taken name gets `_2`, `_3`, ...
+    let free = |stem: &str| {
+        let p = opts.out_dir.join(format!("{stem}.json"));
+        (!p.exists() && !opts.out_dir.join(format!("{stem}.log")).exists()).then_some(p)
+    };
+    let output = opts.output.clone().unwrap_or_else(|| {
+        free(&stem)
+            .or_else(|| (2..).find_map(|i| free(&format!("{stem}_{i}"))))
+            .unwrap_or_else(|| opts.out_dir.join(format!("{stem}.json")))
+    });
     let base = output.with_extension("");
     let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", base.display()));
     let journal = with(".requests.jsonl");
@@ -216,6 +223,7 @@ fn empty_result(plan: &ArmPlan, url: &str, outcome: &str) -> RunResult {
         metrics: Metrics::default(),
         throughput: Throughput::default(),
         duration_s: None,
+        phases: crate::result::Phases::default(),
         warnings: Vec::new(),
         server_metrics: None,
         quality: None,
@@ -381,7 +389,9 @@ pub async fn run_arm(
     let launch_args = launched.launch_args.clone();
     let url = launched.url.clone();
     let engine_cache = launched.engine_cache.clone();
+    let t_teardown = std::time::Instant::now();
     launched.shutdown().await;
+    let teardown_s = t_teardown.elapsed().as_secs_f64();
 
     let log = ServerLog::read(&files.log);
     let report = log.scan(&opts.catalog);
@@ -422,6 +432,8 @@ pub async fn run_arm(
     r.arm = Some(plan.name.clone());
     r.server.launch_args = Some(launch_args.clone());
     r.server.startup_s = Some(startup_s);
+    r.phases.launch_s = Some(startup_s);
+    r.phases.teardown_s = Some(teardown_s);
     let mut facts = report.facts.clone();
     if let Some(c) = &cache_config {
         facts.insert("cache_config".into(), json!(c));

@@ -54,6 +54,12 @@ pub enum Command {
     ///
     /// Example: kvbench scan-logs vllm.log --json | jq '.warnings[].id'
     ScanLogs(ScanLogsArgs),
+    /// Measure the decision procedure's error rates: simulated experiments with a known truth
+    /// (TTFT change, quality drop, run-to-run drift) through the real comparison and decision
+    /// code, for one run per arm, --repeat 3 and --until-decided (docs/decision.md).
+    ///
+    /// Example: kvbench error-rates --experiments 2000 > rates.md
+    ErrorRates(ErrorRatesArgs),
     /// Serve a streaming test server with known delays (for checking kvbench itself).
     #[command(hide = true)]
     TestServer(TestServerArgs),
@@ -63,6 +69,13 @@ pub enum Command {
     ///
     /// Example: kvbench selftest --concurrency 1000 --events-per-s 20000 --json
     Selftest(SelftestArgs),
+}
+
+fn non_negative_pct(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..100.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage from 0 to below 100")),
+    }
 }
 
 /// Rate value: a positive number of requests per second, or `inf` (all at once).
@@ -439,9 +452,20 @@ pub struct AbArgs {
     /// Directory for every file of the experiment [default: results/<experiment name>].
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
-    /// Run each arm this many times, interleaved (A B A B), so drift affects every arm alike.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub repeat: u32,
+    /// Fixed design: run each arm this many times, interleaved (A B A B), so drift affects
+    /// every arm alike.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100), conflicts_with = "until_decided")]
+    pub repeat: Option<u32>,
+    /// Adaptive design: rounds of interleaved runs (A B, then B A, ...) until no verdict can
+    /// change with more runs, or --max-runs / --budget is reached (docs/decision.md).
+    #[arg(long)]
+    pub until_decided: bool,
+    /// Adaptive design: at most this many runs per arm.
+    #[arg(long, default_value_t = crate::ab::DEFAULT_MAX_RUNS, value_parser = clap::value_parser!(u32).range(2..=100), requires = "until_decided")]
+    pub max_runs: u32,
+    /// Adaptive design: start no round that would end after this much time (e.g. 40m, 2h).
+    #[arg(long, value_parser = parse_duration, requires = "until_decided")]
+    pub budget: Option<Duration>,
     /// Keep arms that already have a result in --out-dir (outcome ok) and run only the others.
     #[arg(long)]
     pub resume: bool,
@@ -463,6 +487,35 @@ pub struct AbArgs {
     /// No progress display.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// `kvbench error-rates` options.
+#[derive(Debug, Args)]
+pub struct ErrorRatesArgs {
+    /// Experiments simulated per scenario and design.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(10..=1_000_000))]
+    pub experiments: u32,
+    /// Decision policy (TOML) [default: the built-in policy].
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Run cap of the adaptive design.
+    #[arg(long, default_value_t = crate::ab::DEFAULT_MAX_RUNS, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub max_runs: u32,
+    /// Only this scenario: the candidate's true TTFT change in percent ...
+    #[arg(long, allow_hyphen_values = true)]
+    pub ttft_change_pct: Option<f64>,
+    /// ... its true quality drop in points ...
+    #[arg(long)]
+    pub quality_drop_pts: Option<f64>,
+    /// ... and the run-to-run drift (one σ, percent).
+    #[arg(long)]
+    pub sigma_run_pct: Option<f64>,
+    /// Seed (the same seed gives the same table).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// JSON lines (one per scenario and design) instead of a Markdown table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kvbench scan-logs` options.
@@ -520,6 +573,17 @@ pub struct TestServerArgs {
     /// Exit with this code right after printing (imitates a server that fails to start).
     #[arg(long)]
     pub exit: Option<i32>,
+    /// Run-to-run drift: this instance's delays are all scaled by one random factor whose
+    /// spread is this many percent (one standard deviation), as a real server is a little
+    /// slower or faster after each start.
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative_pct)]
+    pub run_drift_pct: f64,
+    /// Seed of the drift factor (the same seed gives the same factor) [default: random].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Slow trend within a run: delays grow by this many percent per minute (negative: shrink).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub trend_pct_per_min: f64,
     /// Arguments after `--` are accepted and ignored (an arm's server flags, for tests).
     #[arg(hide = true, allow_hyphen_values = true)]
     pub ignored: Vec<String>,

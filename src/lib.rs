@@ -19,6 +19,7 @@ pub mod runner;
 pub mod selftest;
 pub mod server;
 pub mod signals;
+pub mod simulate;
 pub mod stats;
 pub mod testserver;
 pub mod workload;
@@ -67,6 +68,54 @@ pub fn main_entry() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kvbench error-rates`.
+fn error_rates(a: &cli::ErrorRatesArgs) -> anyhow::Result<ExitCode> {
+    use simulate::{Design, Scenario};
+    let policy = match &a.policy {
+        Some(p) => compare::Policy::from_file(p)?,
+        None => compare::Policy::default(),
+    };
+    let single =
+        a.ttft_change_pct.is_some() || a.quality_drop_pts.is_some() || a.sigma_run_pct.is_some();
+    let scenarios = if single {
+        vec![Scenario {
+            ttft_change_pct: a.ttft_change_pct.unwrap_or(0.0),
+            quality_drop_pts: a.quality_drop_pts.unwrap_or(0.0),
+            sigma_run_pct: a.sigma_run_pct.unwrap_or(policy.run_drift_pct),
+        }]
+    } else {
+        simulate::table_scenarios()
+    };
+    let designs = [
+        Design::Fixed { runs: 1 },
+        Design::Fixed { runs: 3 },
+        Design::Adaptive {
+            max_runs: a.max_runs,
+        },
+    ];
+    let started = std::time::Instant::now();
+    let mut rows = Vec::new();
+    for sc in scenarios {
+        for d in designs {
+            let r = simulate::rates(sc, d, &policy, a.experiments as usize, a.seed)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            rows.push(r);
+        }
+    }
+    if !a.json {
+        print!("{}", simulate::markdown(&rows));
+    }
+    eprintln!(
+        "kvbench: {} experiments per row, {} rows, in {:.1} s",
+        a.experiments,
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `kvbench scan-logs FILE... [--json]`.
@@ -239,6 +288,7 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         }
         cli::Command::Compare(a) => ab::compare_command(&a),
         cli::Command::Ab(a) => ab::ab_command(&a).await,
+        cli::Command::ErrorRates(a) => error_rates(&a),
         cli::Command::TestServer(a) => {
             if let Some(p) = &a.print {
                 print!("{}", std::fs::read_to_string(p)?);
@@ -247,9 +297,14 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             if let Some(code) = a.exit {
                 std::process::exit(code);
             }
+            let drift = testserver::run_drift_factor(a.run_drift_pct, a.seed);
+            if a.run_drift_pct > 0.0 {
+                println!("kvbench test server: run drift factor {drift:.4}");
+            }
             let cfg = testserver::TestServerConfig {
-                ttft: std::time::Duration::from_millis(a.ttft_ms),
-                itl: std::time::Duration::from_millis(a.itl_ms),
+                ttft: std::time::Duration::from_millis(a.ttft_ms).mul_f64(drift),
+                itl: std::time::Duration::from_millis(a.itl_ms).mul_f64(drift),
+                trend_pct_per_min: a.trend_pct_per_min,
                 output_tokens: a.tokens,
                 reasoning_tokens: a.reasoning_tokens,
                 flavor: a.flavor,

@@ -33,6 +33,22 @@ pub struct ServerInfo {
     pub facts: BTreeMap<String, serde_json::Value>,
 }
 
+/// Seconds spent in each phase of one run; `null` where the phase did not happen here (a run
+/// against a server kvbench did not start has no launch or teardown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    /// Launch to healthy.
+    pub launch_s: Option<f64>,
+    /// Warmup requests.
+    pub warmup_s: Option<f64>,
+    /// Quality suites.
+    pub quality_s: Option<f64>,
+    /// The measured workload (pre-warm of connections included).
+    pub workload_s: Option<f64>,
+    /// Stopping the server.
+    pub teardown_s: Option<f64>,
+}
+
 /// One run's result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
@@ -80,6 +96,9 @@ pub struct RunResult {
     pub journal: Option<String>,
     /// Why the arm's server could not be measured (`outcome` is then its kind), else `null`.
     pub failure: Option<crate::server::Failure>,
+    /// Seconds spent in each phase of the run (what a verdict cost; `effort` in comparisons).
+    #[serde(default)]
+    pub phases: Phases,
 }
 
 /// Writes `value` as pretty JSON to `path` atomically (temporary file, then rename), so a

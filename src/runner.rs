@@ -356,7 +356,9 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         cfg.duration,
     ));
 
+    let mut phases = crate::result::Phases::default();
     // Warmup: closed loop, excluded from statistics.
+    let t_warmup = Instant::now();
     if cfg.warmup > 0 {
         let left = Arc::new(AtomicI64::new(cfg.warmup as i64));
         let workers = concurrency.min(cfg.warmup as usize).max(1);
@@ -381,6 +383,10 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     // own journal next to the output. They get their own connection pool: a server may close a
     // connection after an error answer (llama.cpp does for refused images), and such a dead
     // keep-alive connection must not be handed to the first measured request.
+    if cfg.warmup > 0 {
+        phases.warmup_s = Some(t_warmup.elapsed().as_secs_f64());
+    }
+    let t_quality = Instant::now();
     let quality = match &cfg.quality {
         Some(q) => {
             let quality_client = Client::new(&ClientOptions {
@@ -401,10 +407,13 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
                 origin,
                 progress: cfg.progress != ProgressMode::Quiet,
             };
-            Some(crate::quality::run_suites(q, &env, &cancel).await?)
+            let q = crate::quality::run_suites(q, &env, &cancel).await?;
+            phases.quality_s = Some(t_quality.elapsed().as_secs_f64());
+            Some(q)
         }
         None => None,
     };
+    let t_workload = Instant::now();
 
     // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
     // first wave's TTFT: a serving client keeps its connections alive.
@@ -534,6 +543,10 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         quality,
         journal: Some(journal_display),
         failure: None,
+        phases: crate::result::Phases {
+            workload_s: Some(t_workload.elapsed().as_secs_f64()),
+            ..phases
+        },
     };
     Ok(result)
 }

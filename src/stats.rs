@@ -208,6 +208,47 @@ pub fn mean_of_refs(v: &[&f64]) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn t_quantiles_match_tables() {
+        // Student's t tables: t(0.975; 4) = 2.776, t(0.99; 10) = 2.764; normal: 1.960.
+        assert!((t_quantile(4.0, 0.975) - 2.776).abs() < 1e-3);
+        assert!((t_quantile(10.0, 0.99) - 2.764).abs() < 1e-3);
+        assert!((t_quantile(f64::INFINITY, 0.975) - 1.95996).abs() < 1e-4);
+        assert!((t_quantile(4.0, 0.025) + 2.776).abs() < 1e-3);
+    }
+
+    #[test]
+    fn log_change_pools_runs_and_prior() {
+        // Hand-computed: ln 100, ln 110 vs ln 120, ln 130; no prior, df = 2.
+        let lc = LogChange::from_runs(&[100.0, 110.0], &[120.0, 130.0], 0.0, 6.0).unwrap();
+        assert!((lc.estimate - 0.174_688).abs() < 1e-5, "{lc:?}");
+        assert!((lc.se - 0.062_231).abs() < 1e-5, "{lc:?}");
+        assert_eq!(lc.df, 2.0);
+        // One run each: the prior alone (variance 0.0025 per run, 6 df).
+        let lc = LogChange::from_runs(&[100.0], &[110.0], 0.0025, 6.0).unwrap();
+        assert!((lc.change_pct() - 10.0).abs() < 1e-9);
+        assert!((lc.se - 0.070_711).abs() < 1e-5);
+        assert_eq!(lc.df, 6.0);
+        let (lo, hi) = lc.interval_pct(0.95);
+        let t = t_quantile(6.0, 0.975);
+        assert!((hi - 100.0 * ((1.1f64).ln() + t * lc.se).exp_m1()).abs() < 1e-9);
+        assert!(lo < 0.0 && hi > 20.0, "{lo} {hi}");
+        // Neither runs' spread nor a prior: nothing to go on.
+        assert!(LogChange::from_runs(&[100.0], &[110.0], 0.0, 6.0).is_none());
+        assert!(LogChange::from_runs(&[0.0], &[110.0], 0.0025, 6.0).is_none());
+    }
+
+    #[test]
+    fn per_run_variance_from_a_bootstrap_interval() {
+        // A ±1.96·se interval on the log scale gives back se²/2 per run.
+        let se: f64 = 0.03;
+        let lo = 100.0 * (-1.959_964 * se).exp_m1();
+        let hi = 100.0 * (1.959_964 * se).exp_m1();
+        let v = per_run_log_var_from_ci(lo, hi).unwrap();
+        assert!((v - se * se / 2.0).abs() < 1e-12);
+        assert!(per_run_log_var_from_ci(5.0, 1.0).is_none());
+    }
+
     use super::*;
 
     #[test]
@@ -279,4 +320,101 @@ mod tests {
         let json = serde_json::to_value(&e).unwrap();
         assert!(json["p50"].is_null());
     }
+}
+
+/// Quantile `p` (0 < p < 1) of Student's t with `df` degrees of freedom; the standard normal's
+/// when `df` is infinite.
+pub fn t_quantile(df: f64, p: f64) -> f64 {
+    use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
+    let p = p.clamp(1e-12, 1.0 - 1e-12);
+    if df.is_finite() && df > 0.0 {
+        if let Ok(t) = StudentsT::new(0.0, 1.0, df) {
+            return t.inverse_cdf(p);
+        }
+    }
+    Normal::standard().inverse_cdf(p)
+}
+
+/// The change of a metric from one arm's runs to another's, on the log scale, with the
+/// run-to-run variance pooled from both arms' runs and from a prior (docs/decision.md):
+///
+/// `s² = (ν₀·σ₀² + Σ (x − x̄)²) / (ν₀ + n_a − 1 + n_b − 1)`, `se = s·√(1/n_a + 1/n_b)`,
+/// `df = ν₀ + n_a − 1 + n_b − 1`, where `x` are the runs' log values, `σ₀²` the prior variance of
+/// one run's log value (assumed drift plus request-to-request spread) and `ν₀` its weight in
+/// degrees of freedom. With one run per arm the prior alone carries the variance; from two runs
+/// per arm on, the runs themselves take over as they accumulate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogChange {
+    /// ln(mean candidate / mean baseline), means taken on the log scale.
+    pub estimate: f64,
+    /// Standard error of `estimate`.
+    pub se: f64,
+    /// Degrees of freedom of the t quantiles.
+    pub df: f64,
+}
+
+impl LogChange {
+    /// From per-run values (all positive); `None` when either side is empty or holds a value
+    /// that is not positive, or when there is no variance to go on (no prior, one run each).
+    pub fn from_runs(a: &[f64], b: &[f64], prior_var: f64, prior_df: f64) -> Option<Self> {
+        if a.is_empty() || b.is_empty() || a.iter().chain(b).any(|x| !(*x > 0.0 && x.is_finite())) {
+            return None;
+        }
+        let logs = |v: &[f64]| v.iter().map(|x| x.ln()).collect::<Vec<_>>();
+        let (la, lb) = (logs(a), logs(b));
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let ss = |v: &[f64], m: f64| v.iter().map(|x| (x - m).powi(2)).sum::<f64>();
+        let (ma, mb) = (mean(&la), mean(&lb));
+        let data_df = (la.len() + lb.len()) as f64 - 2.0;
+        let prior_df = if prior_var > 0.0 {
+            prior_df.max(0.0)
+        } else {
+            0.0
+        };
+        let df = prior_df + data_df;
+        if df <= 0.0 {
+            return None;
+        }
+        let var = (prior_df * prior_var + ss(&la, ma) + ss(&lb, mb)) / df;
+        let se = (var * (1.0 / la.len() as f64 + 1.0 / lb.len() as f64)).sqrt();
+        Some(Self {
+            estimate: mb - ma,
+            se,
+            df,
+        })
+    }
+
+    /// The one-sided bound at confidence `conf` (e.g. 0.99), as a change in percent: the upper
+    /// bound when `upper`, else the lower.
+    pub fn bound_pct(&self, conf: f64, upper: bool) -> f64 {
+        let t = t_quantile(self.df, conf);
+        let x = if upper {
+            self.estimate + t * self.se
+        } else {
+            self.estimate - t * self.se
+        };
+        100.0 * x.exp_m1()
+    }
+
+    /// The two-sided interval at confidence `conf` (e.g. 0.95), in percent.
+    pub fn interval_pct(&self, conf: f64) -> (f64, f64) {
+        let one = 0.5 + conf / 2.0;
+        (self.bound_pct(one, false), self.bound_pct(one, true))
+    }
+
+    /// The change in percent.
+    pub fn change_pct(&self) -> f64 {
+        100.0 * self.estimate.exp_m1()
+    }
+}
+
+/// The variance, on the log scale, of one run's statistic from a 95 % interval of the change
+/// between two single runs (a request bootstrap, in percent): half the variance of the change.
+pub fn per_run_log_var_from_ci(lo_pct: f64, hi_pct: f64) -> Option<f64> {
+    let (lo, hi) = (1.0 + lo_pct / 100.0, 1.0 + hi_pct / 100.0);
+    if !(lo > 0.0 && hi >= lo) {
+        return None;
+    }
+    let se = (hi.ln() - lo.ln()) / (2.0 * 1.959_964);
+    Some(se * se / 2.0)
 }

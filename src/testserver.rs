@@ -102,6 +102,9 @@ pub struct TestServerConfig {
     /// message's text, or the completions prompt), streamed word by word with finish reason
     /// `stop` (`length` when cut by `max_tokens`), instead of ` tok0 tok1 ...`.
     pub answers: Option<Answers>,
+    /// A slow trend within the run: every delay grows by this many percent per minute since the
+    /// server started (negative: shrinks), as a server that warms up or heats up.
+    pub trend_pct_per_min: f64,
 }
 
 /// The answer function of the test server's answer mode.
@@ -166,6 +169,7 @@ impl Default for TestServerConfig {
             fault_every: 1,
             models: ModelsMode::Openai,
             answers: None,
+            trend_pct_per_min: 0.0,
         }
     }
 }
@@ -173,6 +177,7 @@ impl Default for TestServerConfig {
 struct Shared {
     cfg: TestServerConfig,
     requests: AtomicU64,
+    started: Instant,
 }
 
 /// A running test server; stops when dropped.
@@ -206,6 +211,7 @@ pub async fn start(cfg: TestServerConfig, addr: SocketAddr) -> anyhow::Result<Te
     let shared = Arc::new(Shared {
         cfg,
         requests: AtomicU64::new(0),
+        started: Instant::now(),
     });
     let app = Router::new()
         .route("/health", get(|| async { "" }))
@@ -288,7 +294,19 @@ fn prompt_words(body: &Value) -> u64 {
 fn respond(sh: Arc<Shared>, body: Value, chat: bool) -> Response {
     let arrival = Instant::now();
     let n = sh.requests.fetch_add(1, Ordering::SeqCst) + 1;
-    let cfg = &sh.cfg;
+    let trended;
+    let cfg = if sh.cfg.trend_pct_per_min != 0.0 {
+        let minutes = arrival.duration_since(sh.started).as_secs_f64() / 60.0;
+        let f = (1.0 + sh.cfg.trend_pct_per_min * minutes / 100.0).max(0.0);
+        trended = TestServerConfig {
+            ttft: sh.cfg.ttft.mul_f64(f),
+            itl: sh.cfg.itl.mul_f64(f),
+            ..sh.cfg.clone()
+        };
+        &trended
+    } else {
+        &sh.cfg
+    };
     let fault = cfg
         .fault
         .filter(|_| cfg.fault_every > 0 && n % cfg.fault_every == 0);
@@ -508,4 +526,20 @@ async fn stream_tokens(
         f.send("[DONE]").await?;
     }
     Ok(())
+}
+
+/// The factor by which one server instance is slower (> 1) or faster (< 1) than nominal: the
+/// exponential of a normal draw with standard deviation `sigma_pct` / 100 (so the factor's
+/// spread is about `sigma_pct` percent), from `seed` when given, else from the OS.
+pub fn run_drift_factor(sigma_pct: f64, seed: Option<u64>) -> f64 {
+    use rand::{RngExt, SeedableRng};
+    if sigma_pct <= 0.0 {
+        return 1.0;
+    }
+    let mut rng = match seed {
+        Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+        None => rand::rngs::StdRng::from_rng(&mut rand::rng()),
+    };
+    let z: f64 = rng.sample(rand_distr::StandardNormal);
+    (z * sigma_pct / 100.0).exp()
 }

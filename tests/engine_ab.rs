@@ -97,7 +97,7 @@ async fn llamacpp_three_kv_arms_with_quality() {
     }
     for cand in c["candidates"].as_array().unwrap() {
         let d = &cand["deltas"]["ttft_ms.p50"];
-        assert_eq!(d["method"], "bootstrap_requests", "{d}");
+        assert_eq!(d["method"], "runs", "{d}");
         assert!(d["ci_low_pct"].is_f64() && d["ci_high_pct"].is_f64());
         assert!(
             cand["agreement"]["paired"].as_u64().unwrap() >= 8,
@@ -122,9 +122,22 @@ async fn llamacpp_a_a_is_no_significant_difference() {
     let exp = dir.path().join("aa.toml");
     std::fs::write(&exp, text).unwrap();
     // Run-to-run drift on a shared machine is larger than request-to-request spread: the A/A
-    // check uses repeats (interleaved A B A B), whose interval accounts for it.
-    let (o, c) = ab(&exp, &dir.path().join("out"), &["--repeat", "2"]).await;
+    // check runs adaptively (A B, B A, ...), whose intervals include the drift, until settled.
+    let (o, c) = ab(
+        &exp,
+        &dir.path().join("out"),
+        &["--until-decided", "--max-runs", "3"],
+    )
+    .await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    eprintln!("A/A effort: {}", c["effort"]);
+    let runs = c["effort"]["runs_per_arm"]["a"].as_u64().unwrap();
+    assert!((1..=3).contains(&runs), "{}", c["effort"]);
+    for r in c["recommendations"].as_array().unwrap() {
+        if ["ttft_ms.p50", "output_tok_per_s"].contains(&r["criterion"].as_str().unwrap()) {
+            assert_eq!(r["verdict"], "apply", "A/A: no speed regression: {r}");
+        }
+    }
     for key in [
         "ttft_ms.p50",
         "e2e_ms.p50",
@@ -133,11 +146,48 @@ async fn llamacpp_a_a_is_no_significant_difference() {
     ] {
         let d = &c["deltas"][key];
         eprintln!("A/A {key}: {d}");
-        assert_eq!(d["method"], "repeats", "{d}");
+        assert_eq!(d["method"], "runs", "{d}");
         assert_eq!(d["significant"], false, "A/A {key}: {d}");
     }
     assert!(c["warnings"]["resolved"].as_array().unwrap().is_empty());
     assert!(c["warnings"]["new"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llamacpp_much_slower_arm_is_kept_adaptively() {
+    let Some(v) = engine_vars("llamacpp", &["LLAMA_SERVER", "SMOLLM2_GGUF"]) else {
+        return;
+    };
+    let _guard = ENGINE_LOCK.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Prompts processed 4 tokens per forward pass instead of all at once: TTFT many times longer.
+    let text = format!(
+        "name = \"slow\"\n{}\n[decision]\nmin_warnings_resolved = 0\n[[arms]]\nname = \"a\"\n[[arms]]\nname = \"small-batch\"\nargs = [\"-b\", \"4\", \"-ub\", \"4\"]\n",
+        llama_server(&v, "")
+    );
+    let exp = dir.path().join("slow.toml");
+    std::fs::write(&exp, text).unwrap();
+    let (o, c) = ab(
+        &exp,
+        &dir.path().join("out"),
+        &["--until-decided", "--max-runs", "3"],
+    )
+    .await;
+    eprintln!(
+        "slow arm: {}\neffort: {}",
+        c["deltas"]["ttft_ms.p50"], c["effort"]
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(c["decision"], "keep", "{:#}", c["recommendations"]);
+    let ttft = c["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["criterion"] == "ttft_ms.p50")
+        .unwrap();
+    assert_eq!(ttft["verdict"], "keep", "{ttft}");
+    assert_eq!(c["effort"]["stopped"], "decided", "{}", c["effort"]);
+    assert!(c["effort"]["runs_per_arm"]["small-batch"].as_u64().unwrap() <= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,29 @@ pub struct Policy {
     pub max_ci_width_pct: f64,
     /// Catalog category of the warnings that count (`fp8`).
     pub warning_category: String,
+    /// Run-to-run drift assumed before the runs show it: one standard deviation of a run's
+    /// value, in percent (a server restarted with the same settings is this much slower or
+    /// faster). Intervals of speed changes include it; 0 turns it off (intervals then cover
+    /// request-to-request spread only, as before).
+    pub run_drift_pct: f64,
+    /// How much the assumed drift weighs against the runs' own spread, in degrees of freedom
+    /// (the runs' spread takes over as runs accumulate: each run beyond the first of an arm
+    /// adds one).
+    pub run_drift_prior_df: f64,
+    /// `ab --until-decided`: one-sided confidence (percent) that a change is within a limit
+    /// before a milder verdict is settled (apply rather than monitor, monitor rather than keep).
+    pub settle_within_confidence_pct: f64,
+    /// `ab --until-decided`: one-sided confidence (percent) that a change is beyond a limit
+    /// before a more severe verdict is settled.
+    pub settle_beyond_confidence_pct: f64,
+    /// `ab --until-decided`, when the run cap or budget ends the runs with a speed criterion
+    /// still open: one-sided confidence (percent) that the change is within a limit for the
+    /// milder verdict; otherwise the more severe one.
+    pub cap_within_confidence_pct: f64,
+    /// Set for the last comparison of an adaptive design that stopped unsettled (not a policy
+    /// key): open speed criteria then take the cautious verdict of `cap_within_confidence_pct`.
+    #[serde(skip)]
+    pub final_look: bool,
 }
 
 impl Default for Policy {
@@ -49,6 +72,12 @@ impl Default for Policy {
             noise_floor_pct: 3.0,
             max_ci_width_pct: 50.0,
             warning_category: "fp8".into(),
+            run_drift_pct: 5.0,
+            run_drift_prior_df: 10.0,
+            settle_within_confidence_pct: 95.0,
+            settle_beyond_confidence_pct: 90.0,
+            cap_within_confidence_pct: 65.0,
+            final_look: false,
         }
     }
 }
@@ -91,6 +120,33 @@ impl Policy {
                 "{origin}: max_quality_drop_pts must not exceed monitor_max_quality_drop_pts"
             );
         }
+        for (k, v) in [
+            (
+                "settle_within_confidence_pct",
+                self.settle_within_confidence_pct,
+            ),
+            (
+                "settle_beyond_confidence_pct",
+                self.settle_beyond_confidence_pct,
+            ),
+            ("cap_within_confidence_pct", self.cap_within_confidence_pct),
+        ] {
+            if !(50.0..100.0).contains(&v) {
+                anyhow::bail!("{origin}: {k} must be at least 50 and below 100 (got {v})");
+            }
+        }
+        if !(self.run_drift_pct >= 0.0 && self.run_drift_pct < 100.0) {
+            anyhow::bail!(
+                "{origin}: run_drift_pct must be at least 0 and below 100 (got {})",
+                self.run_drift_pct
+            );
+        }
+        if !(self.run_drift_prior_df > 0.0 && self.run_drift_prior_df.is_finite()) {
+            anyhow::bail!(
+                "{origin}: run_drift_prior_df must be a positive number (got {})",
+                self.run_drift_prior_df
+            );
+        }
         for m in &self.regression_metrics {
             if !super::delta_keys().contains(m) {
                 anyhow::bail!("{origin}: regression_metrics: unknown metric {m:?} (e.g. \"ttft_ms.p50\", \"output_tok_per_s\")");
@@ -100,25 +156,67 @@ impl Policy {
     }
 }
 
+/// A verdict, ordered by severity: the overall verdict is the most severe criterion's
+/// (`keep` over `inconclusive` over `monitor` over `apply`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Make the change.
+    Apply,
+    /// Make the change and watch it.
+    Monitor,
+    /// The evidence cannot decide.
+    Inconclusive,
+    /// Keep the baseline.
+    Keep,
+}
+
+impl Verdict {
+    /// The lowercase name used in JSON and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Apply => "apply",
+            Verdict::Monitor => "monitor",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Keep => "keep",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One criterion's verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recommendation {
     /// `arms`, `warnings`, `config`, a delta key, `quality`, `quality.<suite>`, or `overall`.
     pub criterion: String,
-    /// `apply`, `monitor`, `keep` or `inconclusive`.
-    pub verdict: String,
+    /// The verdict.
+    pub verdict: Verdict,
     /// Why, in words a person can check.
     pub reason: String,
     /// The numbers.
     pub evidence: Value,
+    /// Whether more runs could still change this verdict (`false`) or not (`true`): for a speed
+    /// criterion, whether its interval settles the verdict (docs/decision.md, "Adaptive runs").
+    #[serde(default)]
+    pub settled: bool,
+    /// When not settled: what is open and what would settle it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<String>,
 }
 
-fn rec(criterion: &str, verdict: &str, reason: String, evidence: Value) -> Recommendation {
+fn rec(criterion: &str, verdict: Verdict, reason: String, evidence: Value) -> Recommendation {
     Recommendation {
         criterion: criterion.into(),
-        verdict: verdict.into(),
+        verdict,
         reason,
         evidence,
+        settled: true,
+        open: None,
     }
 }
 
@@ -161,6 +259,169 @@ fn failure_reason(a: &ArmRuns) -> String {
     s
 }
 
+/// A regression metric's criterion: the verdict from the point estimate (a change within noise
+/// counts as 0), and whether its interval settles that verdict.
+fn speed_criterion(key: &str, d: Option<&Delta>, policy: &Policy) -> Recommendation {
+    let Some(d) = d else {
+        return rec(
+            key,
+            Verdict::Inconclusive,
+            format!("{} was not measured on both arms", label(key)),
+            json!(null),
+        );
+    };
+    let ev = json!(d);
+    let (Some(ch), Some(lo), Some(hi)) = (d.change_pct, d.ci_low_pct, d.ci_high_pct) else {
+        return rec(
+            key,
+            Verdict::Inconclusive,
+            format!(
+                "{}: no confidence interval (per-request journals missing)",
+                label(key)
+            ),
+            ev,
+        );
+    };
+    let ci = format!("95 % CI {} … {}", pct(lo), pct(hi));
+    // Width on the log scale, in percent of the middle: a +100 % change known to ±10 % is
+    // not "64 points wide" noise.
+    let width = 100.0 * ((1.0 + hi / 100.0).max(1e-9).ln() - (1.0 + lo / 100.0).max(1e-9).ln());
+    if width > policy.max_ci_width_pct {
+        let mut r = rec(key, Verdict::Inconclusive, format!("{} {} ({ci}): too noisy to decide (interval wider than {} % of its middle); run more requests or more runs (--until-decided)", label(key), pct(ch), policy.max_ci_width_pct), ev);
+        r.settled = false;
+        r.open = Some(format!(
+            "the interval is {width:.0} % of its middle wide; more runs per arm narrow it"
+        ));
+        return r;
+    }
+    let regression = d.regression_pct().unwrap_or(0.0);
+    let direction = if d.better == "lower" {
+        "higher is worse"
+    } else {
+        "lower is worse"
+    };
+    let (apply_max, monitor_max) = (
+        policy.apply_max_regression_pct,
+        policy.monitor_max_regression_pct,
+    );
+    let (verdict, why) = if regression == 0.0 {
+        (
+            Verdict::Apply,
+            if d.significant == Some(true) {
+                "an improvement".to_owned()
+            } else {
+                format!(
+                    "within noise (interval holds 0 or |change| < {} %)",
+                    policy.noise_floor_pct
+                )
+            },
+        )
+    } else if regression <= apply_max {
+        (
+            Verdict::Apply,
+            format!("a regression within the {apply_max} % apply limit"),
+        )
+    } else if regression <= monitor_max {
+        (
+            Verdict::Monitor,
+            format!("a regression between {apply_max} % and {monitor_max} %: monitor"),
+        )
+    } else {
+        (
+            Verdict::Keep,
+            format!("a regression beyond the {monitor_max} % limit"),
+        )
+    };
+    let value = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
+    let caveat = match d.method.as_str() {
+        "bootstrap_requests" => " (one run per arm: the interval covers request-to-request spread, not run-to-run drift; --until-decided or --repeat 3 gives a stricter test)",
+        "runs" if d.runs.is_some_and(|(b, c)| b < 2 || c < 2) => " (one run on an arm: the interval assumes the policy's run-to-run drift until the runs show their own)",
+        _ => "",
+    };
+    let mut r = rec(
+        key,
+        verdict,
+        format!(
+            "{} {} → {} ({}, {ci}; {direction}): {why}{caveat}",
+            label(key),
+            value(d.baseline),
+            value(d.candidate),
+            pct(ch)
+        ),
+        ev,
+    );
+    (r.settled, r.open) = settle_speed(d, verdict, policy);
+    if policy.final_look && !r.settled {
+        if let Some(lc) = d.log_change() {
+            let conf = policy.cap_within_confidence_pct / 100.0;
+            let reg_hi = if d.better == "lower" {
+                lc.bound_pct(conf, true)
+            } else {
+                -lc.bound_pct(conf, false)
+            };
+            let cautious = if reg_hi <= apply_max {
+                Verdict::Apply
+            } else if reg_hi <= monitor_max {
+                Verdict::Monitor
+            } else {
+                Verdict::Keep
+            };
+            if cautious != verdict {
+                r.reason += &format!(
+                    "; not settled within the run cap, so the cautious side counts: the regression's {:.0} % upper bound is {:.1} %, which gives {cautious}",
+                    policy.cap_within_confidence_pct, reg_hi
+                );
+                r.verdict = cautious;
+            }
+        }
+    }
+    r
+}
+
+/// Whether a speed criterion's verdict is settled: the regression is within every limit above
+/// the verdict with `settle_within_confidence_pct` one-sided confidence, and beyond every limit
+/// below it with `settle_beyond_confidence_pct` (docs/decision.md, "Adaptive runs"). Without the
+/// log-scale standard error (old comparisons, `run_drift_pct = 0`), the 95 % interval stands for
+/// both bounds. When open, says which limit the interval still straddles.
+fn settle_speed(d: &Delta, verdict: Verdict, policy: &Policy) -> (bool, Option<String>) {
+    let within = policy.settle_within_confidence_pct / 100.0;
+    let beyond = policy.settle_beyond_confidence_pct / 100.0;
+    // Bounds of the regression (positive = worse), upper at `within`, lower at `beyond`.
+    let (reg_hi, reg_lo) = match (d.log_change(), d.ci_low_pct, d.ci_high_pct) {
+        (Some(lc), _, _) if d.better == "lower" => {
+            (lc.bound_pct(within, true), lc.bound_pct(beyond, false))
+        }
+        (Some(lc), _, _) => (-lc.bound_pct(within, false), -lc.bound_pct(beyond, true)),
+        (None, Some(lo), Some(hi)) if d.better == "lower" => (hi, lo),
+        (None, Some(lo), Some(hi)) => (-lo, -hi),
+        _ => return (false, Some("no interval".into())),
+    };
+    let (apply_max, monitor_max) = (
+        policy.apply_max_regression_pct,
+        policy.monitor_max_regression_pct,
+    );
+    let (ok, line) = match verdict {
+        Verdict::Apply => (reg_hi <= apply_max, apply_max),
+        Verdict::Monitor if reg_lo <= apply_max => (false, apply_max),
+        Verdict::Monitor => (reg_hi <= monitor_max, monitor_max),
+        Verdict::Keep => (reg_lo > monitor_max, monitor_max),
+        Verdict::Inconclusive => (false, apply_max),
+    };
+    if ok {
+        return (true, None);
+    }
+    (
+        false,
+        Some(format!(
+            "the regression's bounds ({:.1} % at {:.0} % confidence below, {:.1} % at {:.0} % above) straddle the {line} % limit; more runs per arm narrow them",
+            reg_lo,
+            policy.settle_beyond_confidence_pct,
+            reg_hi,
+            policy.settle_within_confidence_pct
+        )),
+    )
+}
+
 /// Decides for one candidate against the baseline.
 pub fn decide(
     base: &ArmRuns,
@@ -169,13 +430,13 @@ pub fn decide(
     warnings: &WarningDiff,
     quality: &BTreeMap<String, QualityDelta>,
     policy: &Policy,
-) -> (String, Vec<Recommendation>) {
+) -> Decided {
     let mut recs = Vec::new();
     for a in [base, cand] {
         if !a.ok() {
             recs.push(rec(
                 "arms",
-                "inconclusive",
+                Verdict::Inconclusive,
                 failure_reason(a),
                 json!({"arm": a.name, "outcome": a.first_failure().map(|r| r.outcome.clone())}),
             ));
@@ -184,7 +445,7 @@ pub fn decide(
     if !recs.is_empty() {
         let overall = rec(
             "overall",
-            "inconclusive",
+            Verdict::Inconclusive,
             format!(
                 "cannot compare {:?} with {:?}: {}",
                 cand.name, base.name, recs[0].reason
@@ -192,10 +453,32 @@ pub fn decide(
             json!({}),
         );
         recs.push(overall);
-        return ("inconclusive".into(), recs);
+        return Decided {
+            verdict: Verdict::Inconclusive,
+            recommendations: recs,
+            settled: true,
+        };
     }
 
-    // Warnings.
+    // Warnings: a log kvbench could not read says nothing about which warnings are gone.
+    let unread: Vec<String> = [base, cand]
+        .iter()
+        .filter_map(|a| {
+            let e = a.results.first()?.server.facts.get("log_error")?.as_str()?;
+            Some(format!("{:?}: {e}", a.name))
+        })
+        .collect();
+    if !unread.is_empty() {
+        recs.push(rec(
+            "warnings",
+            Verdict::Inconclusive,
+            format!(
+                "the server log could not be read, so resolved warnings cannot be told from unseen ones: {}",
+                unread.join("; ")
+            ),
+            json!({"log_error": unread}),
+        ));
+    }
     let ids = |v: &[super::WarningChange]| v.iter().map(|w| w.id.clone()).collect::<Vec<_>>();
     let resolved = warnings.counted_resolved;
     let total = warnings.counted_on_baseline;
@@ -261,9 +544,14 @@ pub fn decide(
     if let Some(u) = &unattainable {
         reason += &format!(". The criterion {u}");
     }
-    recs.push(rec(
+    if unread.is_empty() {
+        recs.push(rec(
         "warnings",
-        if resolved >= policy.min_warnings_resolved { "apply" } else { "keep" },
+        if resolved >= policy.min_warnings_resolved {
+            Verdict::Apply
+        } else {
+            Verdict::Keep
+        },
         reason,
         json!({
             "resolved": ids(&warnings.resolved), "persisting": ids(&warnings.persisting), "new": ids(&warnings.new),
@@ -271,6 +559,7 @@ pub fn decide(
             "change_under_test": warnings.change_under_test, "attainable": unattainable.is_none(),
         }),
     ));
+    }
 
     // Settings that did not take.
     if let Some(r) = cand.results.first() {
@@ -289,7 +578,7 @@ pub fn decide(
                 .collect();
             recs.push(rec(
                 "config",
-                "inconclusive",
+                Verdict::Inconclusive,
                 format!(
                     "{:?} did not run with what it asked for: {}",
                     cand.name,
@@ -302,101 +591,12 @@ pub fn decide(
 
     // Speed.
     for key in &policy.regression_metrics {
-        let Some(d) = deltas.get(key) else {
-            recs.push(rec(
-                key,
-                "inconclusive",
-                format!("{} was not measured on both arms", label(key)),
-                json!(null),
-            ));
-            continue;
-        };
-        let ev = json!(d);
-        let (Some(ch), Some(lo), Some(hi)) = (d.change_pct, d.ci_low_pct, d.ci_high_pct) else {
-            recs.push(rec(
-                key,
-                "inconclusive",
-                format!(
-                    "{}: no confidence interval (per-request journals missing)",
-                    label(key)
-                ),
-                ev,
-            ));
-            continue;
-        };
-        let ci = format!("95 % CI {} … {}", pct(lo), pct(hi));
-        if hi - lo > policy.max_ci_width_pct {
-            recs.push(rec(key, "inconclusive", format!("{} {} ({ci}): too noisy to decide (interval wider than {} points); run more requests or --repeat", label(key), pct(ch), policy.max_ci_width_pct), ev));
-            continue;
-        }
-        let regression = d.regression_pct().unwrap_or(0.0);
-        let direction = if d.better == "lower" {
-            "higher is worse"
-        } else {
-            "lower is worse"
-        };
-        let (verdict, why) = if regression == 0.0 {
-            (
-                "apply",
-                if d.significant == Some(true) {
-                    "an improvement".to_owned()
-                } else {
-                    format!(
-                        "within noise (interval holds 0 or |change| < {} %)",
-                        policy.noise_floor_pct
-                    )
-                },
-            )
-        } else if regression <= policy.apply_max_regression_pct {
-            (
-                "apply",
-                format!(
-                    "a regression within the {} % apply limit",
-                    policy.apply_max_regression_pct
-                ),
-            )
-        } else if regression <= policy.monitor_max_regression_pct {
-            (
-                "monitor",
-                format!(
-                    "a regression between {} % and {} %: monitor",
-                    policy.apply_max_regression_pct, policy.monitor_max_regression_pct
-                ),
-            )
-        } else {
-            (
-                "keep",
-                format!(
-                    "a regression beyond the {} % limit",
-                    policy.monitor_max_regression_pct
-                ),
-            )
-        };
-        let value = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
-        let caveat = if d.method == "bootstrap_requests" {
-            " (one run per arm: the interval covers request-to-request spread, not run-to-run drift; --repeat 3 gives a stricter test)"
-        } else {
-            ""
-        };
-        recs.push(rec(
-            key,
-            verdict,
-            format!(
-                "{} {} → {} ({}, {ci}; {direction}): {why}{caveat}",
-                label(key),
-                value(d.baseline),
-                value(d.candidate),
-                pct(ch)
-            ),
-            ev,
-        ));
+        recs.push(speed_criterion(key, deltas.get(key), policy));
     }
 
     // Quality.
     if quality.is_empty() {
-        recs.push(rec(
-            "quality",
-            "monitor",
+        recs.push(rec("quality", Verdict::Monitor,
             "quality was not measured on both arms (no quality suites): apply needs quality kept; run the arms with --quality (or a [quality] table)".into(),
             json!(null),
         ));
@@ -405,7 +605,7 @@ pub fn decide(
         let (Some(b), Some(c)) = (q.baseline_accuracy, q.candidate_accuracy) else {
             recs.push(rec(
                 &format!("quality.{suite}"),
-                "inconclusive",
+                Verdict::Inconclusive,
                 format!("{suite}: accuracy missing on one arm"),
                 json!(q),
             ));
@@ -427,11 +627,11 @@ pub fn decide(
             ),
         };
         let verdict = if drop <= policy.max_quality_drop_pts {
-            "apply"
+            Verdict::Apply
         } else if drop <= policy.monitor_max_quality_drop_pts {
-            "monitor"
+            Verdict::Monitor
         } else {
-            "keep"
+            Verdict::Keep
         };
         let flips = match (q.lost, q.gained) {
             (Some(l), Some(g)) => format!("; {l} items lost, {g} gained"),
@@ -449,91 +649,92 @@ pub fn decide(
         ));
     }
 
-    let verdicts: Vec<&str> = recs.iter().map(|r| r.verdict.as_str()).collect();
-    let overall = if verdicts.contains(&"keep") {
-        "keep"
-    } else if verdicts.contains(&"inconclusive") {
-        "inconclusive"
-    } else if verdicts.contains(&"monitor") {
-        "monitor"
-    } else {
-        "apply"
-    };
+    let overall = recs
+        .iter()
+        .map(|r| r.verdict)
+        .max()
+        .unwrap_or(Verdict::Apply);
+    // The verdict cannot change with more runs when a settled criterion says keep (keep
+    // outranks everything), or when every criterion is settled.
+    let settled = recs.iter().any(|r| r.settled && r.verdict == Verdict::Keep)
+        || recs.iter().all(|r| r.settled);
+    let verdicts: Vec<Verdict> = recs.iter().map(|r| r.verdict).collect();
     let deciding: Vec<String> = recs
         .iter()
         .filter(|r| r.verdict == overall)
         .map(|r| r.criterion.clone())
         .collect();
     let summary = match overall {
-        "apply" => format!("apply {:?}: every criterion of the policy holds", cand.name),
-        "monitor" => format!(
+        Verdict::Apply => format!("apply {:?}: every criterion of the policy holds", cand.name),
+        Verdict::Monitor => format!(
             "apply {:?} with monitoring: {} allow(s) monitor, not apply",
             cand.name,
             deciding.join(", ")
         ),
-        "keep" => format!(
+        Verdict::Keep => format!(
             "keep {:?}, not {:?}: {} rule(s) it out",
             base.name,
             cand.name,
             deciding.join(", ")
         ),
-        _ => format!(
+        Verdict::Inconclusive => format!(
             "inconclusive for {:?}: {} cannot be decided",
             cand.name,
             deciding.join(", ")
         ),
     };
-    recs.push(rec(
+    let open: Vec<String> = recs
+        .iter()
+        .filter(|r| !r.settled)
+        .map(|r| r.criterion.clone())
+        .collect();
+    let mut last = rec(
         "overall",
         overall,
         summary,
         json!({"baseline": base.name, "candidate": cand.name, "criteria": verdicts}),
-    ));
-    (overall.into(), recs)
+    );
+    last.settled = settled;
+    if !settled {
+        last.open = Some(format!("open: {}", open.join(", ")));
+    }
+    recs.push(last);
+    Decided {
+        verdict: overall,
+        recommendations: recs,
+        settled,
+    }
 }
 
-/// Over all candidates: the decision, the recommended arm and the recommendations (the chosen
-/// candidate's criteria, then an overall line).
-pub fn overall(candidates: &[Value]) -> (String, Option<String>, Vec<Value>) {
-    let rank = |v: &str| match v {
-        "apply" => 0,
-        "monitor" => 1,
-        "inconclusive" => 2,
-        _ => 3,
+/// One candidate's decision against the baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decided {
+    /// The overall verdict.
+    pub verdict: Verdict,
+    /// One per criterion, then `overall`.
+    pub recommendations: Vec<Recommendation>,
+    /// Whether more runs could change the verdict (`false`) or not.
+    pub settled: bool,
+}
+
+/// Over all candidates `(arm, decision)`: the decision, the recommended arm and the
+/// recommendations (the chosen candidate's criteria, then an overall line naming every
+/// candidate's verdict).
+pub fn overall(candidates: &[(String, Decided)]) -> (Verdict, Option<String>, Vec<Recommendation>) {
+    let Some((arm, best)) = candidates.iter().min_by_key(|(_, d)| d.verdict) else {
+        return (Verdict::Inconclusive, None, Vec::new());
     };
-    let Some(best) = candidates
-        .iter()
-        .min_by_key(|c| rank(c["decision"].as_str().unwrap_or("keep")))
-    else {
-        return ("inconclusive".into(), None, Vec::new());
-    };
-    let decision = best["decision"]
-        .as_str()
-        .unwrap_or("inconclusive")
-        .to_owned();
-    let arm = best["arm"].as_str().map(str::to_owned);
-    let mut recs: Vec<Value> = best["recommendations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let mut recs = best.recommendations.clone();
     if candidates.len() > 1 {
         let each: Vec<String> = candidates
             .iter()
-            .map(|c| {
-                format!(
-                    "{}: {}",
-                    c["arm"].as_str().unwrap_or("?"),
-                    c["decision"].as_str().unwrap_or("?")
-                )
-            })
+            .map(|(a, d)| format!("{a}: {}", d.verdict))
             .collect();
         if let Some(last) = recs.last_mut() {
-            let r = last["reason"].as_str().unwrap_or("").to_owned();
-            last["reason"] = json!(format!("{r} (candidates: {})", each.join(", ")));
+            last.reason = format!("{} (candidates: {})", last.reason, each.join(", "));
         }
     }
-    let recommended = matches!(decision.as_str(), "apply" | "monitor")
-        .then_some(arm)
-        .flatten();
-    (decision, recommended, recs)
+    let recommended =
+        matches!(best.verdict, Verdict::Apply | Verdict::Monitor).then(|| arm.clone());
+    (best.verdict, recommended, recs)
 }

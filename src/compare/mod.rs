@@ -16,7 +16,10 @@ use crate::metrics::{samples, Samples};
 use crate::quality::ItemRecord;
 use crate::record::RequestRecord;
 use crate::result::RunResult;
-use crate::stats::{bootstrap_change_pct, mean_of_refs, percentile_of_refs, Summary};
+use crate::stats::{
+    bootstrap_change_pct, mean_of_refs, per_run_log_var_from_ci, percentile_of_refs, LogChange,
+    Summary,
+};
 pub use decision::Policy;
 
 /// Version of the comparison schema.
@@ -86,7 +89,7 @@ pub fn rescan_logs(arms: &mut [ArmRuns], catalog: &Catalog) -> anyhow::Result<()
                     path.display()
                 );
             };
-            let text = std::fs::read_to_string(&log)
+            let text = crate::logscan::read_log(&log)
                 .with_context(|| format!("cannot read {}", log.display()))?;
             r.warnings = crate::logscan::scan(catalog, &text).warnings_json();
         }
@@ -179,8 +182,22 @@ pub struct Delta {
     pub significant: Option<bool>,
     /// `lower` or `higher` is better.
     pub better: String,
-    /// `bootstrap_requests`, `repeats` or `none`.
+    /// `runs` (per-run values with the policy's run-to-run drift; docs/decision.md),
+    /// `bootstrap_requests`, `repeats` (with `run_drift_pct = 0`) or `none`.
     pub method: String,
+    /// Method `runs`: ln(candidate / baseline), its standard error and the degrees of freedom of
+    /// its t quantiles, from which any one-sided bound follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_change: Option<f64>,
+    /// Standard error of `log_change`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub se_log: Option<f64>,
+    /// Degrees of freedom of `se_log`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub df: Option<f64>,
+    /// Runs behind each side: (baseline, candidate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<(usize, usize)>,
 }
 
 impl Delta {
@@ -193,6 +210,15 @@ impl Delta {
             true if self.better == "lower" => Some(c.max(0.0)),
             true => Some((-c).max(0.0)),
         }
+    }
+
+    /// The log-scale change with its standard error (method `runs`).
+    pub fn log_change(&self) -> Option<LogChange> {
+        Some(LogChange {
+            estimate: self.log_change?,
+            se: self.se_log?,
+            df: self.df?,
+        })
     }
 }
 
@@ -229,8 +255,33 @@ fn seed_of(key: &str) -> u64 {
     crate::quality::fnv1a64(key.as_bytes())
 }
 
-/// The delta of one metric key between two arms.
-pub fn delta(base: &ArmRuns, cand: &ArmRuns, key: &str, noise_floor_pct: f64) -> Delta {
+/// The request-bootstrap interval of a key's change between two samples.
+fn bootstrap_key(sb: &Samples, sc: &Samples, key: &str) -> Option<(f64, f64)> {
+    let seed = seed_of(key);
+    if let Some((m, p)) = key.split_once('.') {
+        let pct = PERCENTILES.iter().find(|(n, _)| *n == p).map(|x| x.1)?;
+        let (xb, xc) = (sb.get(m)?, sc.get(m)?);
+        let st = move |v: &[&f64]| percentile_of_refs(v, pct);
+        bootstrap_change_pct(xb, xc, st, st, seed)
+    } else {
+        let req = key == "requests_per_s";
+        bootstrap_change_pct(
+            &sb.tokens_e2e,
+            &sc.tokens_e2e,
+            |v| rate_stat(v, req),
+            |v| rate_stat(v, req),
+            seed,
+        )
+    }
+}
+
+/// The delta of one metric key between two arms. With `policy.run_drift_pct > 0` (the default)
+/// the interval comes from the runs' values on the log scale, their variance pooled from the
+/// runs and from the assumed drift plus the request-to-request spread of one run (a request
+/// bootstrap of the first runs): method `runs`. A single run per arm needs its journal for that
+/// spread. With `run_drift_pct = 0`: a request bootstrap for one run per arm, a Welch interval
+/// over repeats otherwise.
+pub fn delta(base: &ArmRuns, cand: &ArmRuns, key: &str, policy: &Policy) -> Delta {
     let better = if key.ends_with("per_s") {
         "higher"
     } else {
@@ -243,54 +294,76 @@ pub fn delta(base: &ArmRuns, cand: &ArmRuns, key: &str, noise_floor_pct: f64) ->
             .collect()
     };
     let (vb, vc) = (vals(base), vals(cand));
-    let (b, c) = (mean(&vb), mean(&vc));
-    let change = match (b, c) {
+    let first_samples = |a: &ArmRuns| a.samples.first().cloned().flatten();
+    let mut d = Delta {
+        baseline: mean(&vb),
+        candidate: mean(&vc),
+        change_pct: None,
+        ci_low_pct: None,
+        ci_high_pct: None,
+        significant: None,
+        better: better.into(),
+        method: "none".into(),
+        log_change: None,
+        se_log: None,
+        df: None,
+        runs: Some((vb.len(), vc.len())),
+    };
+    if policy.run_drift_pct > 0.0 {
+        let single = vb.len() < 2 || vc.len() < 2;
+        let boot = match (first_samples(base), first_samples(cand)) {
+            (Some(sb), Some(sc)) => bootstrap_key(&sb, &sc, key),
+            _ => None,
+        };
+        let req_var = boot.and_then(|(lo, hi)| per_run_log_var_from_ci(lo, hi));
+        let prior_var = (policy.run_drift_pct / 100.0).powi(2) + req_var.unwrap_or(0.0);
+        let lc = if single && req_var.is_none() {
+            None
+        } else {
+            LogChange::from_runs(&vb, &vc, prior_var, policy.run_drift_prior_df)
+        };
+        if let Some(lc) = lc {
+            let geo = |v: &[f64]| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp();
+            let (lo, hi) = lc.interval_pct(0.95);
+            d.baseline = Some(geo(&vb));
+            d.candidate = Some(geo(&vc));
+            d.change_pct = Some(lc.change_pct());
+            (d.ci_low_pct, d.ci_high_pct) = (Some(lo), Some(hi));
+            d.method = "runs".into();
+            (d.log_change, d.se_log, d.df) = (Some(lc.estimate), Some(lc.se), Some(lc.df));
+        } else {
+            d.change_pct = change_of(d.baseline, d.candidate);
+        }
+    } else {
+        d.change_pct = change_of(d.baseline, d.candidate);
+        let ci = if vb.len() >= 2 && vc.len() >= 2 {
+            d.method = "repeats".into();
+            crate::stats::welch_change_pct(&vb, &vc)
+        } else {
+            d.method = "bootstrap_requests".into();
+            match (base.pooled(), cand.pooled()) {
+                (Some(sb), Some(sc)) => bootstrap_key(&sb, &sc, key),
+                _ => None,
+            }
+        };
+        match ci {
+            Some((lo, hi)) => (d.ci_low_pct, d.ci_high_pct) = (Some(lo), Some(hi)),
+            None => d.method = "none".into(),
+        }
+    }
+    d.significant = match (d.ci_low_pct, d.ci_high_pct, d.change_pct) {
+        (Some(lo), Some(hi), Some(ch)) => {
+            Some((lo > 0.0 || hi < 0.0) && ch.abs() >= policy.noise_floor_pct)
+        }
+        _ => None,
+    };
+    d
+}
+
+fn change_of(b: Option<f64>, c: Option<f64>) -> Option<f64> {
+    match (b, c) {
         (Some(b), Some(c)) if b != 0.0 => Some(100.0 * (c / b - 1.0)),
         _ => None,
-    };
-    let seed = seed_of(key);
-    let (ci, method) = if vb.len() >= 2 && vc.len() >= 2 {
-        (crate::stats::welch_change_pct(&vb, &vc), "repeats")
-    } else {
-        match (base.pooled(), cand.pooled()) {
-            (Some(sb), Some(sc)) => {
-                let ci = if let Some((m, p)) = key.split_once('.') {
-                    let pct = PERCENTILES.iter().find(|(n, _)| *n == p).map(|x| x.1);
-                    match (sb.get(m), sc.get(m), pct) {
-                        (Some(xb), Some(xc), Some(pct)) => {
-                            let st = move |v: &[&f64]| percentile_of_refs(v, pct);
-                            bootstrap_change_pct(xb, xc, st, st, seed)
-                        }
-                        _ => None,
-                    }
-                } else {
-                    let req = key == "requests_per_s";
-                    bootstrap_change_pct(
-                        &sb.tokens_e2e,
-                        &sc.tokens_e2e,
-                        |v| rate_stat(v, req),
-                        |v| rate_stat(v, req),
-                        seed,
-                    )
-                };
-                (ci, "bootstrap_requests")
-            }
-            _ => (None, "none"),
-        }
-    };
-    let significant = match (ci, change) {
-        (Some((lo, hi)), Some(ch)) => Some((lo > 0.0 || hi < 0.0) && ch.abs() >= noise_floor_pct),
-        _ => None,
-    };
-    Delta {
-        baseline: b,
-        candidate: c,
-        change_pct: change,
-        ci_low_pct: ci.map(|x| x.0),
-        ci_high_pct: ci.map(|x| x.1),
-        significant,
-        better: better.into(),
-        method: if ci.is_some() { method } else { "none" }.into(),
     }
 }
 
@@ -684,6 +757,20 @@ pub fn compare(
     catalog: &Catalog,
     experiment: Option<&str>,
 ) -> anyhow::Result<Value> {
+    compare_keys(arms, baseline, reference, policy, catalog, experiment, None)
+}
+
+/// [`compare`] with the deltas limited to `keys` (the simulation of `kvbench error-rates` asks
+/// only for the policy's regression metrics); `None` compares every key.
+pub(crate) fn compare_keys(
+    arms: &[ArmRuns],
+    baseline: &str,
+    reference: Option<&str>,
+    policy: &Policy,
+    catalog: &Catalog,
+    experiment: Option<&str>,
+    keys: Option<&[String]>,
+) -> anyhow::Result<Value> {
     let Some(base) = arms.iter().find(|a| a.name == baseline) else {
         let names: Vec<&str> = arms.iter().map(|a| a.name.as_str()).collect();
         bail!(
@@ -712,12 +799,14 @@ pub fn compare(
         bail!("a comparison needs a candidate arm besides the baseline {baseline:?} and the reference");
     }
     let mut candidates = Vec::new();
+    let mut decisions = Vec::new();
     for cand in arms.iter().filter(is_candidate) {
         let deltas: BTreeMap<String, Delta> = if base.ok() && cand.ok() {
-            delta_keys()
+            keys.map(<[String]>::to_vec)
+                .unwrap_or_else(delta_keys)
                 .into_iter()
                 .map(|k| {
-                    let d = delta(base, cand, &k, policy.noise_floor_pct);
+                    let d = delta(base, cand, &k, policy);
                     (k, d)
                 })
                 .collect()
@@ -729,18 +818,21 @@ pub fn compare(
             _ => WarningDiff::default(),
         };
         let (quality, agreement) = quality_compare(base, cand);
-        let (verdict, recs) = decision::decide(base, cand, &deltas, &warnings, &quality, policy);
+        let decided = decision::decide(base, cand, &deltas, &warnings, &quality, policy);
         candidates.push(json!({
             "arm": cand.name,
-            "decision": verdict,
-            "recommendations": recs,
+            "decision": decided.verdict,
+            "settled": decided.settled,
+            "recommendations": decided.recommendations,
             "deltas": deltas,
             "warnings": warnings,
             "quality": quality,
             "agreement": agreement,
         }));
+        decisions.push((cand.name.clone(), decided));
     }
-    let (decision, recommended, recommendations) = decision::overall(&candidates);
+    let (decision, recommended, recommendations) = decision::overall(&decisions);
+    let settled = decisions.iter().all(|(_, d)| d.settled);
     let reference_json = reference_arm.map(|r| reference_section(r, arms));
     let first = candidates.first().cloned().unwrap_or(Value::Null);
     let mut arms_json = vec![arm_summary(base)];
@@ -754,6 +846,7 @@ pub fn compare(
         "decision": decision,
         "recommended_arm": recommended,
         "recommendations": recommendations,
+        "settled": settled,
         "policy": policy,
         "arms": arms_json,
         "candidates": candidates,

@@ -46,6 +46,7 @@ fn arm(name: &str, scale: f64, ids: &[&str], calculate: bool, quality: Option<f6
         started_at: String::new(),
         finished_at: String::new(),
         interrupted: false,
+        phases: Default::default(),
         outcome: "ok".into(),
         server: ServerInfo {
             facts,
@@ -362,4 +363,46 @@ fn a_reference_arm_is_compared_with_every_arm_and_is_not_a_candidate() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("needs a candidate arm"), "{e}");
+}
+
+#[test]
+fn an_unreadable_log_makes_the_warnings_criterion_inconclusive() {
+    let base = arm("base", 1.0, &FP8, false, Some(0.9));
+    // The candidate's log could not be read: its warnings list is empty, which must not read
+    // as "all three resolved".
+    let mut cand = arm("cand", 1.0, &[], false, Some(0.9));
+    cand.results[0]
+        .server
+        .facts
+        .insert("log_error".into(), json!("permission denied"));
+    let c = run(&base, &cand, &Policy::default());
+    let w = rec(&c, "warnings");
+    assert_eq!(w["verdict"], "inconclusive", "{w}");
+    assert!(w["reason"].as_str().unwrap().contains("permission denied"));
+    assert_eq!(c["decision"], "inconclusive");
+}
+
+#[test]
+fn settled_speed_criteria_follow_their_bounds() {
+    // +5 %, one run each: the interval includes the assumed 5 % drift, so "apply" is not yet
+    // settled (its one-sided 95 % upper bound, about +19.5 %, is above the 15 % limit)...
+    let base = arm("base", 1.0, &FP8, false, Some(0.9));
+    let near = arm("near", 1.05, &[], false, Some(0.9));
+    let c = run(&base, &near, &Policy::default());
+    let t = rec(&c, "ttft_ms.p50");
+    assert_eq!(t["verdict"], "apply");
+    assert_eq!(t["settled"], false, "{t}");
+    assert!(t["open"].as_str().unwrap().contains("15 % limit"), "{t}");
+    assert_eq!(c["settled"], false);
+    // ... while doubled delays are a settled keep after one run.
+    let slow = arm("slow", 2.0, &[], false, Some(0.9));
+    let c = run(&base, &slow, &Policy::default());
+    let t = rec(&c, "ttft_ms.p50");
+    assert_eq!(
+        (t["verdict"].as_str(), t["settled"].as_bool()),
+        (Some("keep"), Some(true)),
+        "{t}"
+    );
+    assert_eq!(c["settled"], true);
+    assert_eq!(c["candidates"][0]["settled"], true);
 }
