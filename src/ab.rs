@@ -35,7 +35,7 @@ pub fn verdict_block(c: &Value) -> String {
         out += &format!(" ({a})");
     }
     out += "\n";
-    if let Some(e) = effort_line(c) {
+    if let Some(e) = crate::report::effort_line(c) {
         out += &format!("  {e}\n");
     }
     let adaptive = c["effort"]["design"] == "adaptive";
@@ -51,36 +51,6 @@ pub fn verdict_block(c: &Value) -> String {
         }
     }
     out
-}
-
-/// "decided after 2 runs per arm in 3.4 min" (or why the runs stopped before a decision).
-pub fn effort_line(c: &Value) -> Option<String> {
-    let e = c.get("effort")?;
-    let runs = e["runs_per_arm"].as_object()?;
-    let counts: std::collections::BTreeSet<u64> = runs.values().filter_map(Value::as_u64).collect();
-    let runs_text = match counts.iter().collect::<Vec<_>>().as_slice() {
-        [n] => format!("{n} run{} per arm", if **n == 1 { "" } else { "s" }),
-        _ => {
-            runs.iter()
-                .map(|(a, n)| format!("{a}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-                + " runs"
-        }
-    };
-    let min = e["wall_s"].as_f64().unwrap_or(0.0) / 60.0;
-    Some(match e["stopped"].as_str().unwrap_or("") {
-        "decided" => format!("decided after {runs_text} in {min:.1} min"),
-        "max_runs" => format!(
-            "not settled within the cap of {} runs per arm ({runs_text}, {min:.1} min): the verdict follows the point estimates; the open criteria say what would settle them",
-            e["max_runs"]
-        ),
-        "budget" => format!(
-            "stopped by the time budget after {runs_text} ({min:.1} min), verdict not settled: the verdict follows the point estimates"
-        ),
-        "interrupted" => format!("interrupted after {runs_text} ({min:.1} min)"),
-        _ => format!("{runs_text}, {min:.1} min (fixed design)"),
-    })
 }
 
 /// Writes the comparison and its reports; returns the paths written.

@@ -14,6 +14,8 @@ pub mod markdown;
 pub mod svg;
 pub mod view;
 
+pub use view::effort_line;
+
 #[cfg(test)]
 mod tests;
 

@@ -293,6 +293,128 @@ fn verdict_cell(v: &Value) -> Cell {
     Cell::plain(text(v)).class(&format!("v-{}", verdict_key(v)))
 }
 
+/// "decided after 2 runs per arm in 3.4 min" (or why the runs stopped before a decision).
+pub fn effort_line(c: &Value) -> Option<String> {
+    let e = c.get("effort")?;
+    let runs = e["runs_per_arm"].as_object()?;
+    let counts: std::collections::BTreeSet<u64> = runs.values().filter_map(Value::as_u64).collect();
+    let runs_text = match counts.iter().collect::<Vec<_>>().as_slice() {
+        [n] => format!("{n} run{} per arm", if **n == 1 { "" } else { "s" }),
+        _ => {
+            runs.iter()
+                .map(|(a, n)| format!("{a}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+                + " runs"
+        }
+    };
+    let min = e["wall_s"].as_f64().unwrap_or(0.0) / 60.0;
+    Some(match e["stopped"].as_str().unwrap_or("") {
+        "decided" => format!("decided after {runs_text} in {min:.1} min"),
+        "max_runs" => format!(
+            "not settled within the cap of {} runs per arm ({runs_text}, {min:.1} min): the verdict follows the point estimates; the open criteria say what would settle them",
+            e["max_runs"]
+        ),
+        "budget" => format!(
+            "stopped by the time budget after {runs_text} ({min:.1} min), verdict not settled: the verdict follows the point estimates"
+        ),
+        "interrupted" => format!("interrupted after {runs_text} ({min:.1} min)"),
+        _ => format!("{runs_text}, {min:.1} min (fixed design)"),
+    })
+}
+
+/// What the verdict cost and, for `--until-decided`, how each speed criterion's interval
+/// narrowed round by round; `None` for comparisons without `effort` (`kvbench compare`).
+fn effort_section(c: &Value) -> Option<Section> {
+    let e = c.get("effort")?;
+    let mut blocks = vec![Block::Para {
+        text: effort_line(c)?,
+        class: if e["stopped"] == "decided" || e["stopped"] == "fixed" {
+            "note"
+        } else {
+            "flag"
+        }
+        .into(),
+    }];
+    let mut t = Table::new(
+        &[
+            "arm",
+            "runs",
+            "launch s",
+            "warmup s",
+            "quality s",
+            "workload s",
+            "teardown s",
+        ],
+        &[false, true, true, true, true, true, true],
+    );
+    if let Some(secs) = e["seconds"].as_object() {
+        for (arm, s) in secs {
+            let mut row = vec![
+                Cell::code(arm.clone()),
+                Cell::plain(fmt_count(&e["runs_per_arm"][arm])),
+            ];
+            for k in [
+                "launch_s",
+                "warmup_s",
+                "quality_s",
+                "workload_s",
+                "teardown_s",
+            ] {
+                row.push(Cell::plain(fmt_opt(g(s, k))));
+            }
+            t.rows.push(row);
+        }
+    }
+    blocks.push(Block::Table(t));
+    let rounds = arr(g(e, "rounds"));
+    if !rounds.is_empty() {
+        blocks.push(Block::Subheading {
+            text: "How the verdict narrowed, round by round".into(),
+        });
+        let mut t = Table::new(
+            &[
+                "round",
+                "candidate",
+                "criterion",
+                "change",
+                "95 % CI",
+                "verdict",
+                "settled",
+            ],
+            &[true, false, false, true, true, false, false],
+        );
+        for r in rounds {
+            for cand in arr(g(r, "candidates")) {
+                for k in arr(g(cand, "criteria"))
+                    .iter()
+                    .filter(|k| !g(k, "change_pct").is_null())
+                {
+                    t.rows.push(vec![
+                        Cell::plain(text(g(r, "round"))),
+                        Cell::code(text(g(cand, "arm"))),
+                        Cell::code(text(g(k, "criterion"))),
+                        Cell::plain(fmt_pct(g(k, "change_pct"))),
+                        Cell::plain(fmt_pct_ci(g(k, "ci_low_pct"), g(k, "ci_high_pct"))),
+                        verdict_cell(g(k, "verdict")),
+                        Cell::plain(if g(k, "settled") == &Value::Bool(true) {
+                            "yes"
+                        } else {
+                            "open"
+                        }),
+                    ]);
+                }
+            }
+        }
+        blocks.push(Block::Table(t));
+    }
+    Some(Section {
+        id: "effort".into(),
+        title: "What the verdict cost".into(),
+        blocks,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Building the report
 
@@ -315,6 +437,9 @@ pub fn build(c: &Value) -> Report {
     if let Some(b) = &baseline {
         headline.push(format!("baseline: {b}"));
     }
+    if let Some(e) = effort_line(c) {
+        headline.push(e);
+    }
     let mut meta = Vec::new();
     for (key, label) in [
         ("experiment", "experiment"),
@@ -335,8 +460,9 @@ pub fn build(c: &Value) -> Report {
     };
 
     let ctx = Ctx::new(c);
-    let sections = vec![
-        recommendations_section(c),
+    let mut sections = vec![recommendations_section(c)];
+    sections.extend(effort_section(c));
+    sections.extend([
         arms_section(&ctx),
         latency_section(&ctx),
         throughput_section(&ctx),
@@ -345,7 +471,7 @@ pub fn build(c: &Value) -> Report {
         warnings_section(&ctx),
         server_section(&ctx),
         policy_section(c),
-    ];
+    ]);
     Report {
         title,
         decision: decision.to_owned(),
@@ -426,6 +552,7 @@ impl<'a> Ctx<'a> {
 }
 
 fn recommendations_section(c: &Value) -> Section {
+    let adaptive = g(g(c, "effort"), "design").as_str() == Some("adaptive");
     let mut blocks = Vec::new();
     let recs = arr(g(c, "recommendations"));
     if recs.is_empty() {
@@ -434,7 +561,7 @@ fn recommendations_section(c: &Value) -> Section {
             class: "note".into(),
         });
     } else {
-        blocks.push(Block::Table(rec_table(recs)));
+        blocks.push(Block::Table(rec_table(recs, adaptive)));
     }
     // With one candidate its table is the one above; with several, each gets its own.
     let candidates = arr(g(c, "candidates"));
@@ -450,7 +577,7 @@ fn recommendations_section(c: &Value) -> Section {
                 text(g(cand, "decision"))
             ),
         });
-        blocks.push(Block::Table(rec_table(crecs)));
+        blocks.push(Block::Table(rec_table(crecs, adaptive)));
     }
     Section {
         id: "recommendations".into(),
@@ -459,13 +586,17 @@ fn recommendations_section(c: &Value) -> Section {
     }
 }
 
-fn rec_table(recs: &[Value]) -> Table {
+/// One row per recommendation; with `adaptive`, open criteria say what is still open.
+fn rec_table(recs: &[Value], adaptive: bool) -> Table {
     let mut t = Table::new(&["criterion", "verdict", "reason", "evidence"], &[false; 4]);
     for r in recs {
         t.rows.push(vec![
             Cell::code(text(g(r, "criterion"))),
             verdict_cell(g(r, "verdict")),
-            Cell::plain(text(g(r, "reason"))),
+            Cell::plain(match text_of(g(r, "open")).filter(|_| adaptive) {
+                Some(open) => format!("{} (still open: {open})", text(g(r, "reason"))),
+                None => text(g(r, "reason")),
+            }),
             Cell::plain(fmt_evidence(g(r, "evidence"))),
         ]);
     }
