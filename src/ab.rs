@@ -133,6 +133,21 @@ pub fn compare_command(a: &CompareArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `YYYYMMDD_HHMMSS`, optionally `_N` (a second run in the same second).
+fn is_run_stamp(s: &str) -> bool {
+    let digits = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = s.split('_');
+    let (Some(d), Some(t)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let tail_ok = match (parts.next(), parts.next()) {
+        (None, _) => true,
+        (Some(n), None) => !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()),
+        _ => false,
+    };
+    digits(d, 8) && digits(t, 6) && tail_ok
+}
+
 /// The newest results of `arm` already in `dir` with outcome ok (for `--resume`).
 fn existing_results(dir: &Path, exp: &str, arm: &str) -> Vec<PathBuf> {
     let prefix = format!("benchmark_{exp}_{arm}_");
@@ -146,10 +161,11 @@ fn existing_results(dir: &Path, exp: &str, arm: &str) -> Vec<PathBuf> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            // The arm name is followed by the timestamp: digits only, so `a` does not match `a-b`.
+            // The arm name is followed by the timestamp and nothing else, so `a` matches neither
+            // `a-b`'s results nor `a_1`'s.
             n.strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(".json"))
-                .is_some_and(|ts| ts.chars().all(|c| c.is_ascii_digit() || c == '_'))
+                .is_some_and(is_run_stamp)
         })
         .filter(|p| {
             std::fs::read_to_string(p)
@@ -617,7 +633,8 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
     c["effort"] = effort(&design, stopped, &paths, &rounds, started);
     let ts = chrono::Local::now().format("%Y%m%d_%H%M%S");
     let stem = out_dir.join(format!("comparison_{}_{ts}", exp.name));
-    let json_path = stem.with_extension("json");
+    // Not `with_extension`: a dotted experiment name (`v1.2`) would lose the time stamp.
+    let json_path = PathBuf::from(format!("{}.json", stem.display()));
     let md = PathBuf::from(format!("{}.md", stem.display()));
     let html = PathBuf::from(format!("{}.html", stem.display()));
     write_outputs(&c, &json_path, Some(&md), Some(&html))?;
@@ -637,4 +654,20 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_ARM_FAILED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_run_stamp;
+
+    #[test]
+    fn run_stamps_are_exact() {
+        assert!(is_run_stamp("20261201_190000"));
+        assert!(is_run_stamp("20261201_190000_2"));
+        // `a`'s prefix followed by the rest of `a_1`'s name.
+        assert!(!is_run_stamp("1_20261201_190000"));
+        assert!(!is_run_stamp("20261201_19000"));
+        assert!(!is_run_stamp("20261201_190000_"));
+        assert!(!is_run_stamp("20261201_190000_2_3"));
+    }
 }

@@ -439,3 +439,111 @@ fn until_decided_conflicts_with_repeat() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be used with"));
 }
+
+#[test]
+fn dotted_names_resume_and_damaged_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    // A dotted experiment name keeps its comparison's time stamp; arms `a` and `a_1` keep
+    // their own results under --resume.
+    let text = std::fs::read_to_string(drift_experiment(dir.path(), 200))
+        .unwrap()
+        .replace("name = \"drift\"", "name = \"v1.2\"")
+        .replace("name = \"b\"", "name = \"a_1\"");
+    let exp = dir.path().join("v1.2.toml");
+    std::fs::write(&exp, text).unwrap();
+    let out = dir.path().join("out");
+    let o = ab(&exp, &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cmp = files(&out, "comparison_v1.2_", ".json");
+    assert_eq!(cmp.len(), 1, "{cmp:?}");
+    let stem = cmp[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        stem.trim_start_matches("comparison_v1.2_")
+            .trim_end_matches(".json")
+            .len()
+            == 15,
+        "the time stamp survives: {stem}"
+    );
+    let o = ab(
+        &exp,
+        &out,
+        &["--resume", "--until-decided", "--max-runs", "2"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let newest = files(&out, "comparison_v1.2_", ".json");
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(newest.last().unwrap()).unwrap()).unwrap();
+    for arm in c["arms"].as_array().unwrap() {
+        let name = arm["name"].as_str().unwrap();
+        for r in arm["results"].as_array().unwrap() {
+            let file = Path::new(r.as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let rest = file
+                .strip_prefix(&format!("benchmark_v1.2_{name}_"))
+                .unwrap();
+            assert!(
+                rest.starts_with("2026") || rest.starts_with("20"),
+                "{name} holds {file}"
+            );
+            assert!(
+                !(name == "a" && rest.starts_with("1_")),
+                "{name} holds a_1's result {file}"
+            );
+        }
+    }
+
+    // A journal whose last line was cut short still gives per-request samples.
+    let result = files(&out, "benchmark_v1.2_a_1_", ".json")[0].clone();
+    let journal = PathBuf::from(
+        result
+            .display()
+            .to_string()
+            .replace(".json", ".requests.jsonl"),
+    );
+    let mut j = std::fs::read_to_string(&journal).unwrap();
+    j.push_str("{\"id\": 99, \"ttft_ms\": 1");
+    std::fs::write(&journal, j).unwrap();
+    let base = files(&out, "benchmark_v1.2_a_2", ".json")[0].clone();
+    let cmp_path = dir.path().join("c.json");
+    let o = kvbench(&[
+        "compare",
+        base.to_str().unwrap(),
+        result.to_str().unwrap(),
+        "--output",
+        cmp_path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("skipped 1 journal line"));
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cmp_path).unwrap()).unwrap();
+    assert_eq!(
+        c["deltas"]["ttft_ms.p50"]["method"], "runs",
+        "{}",
+        c["deltas"]["ttft_ms.p50"]
+    );
+
+    // The reference arm must differ from the baseline.
+    let o = kvbench(&[
+        "compare",
+        base.to_str().unwrap(),
+        result.to_str().unwrap(),
+        "--reference",
+        "a",
+        "--output",
+        cmp_path.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must differ from the baseline"));
+
+    // A comparison from a newer schema is refused with a clear line.
+    let mut newer = c.clone();
+    newer["schema_version"] = serde_json::json!(99);
+    let newer_path = dir.path().join("newer.json");
+    std::fs::write(&newer_path, newer.to_string()).unwrap();
+    let o = kvbench(&["report", newer_path.to_str().unwrap(), "--md", "-"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("schema version 99 is newer"));
+}

@@ -105,12 +105,28 @@ fn resolve(recorded: &str, result_path: &Path) -> Option<PathBuf> {
         .find(|c| c.is_file())
 }
 
+/// A journal's records. A line that does not parse (the last one cut short by a kill, a
+/// stray write) is skipped with a note on stderr; it does not discard the others.
 fn read_records(path: &Path) -> Option<Vec<RequestRecord>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
+    let bytes = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut bad = 0usize;
+    let records: Vec<RequestRecord> = text
+        .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).ok())
-        .collect()
+        .filter_map(|l| {
+            let r = serde_json::from_str(l).ok();
+            bad += usize::from(r.is_none());
+            r
+        })
+        .collect();
+    if bad > 0 {
+        eprintln!(
+            "kvbench: {}: skipped {bad} journal line(s) that do not parse (cut short?)",
+            path.display()
+        );
+    }
+    Some(records)
 }
 
 /// Loads result files and groups them by arm (the `arm` field, else the file stem).
@@ -780,6 +796,9 @@ pub(crate) fn compare_keys(
     };
     if arms.len() < 2 {
         bail!("a comparison needs at least two arms (got {})", arms.len());
+    }
+    if reference == Some(baseline) {
+        bail!("the reference arm must differ from the baseline ({baseline:?})");
     }
     let reference_arm = match reference {
         None => None,

@@ -46,6 +46,20 @@ pub fn read_comparison(path: &Path) -> anyhow::Result<Value> {
             path.display()
         );
     }
+    let known = crate::compare::COMPARISON_SCHEMA_VERSION as u64;
+    match v.get("schema_version").map(|x| x.as_u64()) {
+        Some(Some(n)) if n <= known => {}
+        Some(Some(n)) => anyhow::bail!(
+            "{}: comparison schema version {n} is newer than this kvbench reads ({known}); update kvbench",
+            path.display()
+        ),
+        Some(None) => anyhow::bail!(
+            "{}: schema_version is not a whole number",
+            path.display()
+        ),
+        // Hand-made or very early comparisons have none: rendered as far as they go.
+        None => {}
+    }
     Ok(v)
 }
 
