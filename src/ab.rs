@@ -467,7 +467,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cancel = CancellationToken::new();
-    crate::cancel_on_ctrl_c(cancel.clone());
+    crate::cancel_on_signals(cancel.clone());
     let started = std::time::Instant::now();
     let design = match (a.until_decided, a.repeat) {
         (true, _) => Design::Adaptive {

@@ -232,9 +232,6 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) use signals::cancel_on_signals;
-/// The name `src/ab.rs` calls: every interrupting signal, not only Ctrl-C, goes through
-/// [`signals::cancel_on_signals`].
-pub(crate) use signals::cancel_on_signals as cancel_on_ctrl_c;
 
 async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

@@ -410,16 +410,50 @@ fn settle_speed(d: &Delta, verdict: Verdict, policy: &Policy) -> (bool, Option<S
     if ok {
         return (true, None);
     }
-    (
-        false,
-        Some(format!(
-            "the regression's bounds ({:.1} % at {:.0} % confidence below, {:.1} % at {:.0} % above) straddle the {line} % limit; more runs per arm narrow them",
-            reg_lo,
-            policy.settle_beyond_confidence_pct,
-            reg_hi,
-            policy.settle_within_confidence_pct
-        )),
-    )
+    let mut open = format!(
+        "the regression's bounds ({:.1} % at {:.0} % confidence below, {:.1} % at {:.0} % above) straddle the {line} % limit",
+        reg_lo, policy.settle_beyond_confidence_pct, reg_hi, policy.settle_within_confidence_pct
+    );
+    match runs_to_settle(d, line, verdict, policy) {
+        Some(n) => {
+            open +=
+                &format!("; about {n} runs per arm would settle it if the change stays where it is")
+        }
+        None => open += "; more runs per arm narrow them",
+    }
+    (false, Some(open))
+}
+
+/// Runs per arm after which the bound on the verdict's side of `line` would clear it, if the
+/// change and the run-to-run spread stay as measured (the standard error shrinks as 1/√n).
+fn runs_to_settle(d: &Delta, line: f64, verdict: Verdict, policy: &Policy) -> Option<u64> {
+    let lc = d.log_change()?;
+    let (nb, nc) = d.runs?;
+    let n = nb.min(nc).max(1) as f64;
+    // The regression on the log scale, and the limit.
+    let reg = if d.better == "lower" {
+        lc.estimate
+    } else {
+        -lc.estimate
+    };
+    let gap = (reg - (1.0 + line / 100.0).ln()).abs();
+    // A severe verdict is settled by its lower bound, a milder one by its upper bound.
+    let severe = match verdict {
+        Verdict::Keep => true,
+        Verdict::Monitor => line <= policy.apply_max_regression_pct,
+        _ => false,
+    };
+    let conf = if severe {
+        policy.settle_beyond_confidence_pct
+    } else {
+        policy.settle_within_confidence_pct
+    } / 100.0;
+    let z = crate::stats::t_quantile(f64::INFINITY, conf);
+    if gap <= 0.0 || lc.se <= 0.0 {
+        return None;
+    }
+    let needed = n * (z * lc.se / gap).powi(2);
+    (needed.is_finite() && needed < 1e6).then(|| needed.ceil().max(n + 1.0) as u64)
 }
 
 /// Decides for one candidate against the baseline.
