@@ -494,6 +494,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
     let mut comparison: Option<Value> = None;
     let mut last_round_s = 0.0;
     let mut stopped = Stopped::MaxRuns;
+    let mut baseline_quality: Option<String> = None;
     for round in 0..design.max_runs() {
         if cancel.is_cancelled() {
             stopped = Stopped::Interrupted;
@@ -525,7 +526,9 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
                 _ => true,
             })
             .collect();
-        // Interleave: A B, then B A, ...: a drift over time touches every arm alike.
+        // The baseline first (its quality answers pair the candidates'); then interleave:
+        // A B, then B A, ...: a drift over time touches every arm alike.
+        plans.sort_by_key(|p| p.name != baseline);
         if round % 2 == 1 {
             plans.reverse();
         }
@@ -553,7 +556,25 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
             if round > 0 && matches!(design, Design::Adaptive { .. }) {
                 plan.quality = None;
             }
+            // Adaptive: a candidate's quality suites stop once its paired items show a drop
+            // beyond doubt against the baseline's answers (docs/decision.md).
+            if let (Design::Adaptive { .. }, Some(q), Some(j)) =
+                (design, plan.quality.as_mut(), &baseline_quality)
+            {
+                if plan.name != baseline {
+                    q.insert("paired_with".into(), toml::Value::String(j.clone()));
+                }
+            }
             let run = arm::run_arm(&plan, &opts, &cancel).await?;
+            if plan.name == baseline && round == 0 {
+                baseline_quality = run
+                    .result
+                    .quality
+                    .as_ref()
+                    .and_then(|q| q.get("journal"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
             report_run(&plan.name, &run, a.quiet);
             if run.result.failure.is_some() {
                 failed.push(plan.name.clone());

@@ -335,6 +335,11 @@ pub struct QualityArgs {
     /// instead of failing.
     #[arg(long)]
     pub quality_skip_invalid: bool,
+    /// Another arm's quality journal (e.g. the baseline's `*.quality.jsonl`): each suite stops
+    /// early once the paired items show a drop beyond doubt (exact McNemar p < 0.001, more
+    /// items lost than gained). `ab --until-decided` sets it for candidates.
+    #[arg(long, value_name = "FILE")]
+    pub quality_paired_with: Option<PathBuf>,
 }
 
 impl QualityArgs {
@@ -351,7 +356,8 @@ impl QualityArgs {
             let set = !self.quality_lengths.is_empty()
                 || !self.quality_depths.is_empty()
                 || self.quality_max_tokens.is_some()
-                || self.quality_skip_invalid;
+                || self.quality_skip_invalid
+                || self.quality_paired_with.is_some();
             if set {
                 bail!("the --quality-* options need --quality SUITES");
             }
@@ -400,6 +406,7 @@ impl QualityArgs {
             seed,
             skip_invalid: self.quality_skip_invalid,
             journal: journal.with_file_name(format!("{stem}.quality.jsonl")),
+            paired_with: self.quality_paired_with.clone(),
         }))
     }
 }

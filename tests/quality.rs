@@ -289,3 +289,62 @@ async fn generated_suites_run_grade_and_pair_across_arms() {
     assert!(img.expected.parse::<u32>().is_ok());
     let _: Value = serde_json::to_value(img).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_stops_early_once_the_paired_drop_is_beyond_doubt() {
+    let (base_dir, cand_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let lines: Vec<String> = (1..=40).map(suite_line).collect();
+    let path = write_suite(base_dir.path(), "facts.jsonl", &lines);
+    let spec = format!("jsonl:{}", path.display());
+    // The baseline is right on 30 of 40 items (k not divisible by 4).
+    let right = common::server(answering_server(Flavor::Vllm, 0)).await;
+    common::run(&right, base_dir.path(), &["-n", "1", "--quality", &spec]).await;
+    let base_journal = base_dir.path().join("out.quality.jsonl");
+    // The candidate is wrong on every item: a collapse.
+    let wrong = common::server(TestServerConfig {
+        ttft: std::time::Duration::from_millis(1),
+        itl: std::time::Duration::from_millis(0),
+        answers: Some(Answers(Arc::new(|_: &str| "I am not sure.".to_owned()))),
+        ..Default::default()
+    })
+    .await;
+    let r = common::run(
+        &wrong,
+        cand_dir.path(),
+        &[
+            "-n",
+            "1",
+            "--quality",
+            &spec,
+            "--quality-paired-with",
+            base_journal.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let s = &r.quality.as_ref().unwrap()["jsonl:facts"];
+    // Exact McNemar with 0 gained: p = 2 × 0.5^lost, below 0.001 from 11 lost on; the 11th
+    // baseline-right item is k = 14.
+    assert_eq!(s["stopped_early"]["after_items"], 14, "{s}");
+    assert_eq!(s["stopped_early"]["lost"], 11, "{s}");
+    assert_eq!(s["stopped_early"]["gained"], 0, "{s}");
+    assert_eq!(s["items"], 14, "{s}");
+    assert_eq!(s["planned"], 40, "{s}");
+    // The same arm against itself never stops early.
+    let same_dir = tempfile::tempdir().unwrap();
+    let r = common::run(
+        &right,
+        same_dir.path(),
+        &[
+            "-n",
+            "1",
+            "--quality",
+            &spec,
+            "--quality-paired-with",
+            base_journal.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let s = &r.quality.as_ref().unwrap()["jsonl:facts"];
+    assert!(s.get("stopped_early").is_none(), "{s}");
+    assert_eq!(s["items"], 40);
+}

@@ -121,7 +121,14 @@ pub struct QualityConfig {
     pub skip_invalid: bool,
     /// Per-item journal (JSON lines).
     pub journal: PathBuf,
+    /// Another arm's quality journal (the baseline's): each suite stops as soon as the paired
+    /// items show a drop beyond doubt ([`EARLY_STOP_P`]).
+    pub paired_with: Option<PathBuf>,
 }
+
+/// A suite run against a paired journal stops once the items lost outnumber those gained with
+/// an exact McNemar p-value below this: a drop that the remaining items cannot plausibly undo.
+pub const EARLY_STOP_P: f64 = 0.001;
 
 /// Default depths: start, quarter, middle, three quarters, end.
 pub const DEFAULT_DEPTHS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];

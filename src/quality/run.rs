@@ -197,12 +197,31 @@ pub async fn run_suites(
         .with_context(|| format!("cannot write quality journal {}", cfg.journal.display()))?;
     let mut journal = std::io::BufWriter::new(file);
 
+    // The paired arm's items, by suite and id: (prompt hash, answered, correct).
+    let paired: BTreeMap<(String, String), (String, bool, bool)> = match &cfg.paired_with {
+        Some(p) => match super::read_journal(p) {
+            Ok(recs) => recs
+                .into_iter()
+                .map(|r| {
+                    let v = (r.prompt_hash.clone(), r.answered(), r.correct);
+                    ((r.suite, r.id), v)
+                })
+                .collect(),
+            Err(e) => {
+                eprintln!("kvbench: warning: quality suites run in full: {e:#}");
+                BTreeMap::new()
+            }
+        },
+        None => BTreeMap::new(),
+    };
     let mut out = Map::new();
     let mut seq = 0u64;
     for (spec, items, skipped) in suites {
         let name = spec.name();
         let started = Instant::now();
         let mut records = Vec::with_capacity(items.len());
+        let (mut lost, mut gained) = (0u64, 0u64);
+        let mut stopped_early = None;
         for item in &items {
             if cancel.is_cancelled() {
                 break;
@@ -212,12 +231,38 @@ pub async fn run_suites(
             serde_json::to_writer(&mut journal, &r)?;
             journal.write_all(b"\n")?;
             journal.flush()?;
+            if let Some((hash, answered, correct)) = paired.get(&(r.suite.clone(), r.id.clone())) {
+                if *hash == r.prompt_hash && *answered && r.answered() {
+                    lost += u64::from(*correct && !r.correct);
+                    gained += u64::from(!*correct && r.correct);
+                }
+            }
             records.push(r);
+            let p = super::stats::mcnemar_exact(lost, gained);
+            if lost > gained && p < super::EARLY_STOP_P && records.len() < items.len() {
+                stopped_early = Some(
+                    json!({"after_items": records.len(), "lost": lost, "gained": gained, "mcnemar_p": p}),
+                );
+                break;
+            }
         }
         let duration_s = started.elapsed().as_secs_f64();
         let mut summary = summarize(&records);
         summary.insert("duration_s".into(), json!(duration_s));
         summary.insert("planned".into(), json!(items.len()));
+        if let Some(stop) = stopped_early {
+            if env.progress {
+                eprintln!(
+                    "kvbench: quality {name}: stopped after {} of {} items: {} lost, {} gained against the paired arm (exact McNemar p = {:.1e})",
+                    records.len(),
+                    items.len(),
+                    stop["lost"],
+                    stop["gained"],
+                    stop["mcnemar_p"].as_f64().unwrap_or(0.0)
+                );
+            }
+            summary.insert("stopped_early".into(), stop);
+        }
         if spec.is_retrieval() {
             summary.insert("by_length".into(), by_length(&records));
         }
