@@ -329,3 +329,10 @@ async fn scan_logs_reads_any_bytes_from_a_file_or_stdin() {
         }
     }
 }
+
+#[test]
+fn the_command_line_definition_is_consistent() {
+    // clap's own checks: conflicting names, bad defaults, groups naming missing arguments.
+    use clap::CommandFactory;
+    kvbench::cli::Cli::command().debug_assert();
+}
