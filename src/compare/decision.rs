@@ -272,7 +272,7 @@ fn speed_criterion(key: &str, d: Option<&Delta>, policy: &Policy) -> Recommendat
     };
     let ev = json!(d);
     let (Some(ch), Some(lo), Some(hi)) = (d.change_pct, d.ci_low_pct, d.ci_high_pct) else {
-        return rec(
+        let mut r = rec(
             key,
             Verdict::Inconclusive,
             format!(
@@ -281,6 +281,12 @@ fn speed_criterion(key: &str, d: Option<&Delta>, policy: &Policy) -> Recommendat
             ),
             ev,
         );
+        // From two runs per arm on, the runs themselves give the interval.
+        if policy.run_drift_pct > 0.0 && d.runs.is_some_and(|(b, c)| b < 2 || c < 2) {
+            r.settled = false;
+            r.open = Some("a second run per arm gives an interval from the runs".into());
+        }
+        return r;
     };
     let ci = format!("95 % CI {} … {}", pct(lo), pct(hi));
     // Width on the log scale, in percent of the middle: a +100 % change known to ±10 % is
