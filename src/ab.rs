@@ -38,7 +38,9 @@ pub fn verdict_block(c: &Value) -> String {
     if let Some(e) = crate::report::effort_line(c) {
         out += &format!("  {e}\n");
     }
-    let adaptive = c["effort"]["design"] == "adaptive";
+    // Open criteria matter only while the verdict itself is open (a settled keep elsewhere
+    // makes them moot).
+    let adaptive = c["effort"]["design"] == "adaptive" && c["settled"] != true;
     for r in c["recommendations"].as_array().into_iter().flatten() {
         out += &format!(
             "  [{:<12}] {:<16} {}\n",

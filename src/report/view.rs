@@ -552,7 +552,8 @@ impl<'a> Ctx<'a> {
 }
 
 fn recommendations_section(c: &Value) -> Section {
-    let adaptive = g(g(c, "effort"), "design").as_str() == Some("adaptive");
+    let adaptive = g(g(c, "effort"), "design").as_str() == Some("adaptive")
+        && g(c, "settled") != &Value::Bool(true);
     let mut blocks = Vec::new();
     let recs = arr(g(c, "recommendations"));
     if recs.is_empty() {
