@@ -26,6 +26,9 @@ pub enum ErrorKind {
     Incomplete,
     /// The body was not an SSE stream of JSON chunks.
     InvalidResponse,
+    /// The response went over one of the caps on what kvbench keeps from a server (a line or
+    /// event without end, too many tokens, too much text; `client::body`).
+    ResponseTooLarge,
     /// The run was interrupted (Ctrl-C) while the request was in flight.
     Cancelled,
     /// Any other client-side failure.
@@ -136,6 +139,7 @@ impl RequestRecord {
 
     /// Counts an oddity.
     pub fn note(&mut self, anomaly: &str) {
-        *self.anomalies.entry(anomaly.to_owned()).or_default() += 1;
+        let n = self.anomalies.entry(anomaly.to_owned()).or_default();
+        *n = n.saturating_add(1);
     }
 }

@@ -116,8 +116,8 @@ pub async fn preflight(
         .and_then(Value::as_array)
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "{}/models is not an OpenAI model list (no \"data\" array): is this an OpenAI-compatible server?",
-                client.api_base()
+                "{} is not an OpenAI model list (no \"data\" array): is this an OpenAI-compatible server?",
+                redact_url(&client.url("models"))
             )
         })?;
     let ids: Vec<&str> = data
@@ -129,7 +129,7 @@ pub async fn preflight(
             if !ids.contains(&m) {
                 bail!(
                     "model {m:?} is not served by {} (served: {})",
-                    client.api_base(),
+                    redact_url(client.api_base()),
                     if ids.is_empty() {
                         "none".to_owned()
                     } else {
@@ -139,10 +139,9 @@ pub async fn preflight(
             }
             m.to_owned()
         }
-        None => ids
-            .first()
-            .map(|s| (*s).to_owned())
-            .ok_or_else(|| anyhow::anyhow!("{}/models lists no model", client.api_base()))?,
+        None => ids.first().map(|s| (*s).to_owned()).ok_or_else(|| {
+            anyhow::anyhow!("{} lists no model", redact_url(&client.url("models")))
+        })?,
     };
     let entry = data
         .iter()
@@ -166,9 +165,8 @@ pub async fn preflight(
     if let Some(n) = entry.pointer("/meta/n_ctx_train") {
         facts.insert("n_ctx_train".to_owned(), n.clone());
     }
-    let root = client.api_base().trim_end_matches("/v1").to_owned();
     let version = if detected == Engine::Vllm {
-        version_of(&root).await
+        version_of(client).await
     } else {
         None
     };
@@ -180,33 +178,17 @@ pub async fn preflight(
     })
 }
 
-async fn version_of(root: &str) -> Option<String> {
-    let resp = reqwest::Client::new()
-        .get(format!("{root}/version"))
-        .timeout(Duration::from_secs(5))
-        .send()
+/// vLLM's `/version`, read like any other body a server controls: capped, within 5 s.
+async fn version_of(client: &Client) -> Option<String> {
+    let v = client
+        .get_root_json("version", Duration::from_secs(5))
         .await
         .ok()?;
-    let v: Value = resp.json().await.ok()?;
     v.get("version").and_then(Value::as_str).map(str::to_owned)
 }
 
-/// Removes credentials from a URL before it is recorded.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            if !u.username().is_empty() || u.password().is_some() {
-                let _ = u.set_username("");
-                let _ = u.set_password(None);
-            }
-            if u.query().is_some() {
-                u.set_query(Some("REDACTED"));
-            }
-            u.to_string()
-        }
-        Err(_) => "(invalid url)".to_owned(),
-    }
-}
+/// Removes credentials (and query values) from a URL before it is recorded or shown.
+pub use crate::client::redact_url;
 
 struct Job {
     id: u64,
@@ -418,7 +400,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
     // first wave's TTFT: a serving client keeps its connections alive.
     let prewarm = prewarm_count(&cfg.arrival);
-    ctx.client.prewarm(prewarm).await;
+    ctx.client.prewarm(prewarm, &cancel).await;
 
     let measure_start = Instant::now();
     let deadline = cfg.duration.map(|d| measure_start + d);

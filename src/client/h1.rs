@@ -337,6 +337,8 @@ pub struct Head {
     pub keep_alive: bool,
     /// Bytes of the head (the body starts there in the buffer).
     pub len: usize,
+    /// The `Location` header, when given (a redirect is reported, never followed).
+    pub location: Option<String>,
 }
 
 /// How a response body is delimited.
@@ -378,9 +380,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
         let mut chunked = false;
         let mut length = None;
         let mut close = resp.version != Some(1);
+        let mut location = None;
         for h in resp.headers.iter() {
             let value = std::str::from_utf8(h.value).unwrap_or("").trim();
-            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if h.name.eq_ignore_ascii_case("location") {
+                location = Some(value.to_owned());
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 chunked = value
                     .rsplit(',')
                     .next()
@@ -419,6 +424,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
             framing,
             keep_alive: !close,
             len: start + n,
+            location,
         }));
     }
 }

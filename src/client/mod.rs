@@ -6,6 +6,7 @@
 //! network read is timestamped once, and every event it completes gets that instant. Nothing
 //! in the stream loop can panic: each failure becomes an [`ErrorKind`] on the record.
 
+pub mod body;
 pub mod chunk;
 pub mod h1;
 pub mod request;
@@ -52,22 +53,92 @@ pub enum Engine {
     Openai,
 }
 
-/// Normalises a user URL into the API base (ending in `/v1`), keeping any path prefix the user
-/// gave: `http://h:8000` and `http://h:8000/v1` both give `http://h:8000/v1`;
-/// `http://h/proxy` gives `http://h/proxy/v1`.
+/// Normalises a user URL into the API base (its path ending in `/v1`), keeping any path prefix
+/// and query the user gave: `http://h:8000` and `http://h:8000/v1` both give
+/// `http://h:8000/v1`; `http://h/proxy` gives `http://h/proxy/v1`; `http://h/?key=k` gives
+/// `http://h/v1?key=k` (a gateway's query stays a query). Errors never show credentials or
+/// query values.
 pub fn api_base(url: &str) -> anyhow::Result<String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| {
-        anyhow::anyhow!("invalid --url {url:?}: {e} (expected e.g. http://127.0.0.1:8000)")
+    let mut parsed = reqwest::Url::parse(url).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid --url {:?}: {e} (expected e.g. http://127.0.0.1:8000)",
+            redact_url(url)
+        )
     })?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        anyhow::bail!("invalid --url {url:?}: the scheme must be http or https");
+        anyhow::bail!(
+            "invalid --url {:?}: the scheme must be http or https",
+            redact_url(url)
+        );
     }
-    let trimmed = url.trim_end_matches('/');
-    if trimmed.ends_with("/v1") {
-        Ok(trimmed.to_owned())
+    let path = parsed.path().trim_end_matches('/').to_owned();
+    if !path.ends_with("/v1") {
+        parsed.set_path(&format!("{path}/v1"));
     } else {
-        Ok(format!("{trimmed}/v1"))
+        parsed.set_path(&path);
     }
+    parsed.set_fragment(None);
+    Ok(parsed.to_string())
+}
+
+/// A URL as it may be shown or recorded: without credentials, and with any query replaced by
+/// `REDACTED` (gateways put keys there). A URL that does not parse is cut at the same places.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+            }
+            if u.query().is_some() {
+                u.set_query(Some("REDACTED"));
+            }
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(authority_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let path = tail.split(['?', '#']).next().unwrap_or("");
+            let query = if tail.contains('?') { "?REDACTED" } else { "" };
+            let scheme = if scheme.is_empty() {
+                String::new()
+            } else {
+                format!("{scheme}://")
+            };
+            format!("{scheme}{host}{path}{query}")
+        }
+    }
+}
+
+/// The same-origin redirect policy of every client kvbench builds: a redirect within the
+/// server is followed (at most 10), one to another origin is not. Following it would send the
+/// user's headers elsewhere and silently measure another server; the 3xx answer is reported.
+pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt
+            .previous()
+            .first()
+            .is_none_or(|first| first.origin() == attempt.url().origin());
+        if !same {
+            attempt.stop()
+        } else if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// What a 3xx answer that was not followed says, with its (redacted) target.
+fn redirect_note(status: u16, location: Option<&str>) -> Option<String> {
+    if !(300..400).contains(&status) {
+        return None;
+    }
+    let to = location.map_or_else(|| "an unnamed place".to_owned(), redact_url);
+    Some(format!("redirected to {to} (not followed)"))
 }
 
 /// Settings of the HTTP client.
@@ -95,6 +166,8 @@ pub const POOL_IDLE: Duration = Duration::from_secs(3);
 pub struct Client {
     http: reqwest::Client,
     api_base: String,
+    /// `api_base` parsed: request URLs are built on its path, keeping its query.
+    base: reqwest::Url,
     timeout: Duration,
     /// The lean HTTP/1.1 path for streaming requests to a plain `http://` server
     /// ([`h1`]); `None` when reqwest streams (https, a proxy, credentials in the URL).
@@ -111,8 +184,7 @@ struct Fast {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Initial read buffer of a streaming request: several events per read when they queue up.
 const READ_BUF: usize = 8 * 1024;
-/// Bytes of an error response's body kept for its message.
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
+use body::{ERROR_BODY_LIMIT, MAX_JSON_BODY, MAX_TEXT_BYTES, MAX_TOKEN_EVENTS};
 
 impl Client {
     /// Builds the client; fails on an invalid header.
@@ -144,15 +216,44 @@ impl Client {
             .pool_max_idle_per_host(opts.pool_size.max(1))
             .pool_idle_timeout(POOL_IDLE)
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .redirect(same_origin_redirects())
             .http1_only()
             .build()?;
+        let base = reqwest::Url::parse(&opts.api_base).map_err(|e| {
+            anyhow::anyhow!("invalid API base {:?}: {e}", redact_url(&opts.api_base))
+        })?;
         Ok(Self {
             http,
             api_base: opts.api_base.clone(),
+            base,
             timeout: opts.timeout,
             fast,
         })
+    }
+
+    /// Time allowed to the requests around the measurement (the model list, pre-warm): the
+    /// request time limit, at most 30 s.
+    fn probe_timeout(&self) -> Duration {
+        self.timeout.min(Duration::from_secs(30))
+    }
+
+    /// `{api_base}/{path}`, the API base's query kept as the query.
+    pub fn url(&self, path: &str) -> String {
+        let mut u = self.base.clone();
+        let prefix = self.base.path().trim_end_matches('/');
+        u.set_path(&format!("{prefix}/{}", path.trim_start_matches('/')));
+        u.to_string()
+    }
+
+    /// `path` at the server's root (the API base without its `/v1`), the query kept: for
+    /// engine endpoints outside the OpenAI API (`/version`, `/props`).
+    pub fn root_url(&self, path: &str) -> String {
+        let mut u = self.base.clone();
+        let prefix = self.base.path().trim_end_matches('/');
+        let root = prefix.strip_suffix("/v1").unwrap_or(prefix);
+        u.set_path(&format!("{root}/{}", path.trim_start_matches('/')));
+        u.to_string()
     }
 
     /// Whether streaming requests use the lean HTTP/1.1 path ([`h1`]) rather than reqwest.
@@ -162,22 +263,29 @@ impl Client {
 
     /// Opens up to `n` keep-alive connections before measuring, each carrying one `GET /models`,
     /// so that neither connection set-up nor the server's first request on a connection is
-    /// counted in the first requests' TTFT.
-    pub async fn prewarm(&self, n: usize) {
-        match &self.fast {
-            Some(fast) => {
-                let request = fast.target.get("models");
-                let conns = futures_util::future::join_all(
-                    (0..n).map(|_| prewarm_one(&fast.target.authority, &request)),
-                )
-                .await;
-                for conn in conns.into_iter().flatten() {
-                    fast.pool.put(conn);
+    /// counted in the first requests' TTFT. Gives up on a connection after the request time
+    /// limit (at most 30 s), and on all of them when the run is cancelled.
+    pub async fn prewarm(&self, n: usize, cancel: &CancellationToken) {
+        let work = async {
+            match &self.fast {
+                Some(fast) => {
+                    let request = fast.target.get("models");
+                    let conns = futures_util::future::join_all((0..n).map(|_| {
+                        prewarm_one(&fast.target.authority, &request, self.probe_timeout())
+                    }))
+                    .await;
+                    for conn in conns.into_iter().flatten() {
+                        fast.pool.put(conn);
+                    }
+                }
+                None => {
+                    futures_util::future::join_all((0..n).map(|_| self.get_json("models"))).await;
                 }
             }
-            None => {
-                futures_util::future::join_all((0..n).map(|_| self.get_json("models"))).await;
-            }
+        };
+        tokio::select! {
+            _ = work => {}
+            _ = cancel.cancelled() => {}
         }
     }
 
@@ -186,30 +294,51 @@ impl Client {
         &self.api_base
     }
 
-    /// GET `{api_base}/{path}` and parse JSON; a one-line error otherwise.
+    /// GET `{api_base}/{path}` and parse JSON (at most [`MAX_JSON_BODY`], within the request
+    /// time limit or 30 s, whichever is shorter); a one-line error otherwise, which never shows
+    /// credentials or query values.
     pub async fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}/{}", self.api_base, path.trim_start_matches('/'));
+        self.get_json_at(&self.url(path), self.probe_timeout())
+            .await
+    }
+
+    /// [`Client::get_json`] of `path` at the server's root ([`Client::root_url`]), within
+    /// `within`.
+    pub async fn get_root_json(
+        &self,
+        path: &str,
+        within: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.get_json_at(&self.root_url(path), within).await
+    }
+
+    async fn get_json_at(&self, url: &str, within: Duration) -> anyhow::Result<serde_json::Value> {
+        let shown = redact_url(url);
         let resp = self
             .http
-            .get(&url)
-            .timeout(Duration::from_secs(30))
+            .get(url)
+            .timeout(within)
             .send()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach {url}: {}", describe_reqwest(&e)))?;
+            .map_err(|e| anyhow::anyhow!("cannot reach {shown}: {}", describe_reqwest(&e)))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading {url}: {}", describe_reqwest(&e)))?;
         if !status.is_success() {
-            anyhow::bail!(
-                "GET {url} returned HTTP {}: {}",
-                status.as_u16(),
-                snippet(&body)
-            );
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = body::read_prefix(resp, ERROR_BODY_LIMIT, Duration::from_secs(5)).await;
+            let what = redirect_note(status.as_u16(), location.as_deref())
+                .unwrap_or_else(|| snippet(&body));
+            anyhow::bail!("GET {shown} returned HTTP {}: {what}", status.as_u16());
         }
-        serde_json::from_slice(&body)
-            .map_err(|_| anyhow::anyhow!("GET {url} did not return JSON (got: {})", snippet(&body)))
+        let body = body::read_capped(resp, MAX_JSON_BODY)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading {shown}: {e}"))?;
+        serde_json::from_slice(&body).map_err(|_| {
+            anyhow::anyhow!("GET {shown} did not return JSON (got: {})", snippet(&body))
+        })
     }
 
     /// Streams one request and fills `rec` with its timeline. `body` is the serialized JSON
@@ -267,7 +396,7 @@ impl Client {
                 .await;
             return;
         }
-        let url = format!("{}/{}", self.api_base, path);
+        let url = self.url(path);
         let now_ns = || origin.elapsed().as_nanos() as u64;
         // A pooled keep-alive connection may have been closed by the server just before it is
         // reused ("connection closed before message completed", or reset while sending): the
@@ -316,15 +445,21 @@ impl Client {
         let status = resp.status();
         rec.status = Some(status.as_u16());
         if !status.is_success() {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let body = tokio::select! {
-                b = tokio::time::timeout(Duration::from_secs(5), resp.bytes()) => b.ok().and_then(Result::ok),
+                b = body::read_prefix(resp, ERROR_BODY_LIMIT, Duration::from_secs(5)) => Some(b),
                 _ = cancel.cancelled() => None,
             };
             rec.end_ns = now_ns();
-            let msg = body
-                .as_deref()
-                .map(error_message_from_body)
-                .unwrap_or_default();
+            let msg = redirect_note(status.as_u16(), location.as_deref()).unwrap_or_else(|| {
+                body.as_deref()
+                    .map(error_message_from_body)
+                    .unwrap_or_default()
+            });
             fail(
                 rec,
                 ErrorKind::HttpStatus,
@@ -352,6 +487,10 @@ impl Client {
                 Some(Ok(bytes)) => {
                     let t = now_ns();
                     parser.push(&bytes, &mut |data| state.on_event(data, t, rec));
+                    if parser.too_large() {
+                        state.abort(rec, t, ErrorKind::ResponseTooLarge, &event_too_large());
+                        return;
+                    }
                     if state.stop {
                         break;
                     }
@@ -464,7 +603,8 @@ impl Client {
                 }
             }
             rec.end_ns = now_ns();
-            let msg = error_message_from_body(&error_body);
+            let msg = redirect_note(head.status, head.location.as_deref())
+                .unwrap_or_else(|| error_message_from_body(&error_body));
             fail(
                 rec,
                 ErrorKind::HttpStatus,
@@ -481,6 +621,15 @@ impl Client {
             let fed = feed(&mut framing, &buf[input_start..], &mut |p| {
                 parser.push(p, &mut |data| state.on_event(data, t, rec))
             });
+            if parser.too_large() {
+                state.abort(
+                    rec,
+                    now_ns(),
+                    ErrorKind::ResponseTooLarge,
+                    &event_too_large(),
+                );
+                return;
+            }
             match fed {
                 Ok(Some(extra)) => {
                     ended = true;
@@ -642,9 +791,9 @@ async fn open_and_send(
     }
 }
 
-/// One pre-warm connection: `request` sent and its whole response read (within 30 s), so the
-/// connection can be pooled; `None` when anything went wrong (the run then opens one later).
-async fn prewarm_one(authority: &str, request: &[u8]) -> Option<h1::Conn> {
+/// One pre-warm connection: `request` sent and its whole response read (within `limit`), so
+/// the connection can be pooled; `None` when anything went wrong (the run then opens one later).
+async fn prewarm_one(authority: &str, request: &[u8], limit: Duration) -> Option<h1::Conn> {
     let work = async {
         let mut buf = Vec::with_capacity(READ_BUF);
         let (mut conn, head) = open_and_send(None, authority, request, &mut buf)
@@ -661,10 +810,7 @@ async fn prewarm_one(authority: &str, request: &[u8]) -> Option<h1::Conn> {
         }
         (head.keep_alive && fed == Some(false)).then_some(conn)
     };
-    tokio::time::timeout(Duration::from_secs(30), work)
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(limit, work).await.ok().flatten()
 }
 
 /// Feeds received bytes through the body's framing into `sink` (the body's payload).
@@ -772,6 +918,35 @@ fn is_stale_connection(e: &reqwest::Error) -> bool {
             && (d.contains("Connection reset by peer") || d.contains("Broken pipe")))
 }
 
+/// Why a stream ended as `response_too_large`: a line or event over its cap.
+fn event_too_large() -> String {
+    format!(
+        "response_too_large: an SSE line or event is larger than {}",
+        body::size(body::MAX_EVENT_BYTES)
+    )
+}
+
+fn too_many_tokens() -> String {
+    format!("response_too_large: more than {MAX_TOKEN_EVENTS} token events in one response")
+}
+
+fn too_much_text() -> String {
+    format!(
+        "response_too_large: more than {} of text in one response",
+        body::size(MAX_TEXT_BYTES)
+    )
+}
+
+/// Token counts above this in a server's `usage` are not believed (no request has four billion
+/// tokens); summing such values over a run would wrap the totals.
+pub const MAX_PLAUSIBLE_TOKENS: u64 = 1 << 32;
+
+/// `usage` when every count in it is plausible.
+fn plausible(u: chunk::Usage) -> Option<chunk::Usage> {
+    let ok = |n: Option<u64>| n.is_none_or(|n| n <= MAX_PLAUSIBLE_TOKENS);
+    (ok(u.prompt_tokens) && ok(u.completion_tokens) && ok(u.reasoning_tokens)).then_some(u)
+}
+
 fn fail(rec: &mut RequestRecord, kind: ErrorKind, msg: &str) {
     rec.error = Some(kind);
     let mut m: String = msg.chars().take(300).collect();
@@ -807,10 +982,15 @@ impl StreamState<'_> {
                 self.stop = true;
             }
             EventRef::Chunk(c) => {
-                self.valid_chunks += 1;
+                self.valid_chunks = self.valid_chunks.saturating_add(1);
                 let has_answer = c.content.is_some();
                 let has_reasoning = c.reasoning.is_some();
                 if has_answer || has_reasoning {
+                    if rec.chunk_ns.len() >= MAX_TOKEN_EVENTS {
+                        fail(rec, ErrorKind::ResponseTooLarge, &too_many_tokens());
+                        self.stop = true;
+                        return;
+                    }
                     if rec.first_token_ns.is_none() {
                         rec.first_token_ns = Some(t);
                     }
@@ -823,6 +1003,13 @@ impl StreamState<'_> {
                     }
                 }
                 if self.keep_text {
+                    let more = c.content.as_ref().map_or(0, |s| s.len())
+                        + c.reasoning.as_ref().map_or(0, |s| s.len());
+                    if self.content.len() + self.reasoning.len() + more > MAX_TEXT_BYTES {
+                        fail(rec, ErrorKind::ResponseTooLarge, &too_much_text());
+                        self.stop = true;
+                        return;
+                    }
                     if let Some(s) = &c.content {
                         self.content.push_str(s);
                     }
@@ -831,13 +1018,20 @@ impl StreamState<'_> {
                     }
                 }
                 if let (Some(out), Some(lp)) = (self.logprobs.as_deref_mut(), &c.logprobs) {
+                    if out.len() >= MAX_TOKEN_EVENTS {
+                        fail(rec, ErrorKind::ResponseTooLarge, &too_many_tokens());
+                        self.stop = true;
+                        return;
+                    }
                     out.extend(chunk::parse_logprobs(lp));
                 }
                 if let Some(f) = c.finish_reason {
                     rec.finish_reason = Some(f.into_owned());
                 }
-                if let Some(u) = c.usage {
-                    rec.usage = Some(u);
+                match c.usage.map(plausible) {
+                    Some(Some(u)) => rec.usage = Some(u),
+                    Some(None) => rec.note("implausible_usage"),
+                    None => {}
                 }
             }
         }

@@ -10,9 +10,16 @@
 //! single leading space; several `data:` lines joined with `\n`; other fields (`event:`, `id:`,
 //! `retry:`) are ignored. At end of input, a pending event without its terminating blank line is
 //! still delivered (servers that close right after the last `data:` line exist).
+//!
+//! A line or an event longer than the parser's limit ([`MAX_EVENT_BYTES`] unless set) is not
+//! buffered: the parser stops, [`SseParser::too_large`] says so, and the caller ends the
+//! request as `response_too_large`. A server decides what it sends; the parser's memory must
+//! not follow it.
+
+use super::body::MAX_EVENT_BYTES;
 
 /// Incremental SSE parser: feed bytes with [`SseParser::push`], receive each event's `data`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseParser {
     /// Bytes of the current, not yet terminated line.
     line: Vec<u8>,
@@ -24,12 +31,41 @@ pub struct SseParser {
     after_cr: bool,
     /// Bytes that were neither in a complete line nor consumed: for diagnostics of non-SSE bodies.
     total_bytes: u64,
+    /// Longest line, and largest event data, accepted.
+    limit: usize,
+    /// A line or an event went over `limit`: input is no longer read.
+    too_large: bool,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        Self::with_limit(MAX_EVENT_BYTES)
+    }
 }
 
 impl SseParser {
-    /// A new parser with no pending input.
+    /// A new parser with no pending input, accepting lines and events up to
+    /// [`MAX_EVENT_BYTES`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new parser accepting lines and events of at most `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            line: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            after_cr: false,
+            total_bytes: 0,
+            limit,
+            too_large: false,
+        }
+    }
+
+    /// Whether a line or an event went over the limit; the parser then ignores all input.
+    pub fn too_large(&self) -> bool {
+        self.too_large
     }
 
     /// Total bytes fed so far.
@@ -39,6 +75,9 @@ impl SseParser {
 
     /// Feeds `input`; calls `on_event` with the data of each event it completes.
     pub fn push(&mut self, mut input: &[u8], on_event: &mut impl FnMut(&[u8])) {
+        if self.too_large {
+            return;
+        }
         self.total_bytes += input.len() as u64;
         if self.after_cr {
             self.after_cr = false;
@@ -53,11 +92,18 @@ impl SseParser {
                     if self.line.is_empty() {
                         self.process_line(&input[..pos], on_event);
                     } else {
+                        if self.line.len() + pos > self.limit {
+                            self.too_large = true;
+                            return;
+                        }
                         self.line.extend_from_slice(&input[..pos]);
                         let line = std::mem::take(&mut self.line);
                         self.process_line(&line, on_event);
                         self.line = line;
                         self.line.clear();
+                    }
+                    if self.too_large {
+                        return;
                     }
                     input = &input[pos + 1..];
                     if is_cr {
@@ -69,6 +115,10 @@ impl SseParser {
                     }
                 }
                 None => {
+                    if self.line.len() + input.len() > self.limit {
+                        self.too_large = true;
+                        return;
+                    }
                     self.line.extend_from_slice(input);
                     break;
                 }
@@ -78,6 +128,9 @@ impl SseParser {
 
     /// Ends the input: delivers a pending line and event, if any.
     pub fn finish(&mut self, on_event: &mut impl FnMut(&[u8])) {
+        if self.too_large {
+            return;
+        }
         if !self.line.is_empty() {
             let line = std::mem::take(&mut self.line);
             self.process_line(&line, on_event);
@@ -92,6 +145,10 @@ impl SseParser {
     }
 
     fn process_line(&mut self, line: &[u8], on_event: &mut impl FnMut(&[u8])) {
+        if line.len() > self.limit {
+            self.too_large = true;
+            return;
+        }
         if line.is_empty() {
             self.dispatch(on_event);
             return;
@@ -107,6 +164,10 @@ impl SseParser {
             None => (line, &b""[..]),
         };
         if field == b"data" {
+            if self.data.len() + usize::from(self.has_data) + value.len() > self.limit {
+                self.too_large = true;
+                return;
+            }
             if self.has_data {
                 self.data.push(b'\n');
             }
@@ -162,6 +223,32 @@ mod tests {
             parse_all(&[b"data: a\r", b"\n\r", b"\ndata: b\r\n\r\n"]),
             vec!["a", "b"]
         );
+    }
+
+    #[test]
+    fn lines_and_events_over_the_limit_stop_the_parser() {
+        let run = |chunks: &[&[u8]]| {
+            let mut p = SseParser::with_limit(16);
+            let mut out = Vec::new();
+            for c in chunks {
+                p.push(c, &mut |d| out.push(d.to_vec()));
+            }
+            p.finish(&mut |d| out.push(d.to_vec()));
+            (out, p.too_large())
+        };
+        // Exactly at the limit is fine, split or whole.
+        let ok = b"data: 0123456789\n\n";
+        assert_eq!(run(&[ok]), (vec![b"0123456789".to_vec()], false));
+        assert!(!run(&[&ok[..5], &ok[5..]]).1);
+        // A line without end, whole or in pieces.
+        assert!(run(&[b"data: 0123456789abcdef"]).1);
+        assert!(run(&[b"data: 01234", b"56789", b"abcdef"]).1);
+        // An event of many short lines.
+        let (events, big) = run(&[b"data: aaaa\ndata: bbbb\ndata: cccc\ndata: dddd\n\n"]);
+        assert!(big && events.is_empty());
+        // Events before the overflow are delivered; nothing after it is read.
+        let (events, big) = run(&[b"data: a\n\ndata: xxxxxxxxxxxxxxxxxxxxxxx\n\ndata: b\n\n"]);
+        assert_eq!((events, big), (vec![b"a".to_vec()], true));
     }
 
     #[test]

@@ -379,8 +379,12 @@ pub async fn launch(
         }
     }
 
-    // Wait for health: `/health` 200, then `/v1/models` with at least one model.
-    let http = reqwest::Client::new();
+    // Wait for health: `/health` 200, then `/v1/models` with at least one model. A redirect
+    // to another origin is not followed (it would check another server's health).
+    let http = reqwest::Client::builder()
+        .redirect(crate::client::same_origin_redirects())
+        .build()
+        .unwrap_or_default();
     let deadline = t0 + plan.health_timeout;
     let is_process_server = matches!(plan.launch, LaunchSpec::Process { .. });
     loop {
@@ -434,35 +438,41 @@ pub async fn launch(
     Ok(launched)
 }
 
+/// `/health` answers 200, then `/v1/models` lists at least one model. Both bodies are read
+/// within their caps ([`crate::client::body`]): a server that answers without end is not
+/// healthy, and is not read to its end either.
 async fn healthy(http: &reqwest::Client, url: &str) -> bool {
-    let ok =
-        |r: Result<reqwest::Response, reqwest::Error>| r.is_ok_and(|r| r.status().is_success());
-    if !ok(http
-        .get(format!("{url}/health"))
-        .timeout(Duration::from_secs(3))
-        .send()
-        .await)
-    {
+    use crate::client::body::{read_capped, MAX_JSON_BODY};
+    let get = |path: &str, within: u64| {
+        http.get(format!("{url}{path}"))
+            .timeout(Duration::from_secs(within))
+            .send()
+    };
+    match get("/health", 3).await {
+        Ok(r) if r.status().is_success() => {
+            if read_capped(r, MAX_JSON_BODY).await.is_err() {
+                return false;
+            }
+        }
+        _ => return false,
+    }
+    let Ok(r) = get("/v1/models", 5).await else {
+        return false;
+    };
+    if !r.status().is_success() {
         return false;
     }
-    match http
-        .get(format!("{url}/v1/models"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-    {
-        Ok(r) if r.status().is_success() => r
-            .json::<serde_json::Value>()
-            .await
-            .ok()
-            .and_then(|v| {
-                v.get("data")
-                    .and_then(|d| d.as_array())
-                    .map(|d| !d.is_empty())
-            })
-            .unwrap_or(false),
-        _ => false,
-    }
+    let Ok(body) = read_capped(r, MAX_JSON_BODY).await else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("data")
+                .and_then(|d| d.as_array())
+                .map(|d| !d.is_empty())
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::body::{read_capped, MAX_METRICS_BODY};
+
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
@@ -210,7 +212,8 @@ impl Peaks {
     }
 }
 
-/// Fetches and parses `/metrics` once.
+/// Fetches and parses `/metrics` once; `None` when it cannot be had, or is larger than
+/// [`MAX_METRICS_BODY`] (a page without end is not read to its end).
 pub async fn fetch(http: &reqwest::Client, url: &str) -> Option<Vec<Sample>> {
     let r = http
         .get(format!("{url}/metrics"))
@@ -221,7 +224,8 @@ pub async fn fetch(http: &reqwest::Client, url: &str) -> Option<Vec<Sample>> {
     if !r.status().is_success() {
         return None;
     }
-    Some(parse(&r.text().await.ok()?))
+    let body = read_capped(r, MAX_METRICS_BODY).await.ok()?;
+    Some(parse(&String::from_utf8_lossy(&body)))
 }
 
 async fn nvidia_smi() -> Option<(f64, f64)> {
@@ -258,7 +262,10 @@ pub struct Scraper {
 impl Scraper {
     /// Takes the "before" snapshot and starts sampling every `interval`.
     pub async fn start(url: &str, interval: Duration) -> Scraper {
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder()
+            .redirect(crate::client::same_origin_redirects())
+            .build()
+            .unwrap_or_default();
         let before = fetch(&http, url).await;
         let stop = CancellationToken::new();
         let (s, h, u) = (stop.clone(), http.clone(), url.to_owned());
