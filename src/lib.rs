@@ -255,6 +255,13 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            if let Some(f) = &result.failure {
+                anyhow::bail!(
+                    "{}; what was measured is in {}",
+                    f.message,
+                    output.display()
+                );
+            }
             if result.interrupted {
                 eprintln!(
                     "kvbench: interrupted; results so far written to {}",

@@ -2,7 +2,7 @@
 //! Values that could not be measured are `null`, never 0.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -101,29 +101,71 @@ pub struct RunResult {
     pub phases: Phases,
 }
 
-/// Writes `value` as pretty JSON to `path` atomically (temporary file, then rename), so a
-/// reader never sees half a file; `-` writes to stdout.
+/// Writes `value` as pretty JSON to `path`; `-` writes to stdout.
+///
+/// A regular file is replaced atomically (a temporary file beside it, then a rename), so a
+/// reader never sees half a file. A symbolic link is followed: the file it points to is
+/// replaced and the link stays a link. A special file (a pipe, a terminal, `/dev/null`,
+/// `/dev/stdout`) is written into, never replaced. A folder is refused.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    use std::io::Write;
     let mut bytes = serde_json::to_vec_pretty(value)?;
     bytes.push(b'\n');
     if path.as_os_str() == "-" {
-        use std::io::Write;
         let mut out = std::io::stdout().lock();
-        return match out.write_all(&bytes) {
+        return match out.write_all(&bytes).and_then(|()| out.flush()) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
             r => r.context("writing to stdout"),
         };
     }
-    let dir = path
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => anyhow::bail!("cannot write {}: is a directory", path.display()),
+        Ok(m) if !m.is_file() => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            return match f.write_all(&bytes) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                r => r.with_context(|| format!("cannot write {}", path.display())),
+            };
+        }
+        _ => {}
+    }
+    let target = resolved(path);
+    let dir = target
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
+    let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "result.json".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::rename(&tmp, &target).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::anyhow!("cannot write {}: {e}", path.display())
+    })?;
     Ok(())
+}
+
+/// The path a write to `path` lands on: its symbolic links followed (relative ones from the
+/// link's folder), up to the first path that is not a link, which may not exist yet.
+pub fn resolved(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        let is_link = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            break;
+        }
+        match std::fs::read_link(&p) {
+            Ok(next) if next.is_absolute() => p = next,
+            Ok(next) => {
+                p = p.parent().map(|d| d.join(&next)).unwrap_or(next);
+            }
+            Err(_) => break,
+        }
+    }
+    p
 }

@@ -238,8 +238,15 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
     Ok(result)
 }
 
+/// The `failure.kind` (and `outcome`) of a run stopped because its journal could not be written.
+pub const JOURNAL_FAILED: &str = "journal_failed";
+
 /// Runs the measurement, writing the journal as requests finish; the caller writes the result.
 pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<RunResult> {
+    // Output paths first: one that cannot be written fails before anything is sent, not after
+    // the whole run.
+    check_writable(&cfg.output, "--output")?;
+    check_writable(&cfg.journal, "--journal")?;
     let base = api_base(&cfg.url)?;
     let concurrency = match cfg.arrival {
         Arrival::Closed { concurrency } => concurrency,
@@ -269,17 +276,11 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         p = preflight(&client, cfg.model.as_deref(), cfg.engine) => p?,
         _ = cancel.cancelled() => bail!("interrupted before the run started"),
     };
-
-    // Journal first: if it cannot be written, fail before sending anything.
     let journal_file = std::fs::File::create(&cfg.journal)
         .with_context(|| format!("cannot write journal {}", cfg.journal.display()))?;
-    if cfg.output.as_os_str() != "-" {
-        // Fail early on an unwritable output path rather than after the run.
-        let probe = cfg.output.with_extension("json.probe");
-        std::fs::write(&probe, b"")
-            .with_context(|| format!("cannot write output {}", cfg.output.display()))?;
-        let _ = std::fs::remove_file(&probe);
-    }
+    // Stops scheduling and in-flight requests: the user's interruption, or a journal that can
+    // no longer be written (what was measured is then kept in memory for the result).
+    let stop = cancel.child_token();
 
     let spec = BodySpec {
         endpoint: cfg.endpoint,
@@ -325,13 +326,17 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         endpoint: cfg.endpoint,
         origin,
         keep_text: cfg.keep_text,
-        cancel: cancel.clone(),
+        cancel: stop.clone(),
         records: rec_tx,
     });
     let expected = cfg.num_requests;
     let collector = tokio::spawn(collect(
         rec_rx,
-        journal_file,
+        Journal {
+            file: journal_file,
+            path: cfg.journal.clone(),
+            on_error: stop.clone(),
+        },
         cfg.progress,
         expected,
         cfg.warmup,
@@ -389,7 +394,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
                 origin,
                 progress: cfg.progress != ProgressMode::Quiet,
             };
-            let q = crate::quality::run_suites(q, &env, &cancel).await?;
+            let q = crate::quality::run_suites(q, &env, &stop).await?;
             phases.quality_s = Some(t_quality.elapsed().as_secs_f64());
             Some(q)
         }
@@ -400,7 +405,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
     // first wave's TTFT: a serving client keeps its connections alive.
     let prewarm = prewarm_count(&cfg.arrival);
-    ctx.client.prewarm(prewarm, &cancel).await;
+    ctx.client.prewarm(prewarm, &stop).await;
 
     let measure_start = Instant::now();
     let deadline = cfg.duration.map(|d| measure_start + d);
@@ -445,7 +450,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
                 let at = measure_start + offset;
                 tokio::select! {
                     _ = tokio::time::sleep_until(at.into()) => {}
-                    _ = cancel.cancelled() => break,
+                    _ = stop.cancelled() => break,
                 }
                 let job = job_rx.lock().await.recv().await;
                 let Some(job) = job else { break };
@@ -466,7 +471,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     }
     for h in handles {
         // In-flight requests end promptly on cancellation; bound the wait anyway.
-        let wait = if cancel.is_cancelled() {
+        let wait = if stop.is_cancelled() {
             Duration::from_secs(10)
         } else {
             cfg.timeout + Duration::from_secs(10)
@@ -475,12 +480,17 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     }
     drop(job_rx);
     drop(ctx);
-    let records = collector.await.context("collector task failed")??;
+    let Collected {
+        records,
+        journal_error,
+    } = collector.await.context("collector task failed")??;
     let finished_at = chrono::Utc::now();
 
     let d = metrics::derive(&records, open_loop);
     let interrupted = cancel.is_cancelled();
-    let outcome = if interrupted {
+    let outcome = if journal_error.is_some() {
+        JOURNAL_FAILED
+    } else if interrupted {
         "interrupted"
     } else if d.requests.total > 0 && d.requests.completed == 0 {
         "all_failed"
@@ -524,7 +534,11 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         server_metrics: None,
         quality,
         journal: Some(journal_display),
-        failure: None,
+        failure: journal_error.map(|message| crate::server::Failure {
+            kind: JOURNAL_FAILED.to_owned(),
+            message,
+            log_tail: String::new(),
+        }),
         phases: crate::result::Phases {
             workload_s: Some(t_workload.elapsed().as_secs_f64()),
             ..phases
@@ -542,6 +556,52 @@ fn prewarm_count(arrival: &Arrival) -> usize {
         } => max_concurrency.unwrap_or(16),
     }
     .min(1024)
+}
+
+/// Checks, before a run, that `path` can be written where [`write_json`] (or the journal)
+/// will write it: not a folder, in a folder that exists and takes new files, or an existing
+/// file that can be opened for writing. `-` (stdout) and special files (a pipe, a terminal,
+/// `/dev/null`) pass. `flag` names the option in the error.
+pub fn check_writable(path: &std::path::Path, flag: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if path.as_os_str() == "-" {
+        return Ok(());
+    }
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => bail!("{flag} {shown}: is a directory"),
+        Ok(m) if m.is_file() => {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .with_context(|| format!("{flag} {shown}: cannot be written"))?;
+            Ok(())
+        }
+        Ok(m) => {
+            let t = m.file_type();
+            if t.is_fifo() || t.is_char_device() || t.is_socket() || t.is_block_device() {
+                Ok(())
+            } else {
+                bail!("{flag} {shown}: not a file that can be written")
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let target = crate::result::resolved(path);
+            let dir = target
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if !dir.is_dir() {
+                bail!("{flag} {shown}: directory {} does not exist", dir.display());
+            }
+            let probe = dir.join(format!(".kvbench-probe-{}", std::process::id()));
+            std::fs::write(&probe, b"")
+                .with_context(|| format!("{flag} {shown}: {} takes no new file", dir.display()))?;
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("{flag} {shown}: cannot be written")),
+    }
 }
 
 /// The workload as run, for the result JSON: no secret values, only names.
@@ -575,18 +635,32 @@ fn config_json(cfg: &RunConfig, pre: &Preflight) -> Value {
     })
 }
 
+/// The journal file and what to do when it can no longer be written.
+struct Journal {
+    file: std::fs::File,
+    path: PathBuf,
+    /// Cancelled on a write error: the run stops early rather than measuring into nowhere.
+    on_error: CancellationToken,
+}
+
+/// Every record of the run, in arrival order, and why the journal stopped being written.
+struct Collected {
+    records: Vec<RequestRecord>,
+    journal_error: Option<String>,
+}
+
 async fn collect(
     mut rx: mpsc::UnboundedReceiver<RequestRecord>,
-    file: std::fs::File,
+    journal: Journal,
     mode: ProgressMode,
     expected: Option<u64>,
     warmup: u64,
     duration: Option<Duration>,
-) -> anyhow::Result<Vec<RequestRecord>> {
+) -> anyhow::Result<Collected> {
     let (to_journal, journal_rx) = std::sync::mpsc::channel::<RequestRecord>();
-    let journal = std::thread::Builder::new()
+    let writer = std::thread::Builder::new()
         .name("kvbench-journal".into())
-        .spawn(move || write_journal(file, journal_rx))
+        .spawn(move || write_journal(journal, journal_rx))
         .context("cannot start the journal thread")?;
     let mut done = 0u64;
     let mut progress = Progress::new(mode, expected.map(|n| n + warmup), duration);
@@ -600,40 +674,64 @@ async fn collect(
         tokens += rec.output_tokens();
         done += 1;
         if to_journal.send(rec).is_err() {
-            // The journal thread stopped on a write error: its result says which.
             break;
         }
         progress.update(done, failed, tokens, started.elapsed());
     }
     drop(to_journal);
     progress.finish();
-    journal
+    writer
         .join()
-        .map_err(|_| anyhow::anyhow!("the journal thread panicked"))?
+        .map_err(|_| anyhow::anyhow!("the journal thread panicked"))
 }
 
 /// Appends each record to the journal as one JSON line, flushing whenever no other record is
-/// waiting; returns the records in arrival order.
-fn write_journal(
-    file: std::fs::File,
-    rx: std::sync::mpsc::Receiver<RequestRecord>,
-) -> anyhow::Result<Vec<RequestRecord>> {
-    let mut out = std::io::BufWriter::new(file);
+/// waiting; returns the records in arrival order. After a write error (a full disk) nothing
+/// more is written, the run is stopped, and the records are still all kept for the result.
+fn write_journal(journal: Journal, rx: std::sync::mpsc::Receiver<RequestRecord>) -> Collected {
+    let mut out = std::io::BufWriter::new(journal.file);
     let mut records = Vec::new();
+    let mut error: Option<String> = None;
+    let failed = |e: &dyn std::fmt::Display, error: &mut Option<String>| {
+        if error.is_none() {
+            *error = Some(format!(
+                "cannot write journal {}: {e}; the run was stopped",
+                journal.path.display()
+            ));
+            journal.on_error.cancel();
+        }
+    };
     while let Ok(mut rec) = rx.recv() {
         loop {
-            serde_json::to_writer(&mut out, &rec)?;
-            out.write_all(b"\n")?;
+            if error.is_none() {
+                let line = serde_json::to_writer(&mut out, &rec)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| out.write_all(b"\n").map_err(|e| e.to_string()));
+                if let Err(e) = line {
+                    failed(&e, &mut error);
+                }
+            }
             records.push(rec);
             match rx.try_recv() {
                 Ok(next) => rec = next,
                 Err(_) => break,
             }
         }
-        out.flush()?;
+        if error.is_none() {
+            if let Err(e) = out.flush() {
+                failed(&e, &mut error);
+            }
+        }
     }
-    out.flush()?;
-    Ok(records)
+    if error.is_none() {
+        if let Err(e) = out.flush() {
+            failed(&e, &mut error);
+        }
+    }
+    Collected {
+        records,
+        journal_error: error,
+    }
 }
 
 enum Progress {
