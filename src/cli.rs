@@ -78,41 +78,106 @@ fn non_negative_pct(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Rate value: a positive number of requests per second, or `inf` (all at once).
+/// Upper bounds of counts and sizes: far beyond any real benchmark, low enough that what a run
+/// allocates per request, per worker or per second stays within one machine. A value above
+/// one is a typo or a test of kvbench itself, and gets a one-line error rather than a run
+/// that exhausts memory or never ends.
+pub mod bounds {
+    /// Requests in flight (`--concurrency`, `--max-concurrency`, selftest streams).
+    pub const MAX_CONCURRENCY: usize = 100_000;
+    /// Measured requests (`--num-requests`).
+    pub const MAX_REQUESTS: u64 = 1_000_000_000;
+    /// Warmup requests.
+    pub const MAX_WARMUP: u64 = 1_000_000;
+    /// Synthetic prompt length in tokens (a 1 Mi-token context is the largest served today).
+    pub const MAX_INPUT_LEN: u32 = 1 << 20;
+    /// Images per request.
+    pub const MAX_IMAGES: u32 = 100;
+    /// Slowest open-loop rate, requests per second (one a day is 0.0000116).
+    pub const MIN_RATE: f64 = 1e-6;
+    /// Longest duration or time limit (`--duration`, `--timeout`, `--budget`).
+    pub const MAX_DURATION_S: u64 = 366 * 24 * 3600;
+    /// Longest delay of the self-test server (`--itl-ms`, `--ttft-ms`): an hour.
+    pub const MAX_DELAY_MS: u64 = 3_600_000;
+    /// Requests per self-test stream.
+    pub const MAX_REQUESTS_PER_STREAM: u64 = 1_000_000;
+}
+
+use bounds::*;
+
+/// Rate value: a number of requests per second from [`MIN_RATE`], or `inf` (all at once).
 fn parse_rate(s: &str) -> Result<f64, String> {
     if s.eq_ignore_ascii_case("inf") {
         return Ok(f64::INFINITY);
     }
     match s.parse::<f64>() {
-        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        Ok(r) if r >= MIN_RATE && r.is_finite() => Ok(r),
         _ => Err(format!(
-            "{s:?} is not a positive rate (requests/s) or \"inf\""
+            "{s:?} is not a positive rate of at least {MIN_RATE} requests/s, or \"inf\""
         )),
     }
 }
 
+/// A duration: humantime (`30s`, `5m`, `1h 30m`) or seconds (`90`, `0.5`); positive and at
+/// most [`MAX_DURATION_S`].
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
-        .or_else(|_| {
+        .ok()
+        .or_else(|| {
             s.parse::<f64>()
-                .map(Duration::from_secs_f64)
-                .map_err(|_| ())
+                .ok()
+                .and_then(|x| Duration::try_from_secs_f64(x).ok())
         })
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 5m, 90)"))?;
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 5m, 90)"))?;
     if d.is_zero() {
         return Err("the duration must be positive".into());
+    }
+    if d > Duration::from_secs(MAX_DURATION_S) {
+        return Err(format!("{s:?} is longer than 366 days"));
     }
     Ok(d)
 }
 
+/// Headers kvbench writes itself or that decide how the request is framed and routed: set by
+/// the user they would be sent twice or contradict kvbench's own (`Content-Length` with
+/// `Transfer-Encoding`, another `Host`), which servers and proxies read differently.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-connection",
+    "content-type",
+    "accept",
+];
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
-    match s.split_once(':') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
-        _ => Err(format!(
+    let Some((k, v)) = s.split_once(':').filter(|(k, _)| !k.trim().is_empty()) else {
+        return Err(format!(
             "expected K:V, got {:?}",
             s.split(':').next().unwrap_or("")
-        )),
+        ));
+    };
+    let (k, v) = (k.trim(), v.trim());
+    if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+        return Err(format!("{k:?} is not a valid header name"));
     }
+    if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "{k} is set by kvbench itself (it frames or routes the request)"
+        ));
+    }
+    if reqwest::header::HeaderValue::from_str(v).is_err() {
+        return Err(format!(
+            "the value of {k} has characters not allowed in a header (control characters)"
+        ));
+    }
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -134,8 +199,24 @@ fn positive_u64(s: &str) -> Result<u64, String> {
     }
 }
 
-fn positive_usize(s: &str) -> Result<usize, String> {
-    positive_u64(s).map(|n| n as usize)
+/// A positive integer of at most `max`.
+fn positive_at_most(s: &str, max: u64) -> Result<u64, String> {
+    match positive_u64(s)? {
+        n if n <= max => Ok(n),
+        _ => Err(format!("{s:?} is more than {max}")),
+    }
+}
+
+fn requests(s: &str) -> Result<u64, String> {
+    positive_at_most(s, MAX_REQUESTS)
+}
+
+fn concurrency(s: &str) -> Result<usize, String> {
+    positive_at_most(s, MAX_CONCURRENCY as u64).map(|n| n as usize)
+}
+
+fn requests_per_stream(s: &str) -> Result<u64, String> {
+    positive_at_most(s, MAX_REQUESTS_PER_STREAM)
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {
@@ -145,6 +226,13 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A delay of the self-test server in ms: positive, at most [`MAX_DELAY_MS`].
+fn delay_ms(s: &str) -> Result<f64, String> {
+    match positive_f64(s)? {
+        x if x <= MAX_DELAY_MS as f64 => Ok(x),
+        _ => Err(format!("{s:?} is more than an hour ({MAX_DELAY_MS} ms)")),
+    }
+}
 /// Options that come from the experiment file when `--config` is given.
 const CONFIG_CONFLICTS: &[&str] = &[
     "url",
@@ -212,14 +300,14 @@ pub struct RunArgs {
     pub engine: Engine,
 
     /// Measured requests (warmup not included) [default: 100 unless --duration].
-    #[arg(long, short = 'n', value_parser = positive_u64, conflicts_with = "duration")]
+    #[arg(long, short = 'n', value_parser = requests, conflicts_with = "duration")]
     pub num_requests: Option<u64>,
     /// Send for this long instead (e.g. 60s, 5m); requests in flight then finish.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
     /// Closed loop: this many requests in flight, each sent when one ends [default: 1].
-    #[arg(long, short = 'c', value_parser = positive_usize, conflicts_with = "request_rate")]
+    #[arg(long, short = 'c', value_parser = concurrency, conflicts_with = "request_rate")]
     pub concurrency: Option<usize>,
     /// Open loop: mean requests per second (or "inf": all at once); latency is also measured
     /// from the scheduled send time.
@@ -232,11 +320,11 @@ pub struct RunArgs {
     #[arg(long, value_parser = positive_f64, requires = "request_rate")]
     pub burstiness: Option<f64>,
     /// Open loop: cap on requests in flight (excess waits in the client, and that wait counts).
-    #[arg(long, value_parser = positive_usize, requires = "request_rate")]
+    #[arg(long, value_parser = concurrency, requires = "request_rate")]
     pub max_concurrency: Option<usize>,
 
     /// Synthetic prompt length in tokens (exact with --tokenizer, estimated otherwise).
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=MAX_INPUT_LEN as i64))]
     pub input_len: u32,
     /// Maximum output tokens per request.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
@@ -254,7 +342,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Warmup requests sent before measuring (excluded from statistics).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_WARMUP))]
     pub warmup: u64,
 
     /// Prompt source: synthetic, jsonl:PATH ({"prompt"} or {"messages"} per line, optional
@@ -268,7 +356,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub allow_prefix_cache: bool,
     /// Images per request for vision-language models (generated unless --image is given).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=MAX_IMAGES as i64))]
     pub images: u32,
     /// Size of generated images.
     #[arg(long, value_parser = parse_size, default_value = "512x512")]
@@ -600,7 +688,7 @@ pub struct TestServerArgs {
 #[derive(Debug, Args)]
 pub struct SelftestArgs {
     /// Streams in flight (closed loop).
-    #[arg(long, short = 'c', default_value_t = 1000, value_parser = positive_usize)]
+    #[arg(long, short = 'c', default_value_t = 1000, value_parser = concurrency)]
     pub concurrency: usize,
     /// Token events per second the server releases over all streams (each stream gets
     /// one token every concurrency / events-per-s seconds).
@@ -613,10 +701,10 @@ pub struct SelftestArgs {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub input_len: u32,
     /// Server delay to the first token, ms.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=MAX_DELAY_MS))]
     pub ttft_ms: u64,
     /// Requests per stream: the run sends concurrency × this many requests.
-    #[arg(long, default_value_t = 4, value_parser = positive_u64)]
+    #[arg(long, default_value_t = 4, value_parser = requests_per_stream)]
     pub requests_per_stream: u64,
     /// Endpoint to call.
     #[arg(long, value_enum, default_value_t = Endpoint::Chat)]
@@ -630,7 +718,7 @@ pub struct SelftestArgs {
     pub serve: Option<SocketAddr>,
     /// With --serve: gap between two tokens of a stream, ms [default: concurrency /
     /// events-per-s].
-    #[arg(long, requires = "serve", value_parser = positive_f64)]
+    #[arg(long, requires = "serve", value_parser = delay_ms)]
     pub itl_ms: Option<f64>,
     /// With --serve: answers have between half and all of max_tokens (by prompt), so
     /// closed-loop streams do not stay in lock-step.

@@ -326,12 +326,14 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
 async fn selftest_command(a: cli::SelftestArgs) -> anyhow::Result<ExitCode> {
     let ttft = std::time::Duration::from_millis(a.ttft_ms);
     if let Some(addr) = a.serve {
-        let itl_ms = a
-            .itl_ms
-            .unwrap_or(a.concurrency as f64 / a.events_per_s * 1e3);
+        // --itl-ms is bounded by its parser; the gap from --events-per-s is checked here.
+        let itl = match a.itl_ms {
+            Some(ms) => std::time::Duration::from_secs_f64(ms / 1e3),
+            None => selftest::itl_for(a.concurrency, a.events_per_s)?,
+        };
         let cfg = selftest::server::FastServerConfig {
             ttft,
-            itl: std::time::Duration::from_secs_f64(itl_ms / 1e3),
+            itl,
             default_tokens: a.max_tokens,
             vary_length: a.vary_length,
             ..Default::default()
@@ -339,6 +341,7 @@ async fn selftest_command(a: cli::SelftestArgs) -> anyhow::Result<ExitCode> {
         selftest::serve(cfg, addr).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    selftest::itl_for(a.concurrency, a.events_per_s)?;
     let cfg = selftest::SelftestConfig {
         concurrency: a.concurrency,
         events_per_s: a.events_per_s,

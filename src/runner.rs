@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -291,7 +291,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     };
 
     // Producer: builds request bodies ahead of time on a plain thread, in id order.
-    let total_jobs = cfg.num_requests.map(|n| n + cfg.warmup);
+    let total_jobs = cfg.num_requests.map(|n| n.saturating_add(cfg.warmup));
     let (job_tx, job_rx) = mpsc::channel::<Job>(concurrency * 2 + 16);
     let workload = Arc::new(workload);
     {
@@ -347,15 +347,20 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     // Warmup: closed loop, excluded from statistics.
     let t_warmup = Instant::now();
     if cfg.warmup > 0 {
-        let left = Arc::new(AtomicI64::new(cfg.warmup as i64));
-        let workers = concurrency.min(cfg.warmup as usize).max(1);
+        let left = Arc::new(AtomicU64::new(cfg.warmup));
+        let workers = concurrency.min(usize::try_from(cfg.warmup).unwrap_or(usize::MAX));
         let mut handles = Vec::new();
         for _ in 0..workers {
             let (ctx, rx, left) = (ctx.clone(), job_rx.clone(), left.clone());
             handles.push(tokio::spawn(async move {
-                while left.fetch_sub(1, Ordering::SeqCst) > 0 && !ctx.cancel.is_cancelled() {
-                    let job = rx.lock().await.recv().await;
-                    let Some(job) = job else { break };
+                let take = || {
+                    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                };
+                while !ctx.cancel.is_cancelled() && take() {
+                    let Some(job) = next_job(&rx, &ctx.cancel).await else {
+                        break;
+                    };
                     let s = now_ns(ctx.origin);
                     run_one(&ctx, job, s, true).await;
                 }
@@ -404,7 +409,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
 
     // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
     // first wave's TTFT: a serving client keeps its connections alive.
-    let prewarm = prewarm_count(&cfg.arrival);
+    let prewarm = prewarm_count(&cfg.arrival, cfg.num_requests);
     ctx.client.prewarm(prewarm, &stop).await;
 
     let measure_start = Instant::now();
@@ -413,7 +418,12 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     let mut handles = Vec::new();
     match cfg.arrival.clone() {
         Arrival::Closed { concurrency } => {
-            for _ in 0..concurrency {
+            // More workers than requests would only wait.
+            let workers = match cfg.num_requests {
+                Some(n) => concurrency.min(usize::try_from(n).unwrap_or(usize::MAX)),
+                None => concurrency,
+            };
+            for _ in 0..workers {
                 let (ctx, rx) = (ctx.clone(), job_rx.clone());
                 handles.push(tokio::spawn(async move {
                     loop {
@@ -422,8 +432,9 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
                         {
                             break;
                         }
-                        let job = rx.lock().await.recv().await;
-                        let Some(job) = job else { break };
+                        let Some(job) = next_job(&rx, &ctx.cancel).await else {
+                            break;
+                        };
                         let s = now_ns(ctx.origin);
                         run_one(&ctx, job, s, false).await;
                     }
@@ -447,14 +458,17 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
             let sem = max_concurrency.map(|m| Arc::new(Semaphore::new(m)));
             let base_ns = now_ns(origin);
             for offset in times {
-                let at = measure_start + offset;
+                let Some(at) = measure_start.checked_add(offset) else {
+                    break;
+                };
                 tokio::select! {
                     _ = tokio::time::sleep_until(at.into()) => {}
                     _ = stop.cancelled() => break,
                 }
-                let job = job_rx.lock().await.recv().await;
-                let Some(job) = job else { break };
-                let scheduled = base_ns + offset.as_nanos() as u64;
+                let Some(job) = next_job(&job_rx, &stop).await else {
+                    break;
+                };
+                let scheduled = base_ns.saturating_add(offset.as_nanos() as u64);
                 let (ctx, sem) = (ctx.clone(), sem.clone());
                 handles.push(tokio::spawn(async move {
                     let _permit = match sem {
@@ -547,15 +561,29 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     Ok(result)
 }
 
-/// Connections opened before measuring: the closed-loop concurrency, the open-loop cap, or 16.
-fn prewarm_count(arrival: &Arrival) -> usize {
-    match arrival {
+/// Connections opened before measuring: the closed-loop concurrency, the open-loop cap, or 16;
+/// never more than the requests to send, nor 1024.
+fn prewarm_count(arrival: &Arrival, num_requests: Option<u64>) -> usize {
+    let n = match arrival {
         Arrival::Closed { concurrency } => *concurrency,
         Arrival::Open {
             max_concurrency, ..
         } => max_concurrency.unwrap_or(16),
     }
-    .min(1024)
+    .min(1024);
+    match num_requests {
+        Some(r) => n.min(usize::try_from(r).unwrap_or(usize::MAX)),
+        None => n,
+    }
+}
+
+/// The next request body, or `None` when there are no more or the run stops first (building
+/// a body can take long: large images, exact prompt lengths with a tokenizer).
+async fn next_job(rx: &Mutex<mpsc::Receiver<Job>>, stop: &CancellationToken) -> Option<Job> {
+    tokio::select! {
+        job = async { rx.lock().await.recv().await } => job,
+        _ = stop.cancelled() => None,
+    }
 }
 
 /// Checks, before a run, that `path` can be written where [`write_json`] (or the journal)
@@ -631,7 +659,7 @@ fn config_json(cfg: &RunConfig, pre: &Preflight) -> Value {
         "api_key_env": cfg.api_key_env,
         "headers": header_names,
         "keep_text": cfg.keep_text,
-        "prewarmed_connections": prewarm_count(&cfg.arrival),
+        "prewarmed_connections": prewarm_count(&cfg.arrival, cfg.num_requests),
     })
 }
 
@@ -663,7 +691,7 @@ async fn collect(
         .spawn(move || write_journal(journal, journal_rx))
         .context("cannot start the journal thread")?;
     let mut done = 0u64;
-    let mut progress = Progress::new(mode, expected.map(|n| n + warmup), duration);
+    let mut progress = Progress::new(mode, expected.map(|n| n.saturating_add(warmup)), duration);
     let mut failed = 0u64;
     let mut tokens = 0u64;
     let started = Instant::now();
@@ -671,7 +699,7 @@ async fn collect(
         if rec.error.is_some() {
             failed += 1;
         }
-        tokens += rec.output_tokens();
+        tokens = tokens.saturating_add(rec.output_tokens());
         done += 1;
         if to_journal.send(rec).is_err() {
             break;

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kvbench::testserver::TestServerConfig;
@@ -23,6 +23,30 @@ async fn output(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap()
+}
+
+/// Waits for `child` at most `limit`; kills it (and says so) when it runs longer.
+async fn output_within(mut cmd: Command, limit: Duration) -> (Output, bool) {
+    tokio::task::spawn_blocking(move || {
+        let mut child: Child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        let mut killed = false;
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > limit {
+                let _ = child.kill();
+                killed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (child.wait_with_output().unwrap(), killed)
+    })
+    .await
+    .unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -50,6 +74,20 @@ fn rejected(o: &Output, needle: &str) {
     if let Some(why) = not_rejected(o, needle) {
         panic!("{why}");
     }
+}
+
+/// Runs each case (killed after 20 s) and asserts that every one was rejected.
+async fn all_rejected(cases: Vec<(Command, String, &str)>) {
+    let mut failures = Vec::new();
+    for (c, what, needle) in cases {
+        let (o, killed) = output_within(c, Duration::from_secs(20)).await;
+        if killed {
+            failures.push(format!("{what}: still running after 20 s"));
+        } else if let Some(why) = not_rejected(&o, needle) {
+            failures.push(format!("{what}: {why}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 async fn quick_server() -> kvbench::testserver::TestServer {
@@ -210,6 +248,243 @@ async fn url_credentials_and_query_values_never_reach_error_messages() {
             "{url}: {err}"
         );
     }
+}
+
+#[tokio::test]
+async fn durations_beyond_range_are_rejected_not_panics() {
+    let s = quick_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json").display().to_string();
+    let url = s.url();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "run",
+                "--url",
+                &url,
+                "-q",
+                "-o",
+                &out,
+                "-n",
+                "2",
+                "--request-rate",
+                "1e-19",
+            ],
+            "--request-rate",
+        ),
+        (
+            vec![
+                "selftest",
+                "-c",
+                "1",
+                "--requests-per-stream",
+                "1",
+                "--events-per-s",
+                "1e-300",
+            ],
+            "--events-per-s",
+        ),
+        (
+            vec!["selftest", "--serve", "127.0.0.1:0", "--itl-ms", "1e300"],
+            "--itl-ms",
+        ),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|(args, needle)| {
+            let mut c = kvbench();
+            c.args(&args);
+            (c, format!("{args:?}"), needle)
+        })
+        .collect();
+    all_rejected(cases).await;
+}
+
+// ---- item 9: hangs ----
+
+/// A tokenizer that gives no token for any word: a BPE model with an empty vocabulary and no
+/// unknown token drops every character.
+const EMPTY_TOKENIZER: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,"end_of_word_suffix":null,"fuse_unk":false,"byte_fallback":false,"vocab":{},"merges":[]}}"#;
+
+#[tokio::test]
+async fn a_tokenizer_that_counts_no_tokens_is_an_error_not_a_hang() {
+    let s = quick_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    std::fs::write(&tok, EMPTY_TOKENIZER).unwrap();
+    let mut c = kvbench();
+    c.args(["run", "--url", &s.url(), "-n", "1", "-q", "--tokenizer"])
+        .arg(&tok)
+        .arg("-o")
+        .arg(dir.path().join("r.json"));
+    let (o, killed) = output_within(c, Duration::from_secs(20)).await;
+    assert!(!killed, "kvbench hung building a prompt");
+    rejected(&o, "tokenizer");
+}
+
+#[tokio::test]
+async fn workers_stop_at_once_while_requests_are_slow_to_build() {
+    let s = quick_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Large generated images make each request take seconds to build.
+    let cfg = common::config(
+        dir.path(),
+        &[
+            "--url",
+            &s.url(),
+            "-n",
+            "20",
+            "-c",
+            "2",
+            "--images",
+            "6",
+            "--image-size",
+            "8192x8192",
+        ],
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let c = cancel.clone();
+    let cancelled_at = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let at = cancelled_at.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        *at.lock().unwrap() = Some(Instant::now());
+        c.cancel();
+    });
+    let r = kvbench::runner::run(cfg, cancel).await.unwrap();
+    let took = cancelled_at.lock().unwrap().unwrap().elapsed();
+    assert!(r.interrupted);
+    assert!(
+        took < Duration::from_secs(2),
+        "the run ended {took:?} after the interruption"
+    );
+}
+
+// ---- items 10 and 11: counts and sizes beyond reason ----
+
+#[tokio::test]
+async fn counts_and_sizes_beyond_bounds_are_rejected() {
+    let s = quick_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json").display().to_string();
+    let url = s.url();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--warmup", "18446744073709551615", "-n", "1"],
+            "--warmup",
+        ),
+        (vec!["-c", "10000000", "-n", "3"], "--concurrency"),
+        (
+            vec![
+                "--request-rate",
+                "5",
+                "--max-concurrency",
+                "10000000",
+                "-n",
+                "3",
+            ],
+            "--max-concurrency",
+        ),
+        (vec!["--input-len", "1000000000", "-n", "1"], "--input-len"),
+        (vec!["-n", "18446744073709551615"], "--num-requests"),
+    ];
+    let cases = cases
+        .into_iter()
+        .map(|(args, needle)| {
+            let mut c = kvbench();
+            c.args(["run", "--url", &url, "-q", "-o", &out]).args(&args);
+            (c, format!("{args:?}"), needle)
+        })
+        .collect();
+    all_rejected(cases).await;
+}
+
+#[tokio::test]
+async fn workers_and_connections_never_outnumber_the_requests() {
+    let s = quick_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), &["--url", &s.url(), "-n", "3", "-c", "900"]);
+    let r = kvbench::runner::run(cfg, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(r.requests.completed, 3);
+    assert_eq!(r.config["prewarmed_connections"], 3);
+}
+
+#[tokio::test]
+async fn an_open_loop_over_a_long_duration_starts_sending_at_once() {
+    let s = quick_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    let journal = dir.path().join("r.requests.jsonl");
+    let mut c = kvbench();
+    c.args(["run", "--url", &s.url(), "-q", "--request-rate", "100"])
+        .args(["--max-concurrency", "4", "--duration", "1000h", "-o"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let t0 = Instant::now();
+    let mut started = false;
+    while t0.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if std::fs::read_to_string(&journal).is_ok_and(|j| j.lines().count() >= 3) {
+            started = true;
+            break;
+        }
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let o = tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(started, "nothing sent within 8 s: {}", stderr(&o));
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(v["requests"]["total"].as_u64().unwrap() >= 3);
+}
+
+// ---- item 12: headers, URLs, logs ----
+
+#[tokio::test]
+async fn framing_headers_are_rejected() {
+    let s = quick_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json").display().to_string();
+    let cases = [
+        "Content-Length: 5",
+        "Transfer-Encoding: chunked",
+        "host: elsewhere.example",
+        "Connection: close",
+        "X-Bad: a\u{1b}b",
+    ]
+    .into_iter()
+    .map(|h| {
+        let mut c = kvbench();
+        c.args([
+            "run",
+            "--url",
+            &s.url(),
+            "-n",
+            "1",
+            "-q",
+            "-o",
+            &out,
+            "--header",
+            h,
+        ]);
+        (c, h.to_owned(), "--header")
+    })
+    .collect();
+    all_rejected(cases).await;
 }
 
 #[tokio::test]

@@ -72,9 +72,25 @@ pub struct SelftestConfig {
 
 impl SelftestConfig {
     /// Gap between two tokens of one stream, so that all streams together release
-    /// `events_per_s` token events per second.
+    /// `events_per_s` token events per second (an hour at most; [`itl_for`] checks).
     pub fn itl(&self) -> Duration {
-        Duration::from_secs_f64(self.concurrency as f64 / self.events_per_s)
+        itl_for(self.concurrency, self.events_per_s).unwrap_or(MAX_ITL)
+    }
+}
+
+/// Longest gap between two tokens of a stream.
+const MAX_ITL: Duration = Duration::from_secs(3600);
+
+/// The gap between two tokens of one of `concurrency` streams that together release
+/// `events_per_s` token events per second; an error when it is not a positive duration of at
+/// most an hour.
+pub fn itl_for(concurrency: usize, events_per_s: f64) -> anyhow::Result<Duration> {
+    let gap_s = concurrency as f64 / events_per_s;
+    match Duration::try_from_secs_f64(gap_s) {
+        Ok(d) if !d.is_zero() && d <= MAX_ITL => Ok(d),
+        _ => anyhow::bail!(
+            "--events-per-s {events_per_s}: with --concurrency {concurrency} a stream would wait {gap_s:.3e} s between tokens (from 1 ns to an hour)"
+        ),
     }
 }
 

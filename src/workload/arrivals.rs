@@ -45,7 +45,9 @@ pub enum Arrival {
 }
 
 /// Send offsets from the start of measurement: `n` of them, or as many as fit in `until`.
-/// The first request goes at 0.
+/// The first request goes at 0. The offsets are drawn as the run consumes them (a long open
+/// loop, `--request-rate 1e6 --duration 1000h`, must not be computed before it starts), and end
+/// where an offset no longer fits a `Duration`.
 pub fn timeline(
     rate: f64,
     kind: ArrivalKind,
@@ -53,35 +55,83 @@ pub fn timeline(
     seed: u64,
     n: Option<u64>,
     until: Option<Duration>,
-) -> Vec<Duration> {
-    let mut out = Vec::new();
-    let limit = n.unwrap_or(u64::MAX);
-    let horizon = until.map(|d| d.as_secs_f64()).unwrap_or(f64::INFINITY);
-    if !rate.is_finite() {
-        let count = n.unwrap_or(0);
-        return vec![Duration::ZERO; count as usize];
-    }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xA5A5_5A5A);
+) -> Timeline {
     let shape = match kind {
         ArrivalKind::Poisson => 1.0,
         _ => burstiness,
     };
-    let gamma = Gamma::new(shape, 1.0 / (rate * shape)).ok();
-    let mut t = 0.0f64;
-    while (out.len() as u64) < limit && t < horizon {
-        out.push(Duration::from_secs_f64(t));
-        let gap = match (kind, &gamma) {
-            (ArrivalKind::Constant, _) | (_, None) => 1.0 / rate,
-            (_, Some(g)) => g.sample(&mut rng),
-        };
-        t += gap;
+    let gamma = if kind == ArrivalKind::Constant || !rate.is_finite() {
+        None
+    } else {
+        Gamma::new(shape, 1.0 / (rate * shape)).ok()
+    };
+    Timeline {
+        rate,
+        gamma,
+        rng: rand::rngs::StdRng::seed_from_u64(seed ^ 0xA5A5_5A5A),
+        left: if rate.is_finite() {
+            n.unwrap_or(u64::MAX)
+        } else {
+            n.unwrap_or(0)
+        },
+        horizon_s: until.map(|d| d.as_secs_f64()).unwrap_or(f64::INFINITY),
+        t_s: 0.0,
     }
-    out
+}
+
+/// The send offsets of an open loop, drawn one at a time ([`timeline`]).
+#[derive(Debug)]
+pub struct Timeline {
+    rate: f64,
+    gamma: Option<Gamma<f64>>,
+    rng: rand::rngs::StdRng,
+    left: u64,
+    horizon_s: f64,
+    t_s: f64,
+}
+
+impl Iterator for Timeline {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.left == 0 {
+            return None;
+        }
+        if !self.rate.is_finite() {
+            self.left -= 1;
+            return Some(Duration::ZERO);
+        }
+        if self.t_s >= self.horizon_s {
+            return None;
+        }
+        let Ok(at) = Duration::try_from_secs_f64(self.t_s) else {
+            self.left = 0;
+            return None;
+        };
+        self.left -= 1;
+        let gap = match &self.gamma {
+            None => 1.0 / self.rate,
+            Some(g) => g.sample(&mut self.rng),
+        };
+        self.t_s += gap;
+        Some(at)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timeline(
+        rate: f64,
+        kind: ArrivalKind,
+        burstiness: f64,
+        seed: u64,
+        n: Option<u64>,
+        until: Option<Duration>,
+    ) -> Vec<Duration> {
+        super::timeline(rate, kind, burstiness, seed, n, until).collect()
+    }
 
     #[test]
     fn constant_is_evenly_spaced() {
@@ -128,5 +178,18 @@ mod tests {
         assert_eq!(t.len(), 6);
         let inf = timeline(f64::INFINITY, ArrivalKind::Poisson, 1.0, 0, Some(3), None);
         assert_eq!(inf, vec![Duration::ZERO; 3]);
+    }
+
+    #[test]
+    fn a_long_open_loop_is_drawn_as_it_goes() {
+        let hours = Some(Duration::from_secs(1000 * 3600));
+        let mut t = super::timeline(1e6, ArrivalKind::Poisson, 1.0, 0, None, hours);
+        assert_eq!(t.next(), Some(Duration::ZERO));
+        assert!(t.next().unwrap() < Duration::from_millis(1));
+        // Offsets beyond what a Duration holds end the schedule instead of panicking.
+        let far = timeline(1e-19, ArrivalKind::Constant, 1.0, 0, Some(5), None);
+        assert_eq!(far.len(), 2);
+        let far = timeline(1e-300, ArrivalKind::Poisson, 1.0, 0, Some(5), None);
+        assert!(far.len() <= 2);
     }
 }

@@ -231,7 +231,9 @@ pub struct TokenCounter {
 }
 
 impl TokenCounter {
-    /// Loads `tokenizer.json`; a one-line error when it cannot be read or parsed.
+    /// Loads `tokenizer.json`; a one-line error when it cannot be read or parsed, or when it
+    /// gives no token for any of the words prompts are made of (no prompt could reach its
+    /// length).
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let tok = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))?;
@@ -242,6 +244,12 @@ impl TokenCounter {
         for w in WORDS {
             let n = c.count(&format!(" {w}"));
             c.word_tokens.insert(w, n);
+        }
+        if c.word_tokens.values().all(|&n| n == 0) {
+            anyhow::bail!(
+                "tokenizer {}: it gives no token for any word (is it the model's tokenizer.json?)",
+                path.display()
+            );
         }
         Ok(c)
     }
@@ -302,10 +310,11 @@ pub fn text(
         return (words.join(" "), target + prefix_tokens);
     };
     // Sum per-word counts (pre-tokenization splits on spaces), then correct with real encodes.
+    // A word counted as no token still counts as one here, so the loop ends.
     let mut est = 0;
     while est < target {
         let w = WORDS[rng.random_range(0..WORDS.len())];
-        est += tok.word_tokens.get(w).copied().unwrap_or(1);
+        est += tok.word_tokens.get(w).copied().unwrap_or(1).max(1);
         words.push(w);
     }
     let one_token: Vec<&'static str> = WORDS
