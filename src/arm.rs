@@ -480,16 +480,32 @@ pub async fn run_arm(
     })
 }
 
+/// Whether a flag or environment variable name looks like it holds a secret (`--api-key`,
+/// `HF_TOKEN`, ...).
+pub fn secret_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["key", "token", "secret", "password", "passwd"]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
 /// Values that must never appear in results: those of secret-looking flags (`--api-key`,
-/// `--hf-token`, ...) and of secret-looking environment variables given to the server.
+/// `--hf-token`, ...), of secret-looking environment variables given to the server, and of
+/// every request header of the workload (`--header K:V`: the value may be a token whatever
+/// the header's name).
 pub fn secret_values(plan: &ArmPlan, launch_args: &[String]) -> Vec<String> {
-    let secretish = |name: &str| {
-        let n = name.to_ascii_lowercase();
-        ["key", "token", "secret", "password", "passwd"]
-            .iter()
-            .any(|w| n.contains(w))
-    };
+    let secretish = secret_name;
     let mut out = Vec::new();
+    for (i, a) in plan.workload_args.iter().enumerate() {
+        let header = match a.strip_prefix("--header=") {
+            Some(h) => Some(h),
+            None if a == "--header" => plan.workload_args.get(i + 1).map(String::as_str),
+            None => None,
+        };
+        if let Some((_, value)) = header.and_then(|h| h.split_once(':')) {
+            out.push(value.trim().to_owned());
+        }
+    }
     for (i, a) in launch_args.iter().enumerate() {
         if let Some((flag, value)) = a.split_once('=') {
             if flag.starts_with('-') && secretish(flag) {

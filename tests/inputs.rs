@@ -250,6 +250,139 @@ async fn url_credentials_and_query_values_never_reach_error_messages() {
     }
 }
 
+fn write_exp(dir: &Path, text: &str) -> std::path::PathBuf {
+    let p = dir.join("exp.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn arm_args(exp: &Path, out: &Path) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--config".into(),
+        exp.display().to_string(),
+        "--arm".into(),
+        "a".into(),
+        "--out-dir".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+    ]
+}
+
+fn everything_in(dir: &Path) -> String {
+    let mut all = String::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            all += &String::from_utf8_lossy(&std::fs::read(&p).unwrap());
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn header_values_never_reach_a_failed_arms_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = write_exp(
+        dir.path(),
+        &format!(
+            "name = \"f\"\n[server]\ncommand = [\"{BIN}\", \"test-server\", \"--exit\", \"1\"]\nport = \"auto\"\nhealth_timeout = \"5s\"\n[workload]\nnum_requests = 1\nheader = [\"X-Api-Token: hdr-s3cret-value\"]\n[[arms]]\nname = \"a\"\n"
+        ),
+    );
+    let out = dir.path().join("out");
+    let mut c = kvbench();
+    c.args(arm_args(&exp, &out));
+    let o = output(c).await;
+    assert!(!o.status.success());
+    let all = everything_in(&out) + &stderr(&o) + &String::from_utf8_lossy(&o.stdout);
+    assert!(all.contains("X-Api-Token"), "the header's name is kept");
+    assert!(!all.contains("hdr-s3cret-value"), "{all}");
+}
+
+#[tokio::test]
+async fn dry_run_prints_no_secret_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = write_exp(
+        dir.path(),
+        &format!(
+            "name = \"d\"\n[server]\ncommand = [\"{BIN}\", \"test-server\"]\nurl = \"http://user:url-s3cret@127.0.0.1:9/?token=tok-s3cret\"\nenv = {{ HF_TOKEN = \"hf_envs3cret\", PLAIN = \"shown\" }}\n[workload]\nnum_requests = 1\nheader = [\"Authorization: Bearer sk-hdrs3cret\"]\n[[arms]]\nname = \"a\"\n"
+        ),
+    );
+    let mut args = arm_args(&exp, &dir.path().join("out"));
+    args.push("--dry-run".into());
+    let mut c = kvbench();
+    c.args(args);
+    let o = output(c).await;
+    let text = String::from_utf8_lossy(&o.stdout).into_owned() + &stderr(&o);
+    assert!(o.status.success(), "{text}");
+    for secret in ["hf_envs3cret", "sk-hdrs3cret", "url-s3cret", "tok-s3cret"] {
+        assert!(!text.contains(secret), "{secret} printed: {text}");
+    }
+    assert!(text.contains("PLAIN=shown"), "{text}");
+}
+
+const DOCKER_STUB: &str = r#"#!/bin/sh
+# Stand-in docker: records its arguments and the secret it was given, answers like compose.
+echo "$* HF_TOKEN=${HF_TOKEN:-unset}" >> "$DOCKER_RECORD"
+case "$*" in
+  *" config --format json") printf '{"services":{"vllm":{"command":["--model","m"]}}}\n' ;;
+  *" logs -f "*) echo "INFO started"; exec sleep 1000 ;;
+esac
+exit 0
+"#;
+
+#[tokio::test]
+async fn the_compose_override_holds_no_secret_value_and_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = quick_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stub = dir.path().join("docker");
+    std::fs::write(&stub, DOCKER_STUB).unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("c.yml"),
+        "services:\n  vllm:\n    image: x\n",
+    )
+    .unwrap();
+    let exp = write_exp(
+        dir.path(),
+        &format!(
+            "name = \"c\"\n[server]\nlauncher = \"compose\"\ncompose_file = \"c.yml\"\nservice = \"vllm\"\nurl = \"{}\"\nenv = {{ HF_TOKEN = \"hf_compose_s3cret\", VLLM_PLAIN = \"1\" }}\n[workload]\nnum_requests = 1\n[[arms]]\nname = \"a\"\n",
+            server.url()
+        ),
+    );
+    let out = dir.path().join("out");
+    let record = dir.path().join("docker.log");
+    let mut c = kvbench();
+    c.args(arm_args(&exp, &out))
+        .env("KVBENCH_DOCKER", &stub)
+        .env("DOCKER_RECORD", &record)
+        .env_remove("HF_TOKEN");
+    let o = output(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ov = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".compose.override.yml"))
+        .expect("an override");
+    let text = std::fs::read_to_string(&ov).unwrap();
+    assert!(!text.contains("hf_compose_s3cret"), "{text}");
+    assert!(text.contains("HF_TOKEN"), "{text}");
+    assert!(text.contains("\"VLLM_PLAIN\": \"1\""), "{text}");
+    let mode = std::fs::metadata(&ov).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "override mode {mode:o}");
+    // docker compose gets the value by reference, from its environment.
+    let recorded = std::fs::read_to_string(&record).unwrap();
+    let up = recorded
+        .lines()
+        .find(|l| l.contains(" up -d --force-recreate vllm"))
+        .expect("up");
+    assert!(up.ends_with("HF_TOKEN=hf_compose_s3cret"), "{up}");
+    assert!(!everything_in(&out).contains("hf_compose_s3cret"));
+}
+
+// ---- item 8: durations out of range ----
+
 #[tokio::test]
 async fn durations_beyond_range_are_rejected_not_panics() {
     let s = quick_server().await;

@@ -4,7 +4,13 @@
 //! if it was running before, brought back up with the user's own configuration.
 //!
 //! The `docker` executable is `$KVBENCH_DOCKER` or `docker` on PATH.
+//!
+//! Secrets stay out of the override: an environment variable whose name looks secret
+//! (`HF_TOKEN`, `*_API_KEY`, ...; [`crate::arm::secret_name`]) is written by name only, and
+//! its value reaches the container by reference, from the environment of the `docker compose`
+//! commands kvbench runs. The override is written readable by its owner only (0600).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,15 +37,18 @@ pub struct ComposeRun {
     /// The override's text.
     pub override_text: String,
     was_running: bool,
+    /// Secret environment values, given to the commands that use the override (never written).
+    secret_env: BTreeMap<String, String>,
 }
 
 fn docker() -> String {
     std::env::var("KVBENCH_DOCKER").unwrap_or_else(|_| "docker".to_owned())
 }
 
-fn run(docker: &str, args: &[String]) -> anyhow::Result<String> {
+fn run(docker: &str, args: &[String], env: &BTreeMap<String, String>) -> anyhow::Result<String> {
     let out = Command::new(docker)
         .args(args)
+        .envs(env)
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run `{docker} {}`", args.join(" ")))?;
@@ -60,13 +69,15 @@ fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-/// The override file's text: the service's command (and environment) for the arm.
+/// The override file's text: the service's command (and environment) for the arm. Variables
+/// with a secret-looking name are listed without a value (`"HF_TOKEN":`): compose then takes
+/// the value from its own environment.
 pub fn override_yaml(
     experiment: &str,
     arm: &str,
     service: &str,
     args: &[String],
-    env: &std::collections::BTreeMap<String, String>,
+    env: &BTreeMap<String, String>,
 ) -> String {
     let mut s = format!(
         "# Written by kvbench for arm {arm:?} of experiment {experiment:?}.\n# The user's compose file is not modified; this file is applied on top of it with -f.\nservices:\n  {}:\n    command: [{}]\n",
@@ -76,7 +87,11 @@ pub fn override_yaml(
     if !env.is_empty() {
         s.push_str("    environment:\n");
         for (k, v) in env {
-            s.push_str(&format!("      {}: {}\n", yaml_str(k), yaml_str(v)));
+            if crate::arm::secret_name(k) {
+                s.push_str(&format!("      {}:\n", yaml_str(k)));
+            } else {
+                s.push_str(&format!("      {}: {}\n", yaml_str(k), yaml_str(v)));
+            }
         }
     }
     s
@@ -90,7 +105,7 @@ fn service_command(
 ) -> anyhow::Result<Vec<String>> {
     let mut args = user_only.to_vec();
     args.extend(["config".into(), "--format".into(), "json".into()]);
-    let text = run(docker, &args)?;
+    let text = run(docker, &args, &BTreeMap::new())?;
     let v: Value = serde_json::from_str(&text)
         .context("`docker compose config --format json` did not print JSON")?;
     let svc = v
@@ -139,8 +154,13 @@ impl ComposeRun {
             .collect();
         let override_text =
             override_yaml(&plan.experiment, &plan.name, service, &service_args, env);
-        std::fs::write(&files.compose_override, &override_text)
+        write_private(&files.compose_override, &override_text)
             .with_context(|| format!("cannot write {}", files.compose_override.display()))?;
+        let secret_env: BTreeMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| crate::arm::secret_name(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut with_override = user_only.clone();
         with_override.extend([
             "-f".to_owned(),
@@ -148,7 +168,7 @@ impl ComposeRun {
         ]);
         let mut ps = user_only.clone();
         ps.extend(["ps".into(), "-q".into(), service.clone()]);
-        let was_running = run(&docker, &ps)
+        let was_running = run(&docker, &ps, &BTreeMap::new())
             .map(|o| !o.trim().is_empty())
             .unwrap_or(false);
         Ok(Self {
@@ -160,6 +180,7 @@ impl ComposeRun {
             override_path: files.compose_override.clone(),
             override_text,
             was_running,
+            secret_env,
         })
     }
 
@@ -169,13 +190,18 @@ impl ComposeRun {
     fn stop(&self) {
         let s = self.service.as_str();
         let kill = || {
-            let _ = run(&self.docker, &self.cmd(&self.with_override, &["kill", s]));
+            let _ = run(
+                &self.docker,
+                &self.cmd(&self.with_override, &["kill", s]),
+                &self.secret_env,
+            );
         };
         if crate::signals::hurried() {
             return kill();
         }
         let stopping = Command::new(&self.docker)
             .args(self.cmd(&self.with_override, &["stop", s]))
+            .envs(&self.secret_env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -227,11 +253,12 @@ impl ComposeRun {
         run(
             &self.docker,
             &self.cmd(&self.with_override, &["up", "-d", "--force-recreate", s]),
+            &self.secret_env,
         )?;
         spawn_logged(
             &self.docker,
             &self.cmd(&self.with_override, &["logs", "-f", "--no-color", s]),
-            &Default::default(),
+            &self.secret_env,
             None,
             log,
         )
@@ -245,11 +272,30 @@ impl ComposeRun {
         let _ = run(
             &self.docker,
             &self.cmd(&self.with_override, &["rm", "-f", s]),
+            &self.secret_env,
         );
         if self.was_running {
-            let _ = run(&self.docker, &self.cmd(&self.user_only, &["up", "-d", s]));
+            let _ = run(
+                &self.docker,
+                &self.cmd(&self.user_only, &["up", "-d", s]),
+                &BTreeMap::new(),
+            );
         }
     }
+}
+
+/// Writes `text` to `path` readable and writable by its owner only, also when it existed.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())
 }
 
 #[cfg(test)]
@@ -258,8 +304,9 @@ mod tests {
 
     #[test]
     fn override_quotes_everything() {
-        let mut env = std::collections::BTreeMap::new();
+        let mut env = BTreeMap::new();
         env.insert("VLLM_X".to_owned(), "a \"b\"".to_owned());
+        env.insert("HF_TOKEN".to_owned(), "hf_never_written".to_owned());
         let y = override_yaml(
             "exp",
             "cal",
@@ -278,5 +325,7 @@ mod tests {
             "{y}"
         );
         assert!(y.contains("      \"VLLM_X\": \"a \\\"b\\\"\"\n"), "{y}");
+        assert!(y.contains("      \"HF_TOKEN\":\n"), "{y}");
+        assert!(!y.contains("hf_never_written"), "{y}");
     }
 }
