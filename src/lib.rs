@@ -64,7 +64,9 @@ pub fn main_entry() -> ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kvbench: error: {e:#}");
+            // One line, and nothing a server sent (a model id, an error page, a log line) can
+            // drive the terminal.
+            eprintln!("kvbench: error: {}", output::printable(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -118,28 +120,27 @@ fn error_rates(a: &cli::ErrorRatesArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kvbench scan-logs FILE... [--json]`.
+/// `kvbench scan-logs FILE... [--json]`. Each log is read line by line
+/// ([`logscan::Scanner`]): a log larger than memory, or a stream on stdin that never ends,
+/// scans in bounded memory.
 fn scan_logs(a: &cli::ScanLogsArgs) -> anyhow::Result<ExitCode> {
-    use std::io::Read;
+    use output::printable;
     let catalog = match &a.catalog {
         Some(p) => logscan::Catalog::from_file(p)?,
         None => logscan::Catalog::parse(logscan::DEFAULT_CATALOG, "embedded catalog")?,
     };
-    let mut text = String::new();
+    let mut scanner = logscan::Scanner::new(&catalog);
     for f in &a.files {
-        if f.as_os_str() == "-" {
-            // Any bytes, as from a file: a stray invalid byte must not hide the warnings.
-            let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes)?;
-            text.push_str(&String::from_utf8_lossy(&bytes));
+        // Any bytes, as from a file: a stray invalid byte must not hide the warnings.
+        let read = if f.as_os_str() == "-" {
+            scanner.read(std::io::stdin().lock())
         } else {
-            let log = logscan::read_log(f)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
-            text.push_str(&log);
-        }
-        text.push('\n');
+            std::fs::File::open(f)
+                .and_then(|file| scanner.read(std::io::BufReader::with_capacity(1 << 16, file)))
+        };
+        read.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
     }
-    let report = logscan::scan(&catalog, &text);
+    let report = scanner.finish();
     if a.json {
         result::write_json(std::path::Path::new("-"), &report)?;
         return Ok(ExitCode::SUCCESS);
@@ -151,11 +152,15 @@ fn scan_logs(a: &cli::ScanLogsArgs) -> anyhow::Result<ExitCode> {
         let sev = format!("{:?}", w.severity).to_lowercase();
         println!(
             "{:<32} {:<8} ×{:<4} ranks {:<3} {}",
-            w.id, sev, w.count, w.ranks, w.first_line
+            printable(&w.id),
+            sev,
+            w.count,
+            w.ranks,
+            printable(&w.first_line)
         );
     }
     for (k, v) in &report.facts {
-        println!("fact  {k} = {v}");
+        println!("fact  {} = {}", printable(k), printable(&v.to_string()));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -197,7 +202,7 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
         if !plan.url.is_empty() {
             text = text.replace(&plan.url, &runner::redact_url(&plan.url));
         }
-        print!("{text}");
+        print!("{}", output::printable_text(&text));
         return Ok(ExitCode::SUCCESS);
     }
     let cancel = CancellationToken::new();
@@ -211,7 +216,7 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
         if !args.quiet {
             println!(
                 "  warning     {} (×{}, {} rank(s))",
-                w["id"].as_str().unwrap_or(""),
+                output::printable(w["id"].as_str().unwrap_or("")),
                 w["count"],
                 w["ranks"]
             );

@@ -1,9 +1,51 @@
-//! The human summary of a run, printed after the result JSON is written.
+//! The human summary of a run, printed after the result JSON is written, and [`printable`]:
+//! how text a server controls (model ids, error bodies, log lines) may reach a terminal.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use crate::result::RunResult;
 use crate::stats::Summary;
+
+/// `s` with every control character shown escaped (`\u{1b}`), line ends and tabs too, so
+/// that text from a server prints as one line and no escape sequence in it reaches the
+/// terminal (clearing the screen, setting the clipboard with OSC 52, retitling the window,
+/// overwriting what was printed with CR or BS). Bidirectional overrides, which reorder what
+/// a reader sees, are escaped as well.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            let _ = write!(out, "{}", c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`printable`] for text of several lines (kvbench's own): line ends and tabs are kept, every
+/// other control character is shown escaped.
+pub fn printable_text(s: &str) -> Cow<'_, str> {
+    let parts = || s.split(['\n', '\t']);
+    if parts().all(|p| matches!(printable(p), Cow::Borrowed(_))) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut rest = s;
+    while let Some(i) = rest.find(['\n', '\t']) {
+        out.push_str(&printable(&rest[..i]));
+        out.push_str(&rest[i..i + 1]);
+        rest = &rest[i + 1..];
+    }
+    out.push_str(&printable(rest));
+    Cow::Owned(out)
+}
 
 fn num(v: Option<f64>) -> String {
     match v {
@@ -38,13 +80,13 @@ pub fn summary(r: &RunResult) -> String {
     let _ = writeln!(
         out,
         "kvbench run · {} @ {} ({}{})",
-        r.server.model,
-        r.server.url,
+        printable(&r.server.model),
+        printable(&r.server.url),
         r.server.engine,
         r.server
             .version
             .as_deref()
-            .map(|v| format!(" {v}"))
+            .map(|v| format!(" {}", printable(v)))
             .unwrap_or_default()
     );
     let _ = writeln!(
@@ -61,7 +103,11 @@ pub fn summary(r: &RunResult) -> String {
         }
     );
     if !r.errors.is_empty() {
-        let e: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let e: Vec<String> = r
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{}: {v}", printable(k)))
+            .collect();
         let _ = writeln!(out, "  errors      {}", e.join(", "));
     }
     if !r.anomalies.is_empty() {
@@ -96,7 +142,7 @@ pub fn summary(r: &RunResult) -> String {
         let f: Vec<String> = r
             .finish_reasons
             .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
+            .map(|(k, v)| format!("{}: {v}", printable(k)))
             .collect();
         let _ = writeln!(out, "  finish      {}", f.join(", "));
     }
@@ -121,4 +167,20 @@ pub fn summary(r: &RunResult) -> String {
         row(&mut out, "e2e_from_scheduled_ms", s);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert!(matches!(printable("plain text · ok"), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("m\u{1b}]52;c;eA==\u{7}\r\n\u{9b}x\u{202e}"),
+            "m\\u{1b}]52;c;eA==\\u{7}\\u{d}\\u{a}\\u{9b}x\\u{202e}"
+        );
+        assert_eq!(printable_text("a\tb\nc\u{1b}[2J\n"), "a\tb\nc\\u{1b}[2J\n");
+        assert!(matches!(printable_text("a\tb\nc\n"), Cow::Borrowed(_)));
+    }
 }

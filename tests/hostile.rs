@@ -540,6 +540,64 @@ async fn kvbench(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Terminal control: ESC starts escape sequences (clear the screen, set the clipboard with
+/// OSC 52, retitle the window), BEL ends OSC, CR and BS overwrite what was printed.
+fn assert_no_control(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|c| c.is_control() && *c != '\n' && *c != '\t')
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what} carries control characters {bad:?}: {text:?}"
+    );
+}
+
+#[tokio::test]
+async fn control_characters_from_a_server_never_reach_the_terminal() {
+    let evil = "m\u{1b}]52;c;ZXZpbA==\u{7}\u{1b}[2J\r\u{8}\u{9b}31m";
+    let server = hostile(move |req, _| match req.method.as_str() {
+        "GET" => models(evil, "test"),
+        _ => {
+            let finish = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "\u{1b}[31mstop"}]});
+            let body = format!("{}data: {finish}\n\ndata: [DONE]\n\n", token_event(" a"));
+            Answer {
+                head: head("200 OK", "text/event-stream", &body),
+                ..Answer::default()
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json").display().to_string();
+    let o = kvbench(&["run", "--url", &server.url, "-n", "1", "-o", &out]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_no_control("the summary", &o.stdout);
+    assert_no_control("stderr", &o.stderr);
+
+    // A wrong model: the error lists the served ids.
+    let o = kvbench(&["run", "--url", &server.url, "--model", "x", "-o", &out]).await;
+    assert!(!o.status.success());
+    assert_no_control("the unknown-model error", &o.stderr);
+
+    // An error page.
+    let server = hostile(move |_, _| Answer {
+        head: head(
+            "500 Internal Server Error",
+            "text/plain",
+            "boom\u{1b}]0;owned\u{7}\u{1b}[2J",
+        ),
+        ..Answer::default()
+    })
+    .await;
+    let o = kvbench(&["run", "--url", &server.url, "-n", "1", "-o", &out]).await;
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("boom"), "{err}");
+    assert_no_control("the HTTP error", &o.stderr);
+}
+
 #[tokio::test]
 async fn the_models_preflight_keeps_to_timeout() {
     let server = hostile(|_, _| Answer {

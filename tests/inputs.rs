@@ -632,3 +632,77 @@ async fn a_query_string_in_the_url_stays_a_query_string() {
     assert_eq!(r.requests.completed, 2, "{:?}", r.errors);
     assert_eq!(r.server.api_base, format!("{}/v1?REDACTED", s.url()));
 }
+
+#[tokio::test]
+async fn scan_logs_keeps_a_bounded_number_of_other_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("big.log");
+    let mut text = String::new();
+    let word = |mut i: usize| {
+        let mut w = String::new();
+        for _ in 0..4 {
+            w.push((b'a' + (i % 26) as u8) as char);
+            i /= 26;
+        }
+        w
+    };
+    for i in 0..20_000 {
+        text += &format!("WARNING 01-01 00:00:00 [x.py:1] odd thing {}\n", word(i));
+    }
+    text += "WARNING 01-01 00:00:00 [x.py:1] \u{1b}]0;owned\u{7}\u{1b}[2J terminal\n";
+    std::fs::write(&log, text).unwrap();
+    let mut c = kvbench();
+    c.args(["scan-logs", "--json"]).arg(&log);
+    let o = output(c).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let warnings = v["warnings"].as_array().unwrap();
+    assert!(
+        warnings.len() <= 1001,
+        "{} distinct lines kept",
+        warnings.len()
+    );
+    let total: u64 = warnings.iter().map(|w| w["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 20_001, "every line is still counted");
+    // The table on a terminal: the log's control characters are shown escaped.
+    let mut c = kvbench();
+    c.arg("scan-logs").arg(&log);
+    let o = output(c).await;
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+}
+
+#[tokio::test]
+async fn scan_logs_streams_a_log_larger_than_its_memory() {
+    // 200 MiB in one line without end, then a catalogued warning: read under a 160 MiB
+    // address-space limit, so holding the log (or the line) would fail.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("huge.log");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&log).unwrap());
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..200 {
+            f.write_all(&block).unwrap();
+        }
+        f.write_all(b"\nWARNING 01-01 00:00:00 [x.py:1] Using fp8 data type to store kv cache. It reduces the GPU memory footprint and boosts the performance. Meanwhile, it may cause accuracy drop without a proper scaling factor.\n").unwrap();
+    }
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "ulimit -v {}; exec \"$0\" scan-logs --json \"$1\"",
+            160 * 1024
+        ))
+        .arg(BIN)
+        .arg(&log)
+        .stdin(Stdio::null());
+    let (o, killed) = output_within(c, Duration::from_secs(60)).await;
+    assert!(!killed);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        !v["warnings"].as_array().unwrap().is_empty(),
+        "the warning after the long line was found: {v}"
+    );
+}

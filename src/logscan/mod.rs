@@ -326,84 +326,210 @@ struct Acc {
     order: usize,
 }
 
-/// Applies `catalog` to a whole log text.
-pub fn scan(catalog: &Catalog, text: &str) -> LogReport {
-    let p = patterns();
-    let mut hits: BTreeMap<(String, String), Acc> = BTreeMap::new();
-    let mut facts = BTreeMap::new();
-    let mut order = 0usize;
-    for raw in text.lines() {
-        if raw.trim().is_empty() {
-            continue;
+/// Longest part of a line that is scanned: the rest of a longer line (a binary blob, a
+/// progress bar without line ends) is skipped, never held.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Longest `first_line` and `text` kept for a warning.
+pub const MAX_KEPT_CHARS: usize = 2000;
+/// Distinct uncatalogued (`other`) lines kept one by one; further distinct lines are counted
+/// together in one last `other` entry whose `text` is [`MORE_OTHERS`].
+pub const MAX_OTHERS: usize = 1000;
+/// The `text` of the entry that counts the distinct `other` lines beyond [`MAX_OTHERS`].
+pub const MORE_OTHERS: &str = "(more distinct lines than kvbench keeps one by one)";
+/// Distinct processes remembered per warning (its `ranks` stops growing there).
+const MAX_RANKS: usize = 4096;
+
+/// Applies a catalog to a log one line at a time, holding only what it reports: a log of any
+/// length (or a stream that never ends) scans in bounded memory.
+pub struct Scanner<'c> {
+    catalog: &'c Catalog,
+    hits: BTreeMap<(String, String), Acc>,
+    facts: BTreeMap<String, serde_json::Value>,
+    order: usize,
+    others: usize,
+}
+
+impl<'c> Scanner<'c> {
+    /// A scanner with nothing read yet.
+    pub fn new(catalog: &'c Catalog) -> Self {
+        Self {
+            catalog,
+            hits: BTreeMap::new(),
+            facts: BTreeMap::new(),
+            order: 0,
+            others: 0,
         }
+    }
+
+    /// Reads one line (without its line end).
+    pub fn line(&mut self, raw: &str) {
+        let p = patterns();
+        if raw.trim().is_empty() {
+            return;
+        }
+        let raw = cut(raw, MAX_LINE_BYTES);
         let line = split_line(raw);
         let clean = p.ansi.replace_all(line.raw, "").trim().to_owned();
-        for (name, re) in &catalog.facts {
-            if facts.contains_key(name) {
+        for (name, re) in &self.catalog.facts {
+            if self.facts.contains_key(name) {
                 continue;
             }
             if let Some(c) = re.captures(&line.message).or_else(|| re.captures(&clean)) {
                 if let Some(v) = c.get(1) {
-                    facts.insert(name.clone(), fact_value(v.as_str()));
+                    self.facts.insert(name.clone(), fact_value(v.as_str()));
                 }
             }
         }
-        let def = catalog
+        let def = self
+            .catalog
             .warnings
             .iter()
             .find(|w| w.patterns.iter().any(|r| r.is_match(&clean)));
         if def.is_none()
-            && catalog
+            && self
+                .catalog
                 .warnings
                 .iter()
                 .any(|w| w.continuation.iter().any(|r| r.is_match(&clean)))
         {
-            continue;
+            return;
         }
-        let key = match (def, line.level) {
+        let mut key = match (def, line.level) {
             (Some(d), _) => (d.id.clone(), String::new()),
             (None, Some("WARNING" | "ERROR" | "CRITICAL")) => {
-                let norm = p.numbers.replace_all(&line.message, "N").into_owned();
-                ("other".to_owned(), norm)
+                let norm = p.numbers.replace_all(&line.message, "N");
+                ("other".to_owned(), keep(&norm))
             }
-            _ => continue,
+            _ => return,
         };
-        let acc = hits.entry(key).or_insert_with(|| {
-            order += 1;
+        if key.0 == "other" && !self.hits.contains_key(&key) {
+            if self.others >= MAX_OTHERS {
+                key.1 = MORE_OTHERS.to_owned();
+            } else {
+                self.others += 1;
+            }
+        }
+        let order = &mut self.order;
+        let acc = self.hits.entry(key).or_insert_with(|| {
+            *order += 1;
             Acc {
-                first_line: clean.clone(),
-                order,
+                first_line: keep(&clean),
+                order: *order,
                 ..Acc::default()
             }
         });
         acc.count += 1;
-        acc.ranks.insert(line.rank);
+        if acc.ranks.len() < MAX_RANKS {
+            acc.ranks.insert(line.rank);
+        }
     }
-    let mut list: Vec<((String, String), Acc)> = hits.into_iter().collect();
-    list.sort_by_key(|(_, a)| a.order);
-    let warnings = list
-        .into_iter()
-        .map(|((id, norm), acc)| {
-            let def = catalog.get(&id);
-            let severity = match def {
-                Some(d) => d.severity,
-                None if acc.first_line.contains("ERROR") || acc.first_line.contains("CRITICAL") => {
-                    Severity::Error
-                }
-                None => Severity::Warning,
+
+    /// Reads a whole log from `reader`, line by line, whatever its bytes (invalid UTF-8
+    /// becomes U+FFFD); about [`MAX_LINE_BYTES`] of any line are held, the rest skipped.
+    pub fn read(&mut self, mut reader: impl std::io::BufRead) -> std::io::Result<()> {
+        let mut line: Vec<u8> = Vec::new();
+        let mut cut_short = false;
+        loop {
+            let buf = match reader.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             };
-            WarningHit {
-                severity,
-                count: acc.count,
-                ranks: acc.ranks.len() as u64,
-                first_line: acc.first_line,
-                text: (id == "other").then_some(norm),
-                meaning: def.map(|d| d.meaning.clone()),
-                id,
+            if buf.is_empty() {
+                break;
             }
-        })
-        .collect();
-    LogReport { warnings, facts }
+            let (piece, ends, used) = match memchr::memchr(b'\n', buf) {
+                Some(i) => (&buf[..i], true, i + 1),
+                None => (buf, false, buf.len()),
+            };
+            if !cut_short {
+                // A few bytes more than are scanned: a character cut at the limit is decoded
+                // whole, and then cut as `scan` cuts it, so both read the same line.
+                let room = (MAX_LINE_BYTES + 4).saturating_sub(line.len());
+                line.extend_from_slice(&piece[..piece.len().min(room)]);
+                cut_short = piece.len() > room;
+            }
+            reader.consume(used);
+            if ends {
+                self.line_bytes(&line);
+                line.clear();
+                cut_short = false;
+            }
+        }
+        if !line.is_empty() {
+            self.line_bytes(&line);
+        }
+        Ok(())
+    }
+
+    fn line_bytes(&mut self, bytes: &[u8]) {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        self.line(&String::from_utf8_lossy(bytes));
+    }
+
+    /// The report: warnings in order of first appearance, facts.
+    pub fn finish(self) -> LogReport {
+        let catalog = self.catalog;
+        let mut list: Vec<((String, String), Acc)> = self.hits.into_iter().collect();
+        list.sort_by_key(|(_, a)| a.order);
+        let warnings = list
+            .into_iter()
+            .map(|((id, norm), acc)| {
+                let def = catalog.get(&id);
+                let severity = match def {
+                    Some(d) => d.severity,
+                    None if acc.first_line.contains("ERROR")
+                        || acc.first_line.contains("CRITICAL") =>
+                    {
+                        Severity::Error
+                    }
+                    None => Severity::Warning,
+                };
+                WarningHit {
+                    severity,
+                    count: acc.count,
+                    ranks: acc.ranks.len() as u64,
+                    first_line: acc.first_line,
+                    text: (id == "other").then_some(norm),
+                    meaning: def.map(|d| d.meaning.clone()),
+                    id,
+                }
+            })
+            .collect();
+        LogReport {
+            warnings,
+            facts: self.facts,
+        }
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `s` as kept in a report: at most [`MAX_KEPT_CHARS`] characters.
+fn keep(s: &str) -> String {
+    match s.char_indices().nth(MAX_KEPT_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// Applies `catalog` to a whole log text.
+pub fn scan(catalog: &Catalog, text: &str) -> LogReport {
+    let mut scanner = Scanner::new(catalog);
+    for raw in text.lines() {
+        scanner.line(raw);
+    }
+    scanner.finish()
 }
 
 fn fact_value(s: &str) -> serde_json::Value {
