@@ -75,7 +75,9 @@ impl SseParser {
 
     /// Feeds `input`; calls `on_event` with the data of each event it completes.
     pub fn push(&mut self, mut input: &[u8], on_event: &mut impl FnMut(&[u8])) {
-        if self.too_large {
+        // An empty read between a `\r` and its `\n` must not forget the `\r` (found by
+        // tests/fuzz.rs: the `\n` then read as a blank line and split the event in two).
+        if self.too_large || input.is_empty() {
             return;
         }
         self.total_bytes += input.len() as u64;
@@ -249,6 +251,14 @@ mod tests {
         // Events before the overflow are delivered; nothing after it is read.
         let (events, big) = run(&[b"data: a\n\ndata: xxxxxxxxxxxxxxxxxxxxxxx\n\ndata: b\n\n"]);
         assert_eq!((events, big), (vec![b"a".to_vec()], true));
+    }
+
+    #[test]
+    fn an_empty_read_between_cr_and_lf_keeps_one_line_end() {
+        assert_eq!(
+            parse_all(&[b"data: a\r", b"", b"\ndata: b\r\n\r\n"]),
+            vec!["a\nb"]
+        );
     }
 
     #[test]
