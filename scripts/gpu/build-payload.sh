@@ -13,6 +13,9 @@
 # folder are cached under ~/.cache/kvbench/gpu. docs/gpu-validation.md says how to use it.
 #
 # Usage: scripts/gpu/build-payload.sh            (re-running is cheap once cached)
+#        KVBENCH_BIN=/path/to/kvbench scripts/gpu/build-payload.sh   (use that binary)
+#        SMOLLM2_GGUF=/path/to/SmolLM2-135M-Instruct.Q4_1.gguf       (skip setup-engines.sh)
+#        PIECE_MIB=N                                                  (piece size; default below)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -22,7 +25,15 @@ VLLM_VERSION=0.26.0
 # vLLM 0.26.0 was released on 2026-07-25: resolve its dependencies as they were then.
 EXCLUDE_NEWER=2026-07-26
 UV_VERSION=0.13.9
-PIECE_MIB=${PIECE_MIB:-60}
+# Each device call carries one piece plus the working tree (tracked and untracked-not-ignored
+# files), 64 MiB in all: by default a piece gets what the tree leaves, less 6 MiB of headroom for
+# files others add before the calls (the tree was 12 MB on 2026-12-01: 42 MiB pieces).
+tree_mib() {
+    (cd "$ROOT" && git ls-files -co --exclude-standard -z | du -c -b --files0-from=- 2>/dev/null | tail -1 | cut -f1) |
+        awk '{ printf "%d\n", ($1 + 1048575) / 1048576 }'
+}
+PIECE_MIB=${PIECE_MIB:-$((64 - $(tree_mib) - 6))}
+((PIECE_MIB >= 8)) || { printf 'build-payload: error: the working tree leaves only %s MiB per device call\n' "$PIECE_MIB" >&2; exit 1; }
 
 log() { printf 'build-payload: %s\n' "$*" >&2; }
 die() { printf 'build-payload: error: %s\n' "$*" >&2; exit 1; }
@@ -96,17 +107,28 @@ fi
 log "packed vLLM folder: $(du -m "$site_xz" | cut -f1) MiB"
 
 # 4. The model and the kvbench binary.
-eval "$("$ROOT/scripts/setup-engines.sh" llamacpp | grep '^SMOLLM2_GGUF=')"
+# SMOLLM2_GGUF set: that file (setup-engines.sh waits while another run of it builds an engine).
+if [[ -z ${SMOLLM2_GGUF:-} ]]; then
+    eval "$("$ROOT/scripts/setup-engines.sh" llamacpp | grep '^SMOLLM2_GGUF=')"
+fi
 [[ -s ${SMOLLM2_GGUF:-} ]] || die "setup-engines.sh printed no SMOLLM2_GGUF"
-log "building the kvbench release binary"
-(cd "$ROOT" && cargo build --release --locked -q) || die "cargo build failed"
+# KVBENCH_BIN: a release binary built elsewhere (e.g. from a clean clone of HEAD with its own
+# CARGO_TARGET_DIR, so that uncommitted edits in this checkout do not go into the payload).
+if [[ -n ${KVBENCH_BIN:-} ]]; then
+    [[ -x $KVBENCH_BIN ]] || die "KVBENCH_BIN=$KVBENCH_BIN is not an executable"
+    log "using the kvbench binary $KVBENCH_BIN ($("$KVBENCH_BIN" --version))"
+else
+    log "building the kvbench release binary"
+    (cd "$ROOT" && cargo build --release --locked -q) || die "cargo build failed"
+    KVBENCH_BIN=$ROOT/target/release/kvbench
+fi
 
 # 5. Bundle and split.
 stage=$CACHE/stage
 rm -rf "$stage" && mkdir -p "$stage"
 cp "$site_xz" "$stage/vllm-site.tar.xz"
 cp "$SMOLLM2_GGUF" "$stage/model.gguf"
-strip -o "$stage/kvbench" "$ROOT/target/release/kvbench"
+strip -o "$stage/kvbench" "$KVBENCH_BIN"
 cp "$ROOT/scripts/engines/gguf_to_hf.py" "$stage/"
 cp "$CACHE/carried.txt" "$stage/"
 (cd "$stage" && sha256sum vllm-site.tar.xz model.gguf kvbench gguf_to_hf.py carried.txt >CONTENTS.sha256)

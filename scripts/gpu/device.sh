@@ -9,9 +9,17 @@
 #   receive         copy the carried pieces into $W/parts and check their checksums
 #   install         join the pieces, check everything, unpack vLLM, convert the model (bf16),
 #                   and write a copy with calibrated q/k/v scales (calibrate_kv_scales.py)
-#   start [EXP]     start `kvbench ab EXP` (default examples/gpu-h100-fp8.toml) in the background
+#   start [EXP]     start `kvbench ab EXP $KVBENCH_AB_ARGS` (default examples/gpu-h100-fp8.toml) in
+#                   the background, into $W/results; refuses while an earlier one still runs.
+#                   Its output goes to $W/ab-N.log (N counts the starts on this machine)
 #   wait SECONDS    wait until it ends or SECONDS pass, printing progress
-#   collect         pack results and logs into $OUT (at most 8 files come back, 16 MiB each)
+#   stop            SIGTERM to kvbench: it ends the arm in flight, writes what it has and the
+#                   comparison, then exits 130 (a second SIGTERM hurries the teardown)
+#   collect         pack results, ab logs and the engine-cache listing into $OUT (at most 8 files
+#                   come back, 16 MiB each); safe while kvbench runs (a snapshot)
+#
+# Example, the adaptive run: KVBENCH_AB_ARGS="--until-decided --max-runs 3 --budget 20m"
+#   scripts/gpu/device.sh receive install start examples/gpu-h200-fp8.toml wait 400 collect
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -83,23 +91,41 @@ step_install() {
     log "installed: vLLM in $W/site, models in $W/model and $W/model-kv-scales"
 }
 
+running() { [[ -f $W/ab.pid && ! -f $W/ab.rc ]] && kill -0 "$(cat "$W/ab.pid")" 2>/dev/null; }
+
 step_start() {
     local exp=${1:-$EXP_DEFAULT}
     [[ -x $W/kvbench ]] || die "not installed (run install first)"
-    rm -f "$W/ab.rc"
+    running && die "kvbench ab (pid $(cat "$W/ab.pid")) is still running"
+    local n=1
+    while [[ -e $W/ab-$n.log ]]; do n=$((n + 1)); done
+    rm -f "$W/ab.rc" "$W/ab.pid"
+    ln -sfn "ab-$n.log" "$W/ab.log"
     mkdir -p "$W/results"
-    log "starting kvbench ab $exp (log: $W/ab.log)"
+    # shellcheck disable=SC2086 # KVBENCH_AB_ARGS is a list of words
+    log "starting kvbench ab $exp ${KVBENCH_AB_ARGS:-} (log: $W/ab-$n.log)"
     # A new session, so that the run outlives this call; the next calls wait for it.
+    # shellcheck disable=SC2086
     setsid nohup env VLLM_PYTHON="$(command -v "$PY")" MODEL_DIR="$W/model" \
         CALIBRATED_MODEL_DIR="$W/model-kv-scales" PYTHONPATH="$W/site" \
-        bash -c '"$0" ab "$1" --out-dir "$2"; echo $? >"$3"' \
-        "$W/kvbench" "$ROOT/$exp" "$W/results" "$W/ab.rc" >"$W/ab.log" 2>&1 </dev/null &
+        bash -c '"$0" ab "$1" --out-dir "$2" "${@:5}" & echo $! >"$4"; wait $!; echo $? >"$3"' \
+        "$W/kvbench" "$ROOT/$exp" "$W/results" "$W/ab.rc" "$W/ab.pid" ${KVBENCH_AB_ARGS:-} \
+        >"$W/ab-$n.log" 2>&1 </dev/null &
     sleep 2
+}
+
+step_stop() {
+    if running; then
+        log "sending SIGTERM to kvbench (pid $(cat "$W/ab.pid"))"
+        kill -TERM "$(cat "$W/ab.pid")"
+    else
+        log "kvbench is not running"
+    fi
 }
 
 step_wait() {
     local secs=${1:-540} t0=$SECONDS last=""
-    while ((SECONDS - t0 < secs)); do
+    while :; do
         if [[ -f $W/ab.rc ]]; then
             log "kvbench ab ended with exit status $(cat "$W/ab.rc")"
             tail -n 40 "$W/ab.log"
@@ -108,6 +134,7 @@ step_wait() {
         local now
         now=$(grep -v '^\s*$' "$W/ab.log" 2>/dev/null | tail -n 1 | cut -c1-200)
         [[ $now != "$last" ]] && log "$now" && last=$now
+        ((SECONDS - t0 < secs)) || break
         sleep 5
     done
     log "still running after ${secs} s"
@@ -116,7 +143,10 @@ step_wait() {
 
 step_collect() {
     [[ -n ${OUT:-} ]] || die "OUT is not set"
-    cp "$W/ab.log" "$OUT/ab.log" 2>/dev/null || true
+    local f cache=${KVBENCH_CACHE:-$HOME/.cache/kvbench}/engine-cache
+    for f in "$W"/ab-*.log; do [[ -e $f ]] && cp "$f" "$OUT/"; done
+    { echo "# du -sk of the engine caches ($cache), $(date -u +%FT%TZ)"; du -sk "$cache"/* 2>/dev/null; } \
+        >"$OUT/engine-cache.txt" || true
     # Journals and logs compress well; one archive keeps under the 8-file limit.
     tar -C "$W" -cf - results | xz -T0 -6 >"$OUT/results.tar.xz"
     ls -la "$OUT"
@@ -127,7 +157,7 @@ while [[ $# -gt 0 ]]; do
     s=$1
     shift
     case $s in
-        info | receive | install | collect) "step_$s" ;;
+        info | receive | install | collect | stop) "step_$s" ;;
         start)
             if [[ $# -gt 0 && $1 == *.toml ]]; then step_start "$1"; shift; else step_start; fi
             ;;
