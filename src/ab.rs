@@ -471,13 +471,12 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     crate::cancel_on_signals(cancel.clone());
     let started = std::time::Instant::now();
-    let design = match (a.until_decided, a.repeat) {
-        (true, _) => Design::Adaptive {
-            max_runs: a.max_runs,
+    // Adaptive unless --repeat asks for the fixed design (clap keeps the two apart).
+    let design = match a.repeat {
+        Some(runs) => Design::Fixed { runs },
+        None => Design::Adaptive {
+            max_runs: a.max_runs.unwrap_or(DEFAULT_MAX_RUNS),
             budget: a.budget,
-        },
-        (false, n) => Design::Fixed {
-            runs: n.unwrap_or(1),
         },
     };
     let mut paths: Vec<(String, PathBuf)> = Vec::new();

@@ -547,19 +547,20 @@ pub struct AbArgs {
     /// Directory for every file of the experiment [default: results/<experiment name>].
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
-    /// Fixed design: run each arm this many times, interleaved (A B A B), so drift affects
-    /// every arm alike.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100), conflicts_with = "until_decided")]
+    /// Fixed design: run each arm exactly this many times, interleaved (A B, B A, ...);
+    /// `--repeat 1` is one run per arm. Without it, kvbench runs adaptively (--until-decided).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100), conflicts_with_all = ["until_decided", "max_runs", "budget"])]
     pub repeat: Option<u32>,
-    /// Adaptive design: rounds of interleaved runs (A B, then B A, ...) until no verdict can
-    /// change with more runs, or --max-runs / --budget is reached (docs/decision.md).
+    /// Adaptive design (the default): rounds of interleaved runs (A B, then B A, ...) until no
+    /// verdict can change with more runs, or --max-runs / --budget is reached
+    /// (docs/decision.md, with its measured error rates).
     #[arg(long)]
     pub until_decided: bool,
-    /// Adaptive design: at most this many runs per arm.
-    #[arg(long, default_value_t = crate::ab::DEFAULT_MAX_RUNS, value_parser = clap::value_parser!(u32).range(2..=100), requires = "until_decided")]
-    pub max_runs: u32,
+    /// Adaptive design: at most this many runs per arm [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub max_runs: Option<u32>,
     /// Adaptive design: start no round that would end after this much time (e.g. 40m, 2h).
-    #[arg(long, value_parser = parse_duration, requires = "until_decided")]
+    #[arg(long, value_parser = parse_duration)]
     pub budget: Option<Duration>,
     /// Keep arms that already have a result in --out-dir (outcome ok) and run only the others.
     #[arg(long)]

@@ -292,7 +292,17 @@ fn speed_criterion(key: &str, d: Option<&Delta>, policy: &Policy) -> Recommendat
     // Width on the log scale, in percent of the middle: a +100 % change known to ±10 % is
     // not "64 points wide" noise.
     let width = 100.0 * ((1.0 + hi / 100.0).max(1e-9).ln() - (1.0 + lo / 100.0).max(1e-9).ln());
-    if width > policy.max_ci_width_pct {
+    // A wide interval is "too noisy" only where it keeps the verdict open: one lying wholly
+    // beyond a limit (or wholly within the apply limit) decides however wide it is.
+    let (reg_lo, reg_hi) = if d.better == "lower" {
+        (lo, hi)
+    } else {
+        (-hi, -lo)
+    };
+    let straddles = |line: f64| reg_lo <= line && reg_hi > line;
+    let open_band =
+        straddles(policy.apply_max_regression_pct) || straddles(policy.monitor_max_regression_pct);
+    if width > policy.max_ci_width_pct && open_band {
         let mut r = rec(key, Verdict::Inconclusive, format!("{} {} ({ci}): too noisy to decide (interval wider than {} % of its middle); run more requests or more runs (--until-decided)", label(key), pct(ch), policy.max_ci_width_pct), ev);
         r.settled = false;
         r.open = Some(format!(
@@ -736,7 +746,7 @@ pub fn decide(
     );
     last.settled = settled;
     if !settled {
-        last.open = Some(format!("open: {}", open.join(", ")));
+        last.open = Some(open.join(", "));
     }
     recs.push(last);
     Decided {

@@ -406,3 +406,30 @@ fn settled_speed_criteria_follow_their_bounds() {
     assert_eq!(c["settled"], true);
     assert_eq!(c["candidates"][0]["settled"], true);
 }
+
+#[test]
+fn a_wide_interval_wholly_beyond_the_keep_limit_decides() {
+    // Two runs per arm whose values spread widely, all far slower: the interval is wider than
+    // max_ci_width_pct, but every value in it is a regression beyond 25 %.
+    let base = arm("base", 1.0, &FP8, false, Some(0.9));
+    let mut base2 = base.clone();
+    let mut slow = arm("slow", 2.0, &[], false, Some(0.9));
+    let slow_b = arm("slow", 4.0, &[], false, Some(0.9));
+    let base_b = arm("base", 0.7, &FP8, false, Some(0.9));
+    base2.results.push(base_b.results[0].clone());
+    base2.samples.push(base_b.samples[0].clone());
+    slow.results.push(slow_b.results[0].clone());
+    slow.samples.push(slow_b.samples[0].clone());
+    let c = run(&base2, &slow, &Policy::default());
+    let t = rec(&c, "ttft_ms.p50");
+    let (lo, hi) = (
+        t["evidence"]["ci_low_pct"].as_f64().unwrap(),
+        t["evidence"]["ci_high_pct"].as_f64().unwrap(),
+    );
+    assert!(
+        100.0 * ((1.0 + hi / 100.0) / (1.0 + lo / 100.0)).ln() > 50.0,
+        "{t}"
+    );
+    assert!(lo > 25.0, "{t}");
+    assert_eq!(t["verdict"], "keep", "{t}");
+}
