@@ -547,3 +547,28 @@ fn dotted_names_resume_and_damaged_inputs() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("schema version 99 is newer"));
 }
+
+#[test]
+fn adaptive_rounds_keep_the_first_rounds_paired_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    // +20 % TTFT on servers without drift: the estimate stays at +20 %, which no interval of
+    // two runs per arm can settle, so a second round (without quality suites) follows.
+    let text = std::fs::read_to_string(drift_experiment(dir.path(), 240))
+        .unwrap()
+        .replace("\"--run-drift-pct\", \"5\"", "\"--run-drift-pct\", \"0\"")
+        .replace(
+            "[decision]",
+            "[quality]\nsuites = [\"arithmetic\"]\nitems = 4\n[decision]",
+        );
+    let exp = dir.path().join("q.toml");
+    std::fs::write(&exp, text).unwrap();
+    let out = dir.path().join("out");
+    let o = ab(&exp, &out, &["--max-runs", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = comparison(&out);
+    assert_eq!(c["effort"]["runs_per_arm"]["b"], 2, "{}", c["effort"]);
+    // The paired test rests on the first round's items, once each.
+    let q = &c["candidates"][0]["quality"]["arithmetic"];
+    assert_eq!(q["paired"], 4, "{q}");
+    assert_eq!(c["candidates"][0]["agreement"]["paired"], 4);
+}

@@ -253,6 +253,8 @@ fn failure_reason(a: &ArmRuns) -> String {
     }
     if kind == "unsupported_argument" && msg.contains("--calculate-kv-scales") {
         s += ". This server version no longer accepts --calculate-kv-scales (deprecated in vLLM PR #37201, removed in PR #49389); the supported path to calibrated FP8 scales is a checkpoint carrying them (llm-compressor kv_cache_scheme)";
+    } else if kind == "unsupported_setting" {
+        s += ". The server accepts the option but not with this model or checkpoint (e.g. vLLM refuses fp8_e5m2 with an FP8 checkpoint)";
     } else if kind == "unsupported_hardware" {
         s += ". The setting is not available on this hardware";
     }

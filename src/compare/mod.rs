@@ -160,12 +160,20 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<ArmRuns>> {
                 a.paths.push(path.clone());
                 a.results.push(r);
                 a.samples.push(samples);
+                // One record per item: repeats of the same items (a fixed design runs the
+                // suites every time) would count each flip once per run and overstate the
+                // paired test; adaptive rounds after the first run no suites at all.
                 a.quality_items = match (a.quality_items.take(), items) {
                     (Some(mut x), Some(y)) => {
-                        x.extend(y);
+                        let seen: std::collections::HashSet<(String, String)> =
+                            x.iter().map(|r| (r.suite.clone(), r.id.clone())).collect();
+                        x.extend(
+                            y.into_iter()
+                                .filter(|r| !seen.contains(&(r.suite.clone(), r.id.clone()))),
+                        );
                         Some(x)
                     }
-                    _ => None,
+                    (x, y) => x.or(y),
                 };
             }
             None => arms.push(ArmRuns {

@@ -313,3 +313,25 @@ fn a_stray_invalid_byte_hides_no_warning() {
     // Unreadable is an error, never an empty log.
     assert!(read_log(&dir.path().join("missing.log")).is_err());
 }
+
+/// Lines from the H200 validation logs (docs/validation/h200-vllm-0.26/), vLLM 0.26.0.
+#[test]
+fn h200_lines_are_recognised() {
+    let c = Catalog::default_catalog();
+    // An FP8 layout other than fp8/e4m3/e5m2 still proves an FP8 KV cache: without this, the
+    // warning read as "resolved" on the per-token-head arm.
+    let per_token_head = "(APIServer pid=2843) INFO 12-01 19:55:41 [cache.py:278] Using fp8_per_token_head data type to store kv cache. It reduces the GPU memory footprint and boosts the performance. Dynamic per-token-head scales will be computed at runtime.\n";
+    let r = scan(c, per_token_head);
+    assert!(
+        r.warnings.iter().any(|w| w.id == "fp8_kv_cache_in_use"),
+        "{:?}",
+        r.warnings
+    );
+    let shutdown = "(APIServer pid=1642) WARNING 12-01 19:51:56 [utils.py:626] [shutdown] Process manager: force killing remaining processes count=1\n";
+    let r = scan(c, shutdown);
+    assert_eq!(r.warnings[0].id, "vllm_shutdown_force_kill");
+    let e5m2 = "(EngineCore pid=2698) ERROR 12-01 19:55:14 [core.py:1330] ValueError: fp8_e5m2 kv-cache is not supported with fp8 checkpoints.\n";
+    let (kind, line) = classify_failure(c, e5m2).unwrap();
+    assert_eq!(kind, "unsupported_setting");
+    assert!(line.contains("fp8_e5m2"), "{line}");
+}

@@ -27,8 +27,8 @@ use engine_cache::EngineCache;
 /// Why an arm did not get a healthy server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
-    /// `unsupported_argument`, `unsupported_hardware`, `out_of_memory`, `startup_timeout`,
-    /// `crashed`, `launch_error` or `interrupted`.
+    /// `unsupported_argument`, `unsupported_setting`, `unsupported_hardware`, `out_of_memory`,
+    /// `startup_timeout`, `crashed`, `launch_error` or `interrupted`.
     pub kind: String,
     /// The log line (or error) that tells why.
     pub message: String,
