@@ -550,16 +550,8 @@ pub fn scrub(r: &mut RunResult, secrets: &[String]) {
 }
 
 async fn llamacpp_props(url: &str) -> Option<Value> {
-    let r = reqwest::Client::new()
-        .get(format!("{url}/props"))
-        .timeout(std::time::Duration::from_secs(5))
-        .send()
-        .await
-        .ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    r.json().await.ok()
+    let url = format!("{}/props", url.trim_end_matches('/'));
+    crate::client::body::get_json_capped(&url, std::time::Duration::from_secs(5)).await
 }
 
 #[cfg(test)]

@@ -86,6 +86,23 @@ pub async fn read_prefix(mut resp: reqwest::Response, limit: usize, within: Dura
     out
 }
 
+/// GET `url` and parse its JSON body, for the small side endpoints kvbench reads besides the
+/// API (llama.cpp's `/props`): redirects only within the same origin, the body capped at
+/// [`MAX_JSON_BODY`], within `timeout`. `None` for any failure (these facts are optional).
+pub async fn get_json_capped(url: &str, timeout: Duration) -> Option<serde_json::Value> {
+    let client = reqwest::Client::builder()
+        .redirect(super::same_origin_redirects())
+        .timeout(timeout)
+        .build()
+        .ok()?;
+    let r = client.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let bytes = read_capped(r, MAX_JSON_BODY).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,18 +60,10 @@ pub async fn server_max_len(env: &QualityEnv<'_>) -> Option<(u64, String)> {
         return Some((n, "max_model_len".into()));
     }
     if env.engine == Engine::Llamacpp {
-        let root = env.client.api_base().trim_end_matches("/v1");
-        let props: Option<Value> = async {
-            reqwest::Client::new()
-                .get(format!("{root}/props"))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()
-        }
+        let props = crate::client::body::get_json_capped(
+            &env.client.root_url("props"),
+            Duration::from_secs(5),
+        )
         .await;
         if let Some(n) = props
             .as_ref()
