@@ -491,6 +491,9 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let compare_now = |paths: &[(String, PathBuf)], policy: &Policy| {
+        compare_paths(paths, &exp, &baseline, reference.as_deref(), policy, &opts)
+    };
     let mut rounds: Vec<Value> = Vec::new();
     let mut comparison: Option<Value> = None;
     let mut last_round_s = 0.0;
@@ -584,15 +587,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         }
         last_round_s = round_start.elapsed().as_secs_f64();
         if let Design::Adaptive { .. } = design {
-            let Some(c) = compare_paths(
-                &paths,
-                &exp,
-                &baseline,
-                reference.as_deref(),
-                &policy,
-                &opts,
-            )?
-            else {
+            let Some(c) = compare_now(&paths, &policy)? else {
                 break;
             };
             rounds.push(round_summary(round + 1, &c, &paths, started));
@@ -641,14 +636,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
             && matches!(stopped, Stopped::MaxRuns | Stopped::Budget),
         ..policy
     };
-    let mut c = match compare_paths(
-        &paths,
-        &exp,
-        &baseline,
-        reference.as_deref(),
-        &policy,
-        &opts,
-    )? {
+    let mut c = match compare_now(&paths, &policy)? {
         Some(c) => c,
         None => anyhow::bail!("no comparison could be made in {}", out_dir.display()),
     };
