@@ -117,4 +117,49 @@ mod tests {
             "response_too_large: the body is larger than 16 MiB"
         );
     }
+
+    /// A one-shot HTTP server on loopback answering every connection with `answer`.
+    async fn serve(answer: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn side_json_is_capped_and_never_follows_another_origin() {
+        let json = "{\"n_ctx\": 4096}";
+        let ok = serve(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            json.len()
+        ))
+        .await;
+        let t = Duration::from_secs(5);
+        assert_eq!(
+            get_json_capped(&format!("{ok}/props"), t).await.unwrap()["n_ctx"],
+            4096
+        );
+        // A redirect to another server (another port is another origin) is not followed.
+        let redirect = serve(format!(
+            "HTTP/1.1 302 Found\r\nLocation: {ok}/props\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert!(get_json_capped(&format!("{redirect}/props"), t)
+            .await
+            .is_none());
+        // A body announced beyond the cap is not read.
+        let huge = serve(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+            MAX_JSON_BODY + 1
+        ))
+        .await;
+        assert!(get_json_capped(&format!("{huge}/props"), t).await.is_none());
+    }
 }
