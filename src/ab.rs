@@ -463,7 +463,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
     };
     if a.dry_run {
         for plan in &exp.arms {
-            print!("{}", arm::dry_run(plan, &opts)?);
+            print!("{}", arm::dry_run_redacted(plan, &opts)?);
         }
         println!("then: compare against {baseline:?} and write comparison, Markdown and HTML reports in {}", out_dir.display());
         return Ok(ExitCode::SUCCESS);

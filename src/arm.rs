@@ -129,6 +129,24 @@ fn quality_args(q: &toml::Table) -> anyhow::Result<Vec<String>> {
     crate::experiment::workload_to_args(&renamed).map_err(|e| anyhow::anyhow!("[quality] {e}"))
 }
 
+/// What the arm would launch, as printed by `run --dry-run` and `ab --dry-run`: without the
+/// values of secrets (API keys and tokens in flags and environment, header values, credentials
+/// and query values in the URL) and with control characters escaped.
+pub fn dry_run_redacted(plan: &ArmPlan, opts: &ArmOptions) -> anyhow::Result<String> {
+    let mut text = dry_run(plan, opts)?;
+    let launch_args = match &plan.launch {
+        LaunchSpec::Process { args, .. } => args.clone(),
+        _ => Vec::new(),
+    };
+    for secret in secret_values(plan, &launch_args) {
+        text = text.replace(&secret, "***");
+    }
+    if !plan.url.is_empty() {
+        text = text.replace(&plan.url, &runner::redact_url(&plan.url));
+    }
+    Ok(crate::output::printable_text(&text).into_owned())
+}
+
 /// Prints what the arm would launch, without launching it.
 pub fn dry_run(plan: &ArmPlan, opts: &ArmOptions) -> anyhow::Result<String> {
     let (output, journal, files) = arm_paths(plan, opts);

@@ -189,20 +189,7 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
         quiet: args.quiet,
     };
     if args.dry_run {
-        // The plan as it would run, without the values of secrets (API keys and tokens in
-        // flags and environment, header values, credentials and query values in the URL).
-        let mut text = arm::dry_run(plan, &opts)?;
-        let launch_args = match &plan.launch {
-            experiment::LaunchSpec::Process { args, .. } => args.clone(),
-            _ => Vec::new(),
-        };
-        for secret in arm::secret_values(plan, &launch_args) {
-            text = text.replace(&secret, "***");
-        }
-        if !plan.url.is_empty() {
-            text = text.replace(&plan.url, &runner::redact_url(&plan.url));
-        }
-        print!("{}", output::printable_text(&text));
+        print!("{}", arm::dry_run_redacted(plan, &opts)?);
         return Ok(ExitCode::SUCCESS);
     }
     let cancel = CancellationToken::new();

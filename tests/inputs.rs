@@ -319,6 +319,24 @@ async fn dry_run_prints_no_secret_values() {
         assert!(!text.contains(secret), "{secret} printed: {text}");
     }
     assert!(text.contains("PLAIN=shown"), "{text}");
+    // `ab --dry-run` prints the same plans, just as redacted.
+    let two = dir.path().join("two.toml");
+    std::fs::write(
+        &two,
+        std::fs::read_to_string(&exp).unwrap() + "[[arms]]\nname = \"b\"\n",
+    )
+    .unwrap();
+    let mut c = kvbench();
+    c.args(["ab", two.to_str().unwrap(), "--dry-run"]);
+    let o = output(c).await;
+    let text = String::from_utf8_lossy(&o.stdout).into_owned() + &stderr(&o);
+    assert!(o.status.success(), "{text}");
+    for secret in ["hf_envs3cret", "sk-hdrs3cret", "url-s3cret", "tok-s3cret"] {
+        assert!(
+            !text.contains(secret),
+            "ab --dry-run printed {secret}: {text}"
+        );
+    }
 }
 
 const DOCKER_STUB: &str = r#"#!/bin/sh
