@@ -580,6 +580,18 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
                     .map(str::to_owned);
             }
             report_run(&plan.name, &run, a.quiet);
+            // A run cut short by an interruption stays on disk; when the arm already has a
+            // complete run, the comparison rests on the complete ones.
+            if (run.result.interrupted || run.result.outcome == "interrupted") && have > 0 {
+                if !a.quiet {
+                    eprintln!(
+                        "kvbench: arm {:?}: the interrupted run is kept in {} but left out of the comparison",
+                        plan.name,
+                        run.path.display()
+                    );
+                }
+                continue;
+            }
             if run.result.failure.is_some() {
                 failed.push(plan.name.clone());
             }

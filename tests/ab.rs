@@ -572,3 +572,49 @@ fn adaptive_rounds_keep_the_first_rounds_paired_quality() {
     assert_eq!(q["paired"], 4, "{q}");
     assert_eq!(c["candidates"][0]["agreement"]["paired"], 4);
 }
+
+#[test]
+fn an_interrupted_adaptive_run_keeps_the_complete_runs_in_the_comparison() {
+    let dir = tempfile::tempdir().unwrap();
+    // +20 % without drift never settles: rounds go on until the signal.
+    let text = std::fs::read_to_string(drift_experiment(dir.path(), 240))
+        .unwrap()
+        .replace("\"--run-drift-pct\", \"5\"", "\"--run-drift-pct\", \"0\"");
+    let exp = dir.path().join("int.toml");
+    std::fs::write(&exp, text).unwrap();
+    let out = dir.path().join("out");
+    let child = Command::new(BIN)
+        .args([
+            "ab",
+            exp.to_str().unwrap(),
+            "--out-dir",
+            out.to_str().unwrap(),
+            "-q",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let c = comparison(&out);
+    assert_eq!(c["effort"]["stopped"], "interrupted");
+    // A run cut short stays on disk but out of the comparison: both arms are compared on
+    // their complete runs.
+    for arm in c["arms"].as_array().unwrap() {
+        assert_eq!(arm["outcome"], "ok", "{arm}");
+    }
+    assert_ne!(c["decision"], "inconclusive", "{:#}", c["recommendations"]);
+}
