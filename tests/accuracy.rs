@@ -8,33 +8,53 @@ mod common;
 
 use std::time::Duration;
 
-use kvbench::stats::Summary;
+use kvbench::selftest::server::{self as fast, FastServerConfig, Truth};
+use kvbench::stats::{percentile_unsorted, Summary};
 use kvbench::testserver::TestServerConfig;
 
 const TTFT_MS: f64 = 200.0;
 const ITL_MS: f64 = 20.0;
 const TOKENS: u32 = 16;
 
-/// Mean and median must be within the tolerance. The 99th percentile is held to three times
-/// the tolerance: on a shared 2-core machine the in-process server and the client compete for
-/// the CPU, and the tail measures that scheduling jitter (of both) rather than the client.
-fn check(name: &str, s: &Summary, truth: f64, floor_ms: f64, concurrency: usize) {
+/// Mean and median must be within the tolerance of the nominal delays. The 99th percentile is
+/// held to the server's own 99th percentile: what it actually released, by its record of each
+/// token frame's instant. On a shared 2-core machine (CI, a debug build) the in-process server
+/// is itself late by several milliseconds in the tail, which is not the client's error; the
+/// client's error is the gap between what it measured and what was released.
+fn check(name: &str, s: &Summary, truth: f64, released: &[f64], floor_ms: f64, concurrency: usize) {
     let tol = (truth * 0.05).max(floor_ms);
-    for (stat, v, allowed) in [
-        ("mean", s.mean, tol),
-        ("p50", s.p50, tol),
-        ("p99", s.p99, 3.0 * tol),
+    let mut released = released.to_vec();
+    let released_p99 = percentile_unsorted(&mut released, 99.0);
+    for (stat, v, want, allowed) in [
+        ("mean", s.mean, truth, tol),
+        ("p50", s.p50, truth, tol),
+        ("p99", s.p99, released_p99, tol),
     ] {
         let v = v.unwrap_or_else(|| panic!("{name}.{stat} missing"));
-        let err = v - truth;
+        let err = v - want;
         eprintln!(
-            "concurrency {concurrency:>3}: {name:<8} {stat:<4} measured {v:8.3} ms, truth {truth:6.1} ms, error {err:+7.3} ms (tolerance ±{allowed:.1})"
+            "concurrency {concurrency:>3}: {name:<8} {stat:<4} measured {v:8.3} ms, truth {want:8.3} ms, error {err:+7.3} ms (tolerance ±{allowed:.1})"
         );
         assert!(
             err.abs() <= allowed,
-            "{name}.{stat} = {v:.3} ms, truth {truth} ms, tolerance {allowed} ms"
+            "{name}.{stat} = {v:.3} ms, truth {want:.3} ms, tolerance {allowed} ms"
         );
     }
+}
+
+/// What the server released, per request: (TTFT, E2E, inter-token gaps) in ms.
+fn released(truth: &[Truth]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let ttft = truth.iter().map(|t| ms(t.token_ns[0])).collect();
+    let e2e = truth
+        .iter()
+        .map(|t| ms(*t.token_ns.last().unwrap()))
+        .collect();
+    let itl = truth
+        .iter()
+        .flat_map(|t| t.token_ns.windows(2).map(|w| ms(w[1] - w[0])))
+        .collect();
+    (ttft, e2e, itl)
 }
 
 /// The accuracy tests run one at a time, so they do not add their load to each other's.
@@ -42,18 +62,22 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn accuracy_at(concurrency: usize, requests: u64) {
     let _serial = SERIAL.lock().await;
-    let server = common::server(TestServerConfig {
-        ttft: Duration::from_millis(TTFT_MS as u64),
-        itl: Duration::from_millis(ITL_MS as u64),
-        output_tokens: Some(TOKENS),
-        ..Default::default()
-    })
-    .await;
+    let server = fast::start(
+        FastServerConfig {
+            ttft: Duration::from_millis(TTFT_MS as u64),
+            itl: Duration::from_millis(ITL_MS as u64),
+            keep_truth: true,
+            ..Default::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .expect("test server starts");
     let dir = tempfile::tempdir().unwrap();
     let c = concurrency.to_string();
     let n = requests.to_string();
-    let r = common::run(
-        &server,
+    let r = common::run_url(
+        &server.url(),
         dir.path(),
         &[
             "-n",
@@ -71,11 +95,51 @@ async fn accuracy_at(concurrency: usize, requests: u64) {
     assert_eq!(r.requests.failed, 0);
     assert_eq!(r.tokens.output_total, requests * TOKENS as u64);
     assert_eq!(r.tokens.output_source, "server");
+    // The server keeps its record when a response's stream is dropped, just after the body.
+    let mut truth = server.truth();
+    for _ in 0..200 {
+        if truth.len() as u64 >= requests {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        truth = server.truth();
+    }
+    assert_eq!(truth.len() as u64, requests, "one record per request");
+    assert!(truth.iter().all(|t| t.token_ns.len() == TOKENS as usize));
+    let (ttft, e2e, itl) = released(&truth);
     let e2e_truth = TTFT_MS + ITL_MS * (TOKENS - 1) as f64;
-    check("ttft_ms", &r.metrics.ttft_ms, TTFT_MS, 10.0, concurrency);
-    check("e2e_ms", &r.metrics.e2e_ms, e2e_truth, 10.0, concurrency);
-    check("itl_ms", &r.metrics.itl_ms, ITL_MS, 2.0, concurrency);
-    check("tpot_ms", &r.metrics.tpot_ms, ITL_MS, 2.0, concurrency);
+    check(
+        "ttft_ms",
+        &r.metrics.ttft_ms,
+        TTFT_MS,
+        &ttft,
+        10.0,
+        concurrency,
+    );
+    check(
+        "e2e_ms",
+        &r.metrics.e2e_ms,
+        e2e_truth,
+        &e2e,
+        10.0,
+        concurrency,
+    );
+    check("itl_ms", &r.metrics.itl_ms, ITL_MS, &itl, 2.0, concurrency);
+    // TPOT is one value per request: (E2E - TTFT) / (tokens - 1).
+    let tpot: Vec<f64> = truth
+        .iter()
+        .map(|t| {
+            (t.token_ns[TOKENS as usize - 1] - t.token_ns[0]) as f64 / 1e6 / (TOKENS - 1) as f64
+        })
+        .collect();
+    check(
+        "tpot_ms",
+        &r.metrics.tpot_ms,
+        ITL_MS,
+        &tpot,
+        2.0,
+        concurrency,
+    );
     assert_eq!(r.metrics.itl_ms.count, requests * (TOKENS as u64 - 1));
     // Closed loop at full occupancy: throughput is concurrency × tokens / e2e.
     let expect_tps = concurrency as f64 * TOKENS as f64 / (e2e_truth / 1000.0);

@@ -50,6 +50,10 @@ pub async fn run_via_reqwest(server: &TestServer, dir: &Path, args: &[&str]) -> 
 }
 
 /// Runs kvbench against `url` with `args` and returns the result.
+pub async fn run_url(url: &str, dir: &Path, args: &[&str]) -> RunResult {
+    run_at(url, dir, args).await
+}
+
 async fn run_at(url: &str, dir: &Path, args: &[&str]) -> RunResult {
     let mut all = vec!["--url", url];
     all.extend_from_slice(args);
