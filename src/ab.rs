@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::arm::{self, ArmOptions};
 use crate::cli::{AbArgs, CompareArgs};
-use crate::compare::{self, Policy};
+use crate::compare::{self, Comparison, DesignKind, Effort, Policy, Round, Stopped};
 use crate::experiment;
 use crate::logscan::{Catalog, DEFAULT_CATALOG};
+use crate::output::printable;
 use crate::result::write_json;
 
 /// Exit code of `kvbench ab` when an arm failed (the comparison and reports are still written).
@@ -27,12 +28,11 @@ fn catalog(path: Option<&Path>) -> anyhow::Result<Catalog> {
 }
 
 /// The verdict block printed at the end of `compare` and `ab`.
-pub fn verdict_block(c: &Value) -> String {
-    let mut out = String::new();
-    let decision = c["decision"].as_str().unwrap_or("inconclusive");
-    out += &format!("\nkvbench verdict: {}", decision.to_uppercase());
-    if let Some(a) = c["recommended_arm"].as_str() {
-        out += &format!(" ({a})");
+pub fn verdict_block(c: &Comparison) -> String {
+    let decision = c.decision.unwrap_or_default();
+    let mut out = format!("\nkvbench verdict: {}", decision.as_str().to_uppercase());
+    if let Some(a) = &c.recommended_arm {
+        out += &format!(" ({})", printable(a));
     }
     out += "\n";
     if let Some(e) = crate::report::effort_line(c) {
@@ -40,16 +40,20 @@ pub fn verdict_block(c: &Value) -> String {
     }
     // Open criteria matter only while the verdict itself is open (a settled keep elsewhere
     // makes them moot).
-    let adaptive = c["effort"]["design"] == "adaptive" && c["settled"] != true;
-    for r in c["recommendations"].as_array().into_iter().flatten() {
+    let adaptive = c
+        .effort
+        .as_ref()
+        .is_some_and(|e| e.design == DesignKind::Adaptive)
+        && !c.settled;
+    for r in &c.recommendations {
         out += &format!(
             "  [{:<12}] {:<16} {}\n",
-            r["verdict"].as_str().unwrap_or("?"),
-            r["criterion"].as_str().unwrap_or("?"),
-            r["reason"].as_str().unwrap_or("")
+            r.verdict.as_str(),
+            printable(&r.criterion),
+            printable(&r.reason)
         );
-        if let (true, Some(open)) = (adaptive, r["open"].as_str()) {
-            out += &format!("  {:<14} {:<16} still open: {open}\n", "", "");
+        if let (true, Some(open)) = (adaptive, &r.open) {
+            out += &format!("  {:<14} {:<16} still open: {}\n", "", "", printable(open));
         }
     }
     out
@@ -57,7 +61,7 @@ pub fn verdict_block(c: &Value) -> String {
 
 /// Writes the comparison and its reports; returns the paths written.
 fn write_outputs(
-    c: &Value,
+    c: &Comparison,
     json: &Path,
     md: Option<&Path>,
     html: Option<&Path>,
@@ -124,7 +128,7 @@ pub fn compare_command(a: &CompareArgs) -> anyhow::Result<ExitCode> {
         &cat,
         None,
     )?;
-    c["logs_rescanned"] = serde_json::json!(a.rescan_logs);
+    c.logs_rescanned = a.rescan_logs;
     let written = write_outputs(&c, &a.output, a.md.as_deref(), a.html.as_deref())?;
     if !a.quiet {
         print!("{}", verdict_block(&c));
@@ -206,33 +210,6 @@ impl Design {
     }
 }
 
-/// Why the runs stopped (`effort.stopped`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Stopped {
-    /// Every candidate's verdict is settled.
-    Decided,
-    /// The run cap was reached with a verdict still open.
-    MaxRuns,
-    /// The next round would have ended after the budget.
-    Budget,
-    /// Interrupted (a signal).
-    Interrupted,
-    /// The fixed design ran its runs.
-    Fixed,
-}
-
-/// Candidates whose verdict is not settled in a comparison.
-fn open_candidates(c: &Value) -> Vec<String> {
-    c["candidates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|x| !x["settled"].as_bool().unwrap_or(false))
-        .filter_map(|x| x["arm"].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn report_run(name: &str, run: &arm::ArmRun, quiet: bool) {
     if quiet {
         return;
@@ -266,7 +243,7 @@ fn compare_paths(
     reference: Option<&str>,
     policy: &Policy,
     opts: &ArmOptions,
-) -> anyhow::Result<Option<Value>> {
+) -> anyhow::Result<Option<Comparison>> {
     let names: std::collections::BTreeSet<&str> = paths.iter().map(|(n, _)| n.as_str()).collect();
     if names.len() < 2 || !names.contains(baseline) {
         return Ok(None);
@@ -320,57 +297,14 @@ fn runs_per_arm(paths: &[(String, PathBuf)]) -> std::collections::BTreeMap<Strin
     m
 }
 
-/// One adaptive round for `effort.rounds`: runs so far, and each candidate's verdict and
-/// speed intervals, so a report can show the intervals narrowing.
-fn round_summary(
-    round: u32,
-    c: &Value,
-    paths: &[(String, PathBuf)],
-    started: std::time::Instant,
-) -> Value {
-    let candidates: Vec<Value> = c["candidates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|cand| {
-            let criteria: Vec<Value> = cand["recommendations"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["criterion"] != "overall")
-                .map(|r| {
-                    let d = &cand["deltas"][r["criterion"].as_str().unwrap_or("")];
-                    serde_json::json!({
-                        "criterion": r["criterion"], "verdict": r["verdict"], "settled": r["settled"],
-                        "change_pct": d.get("change_pct"), "ci_low_pct": d.get("ci_low_pct"),
-                        "ci_high_pct": d.get("ci_high_pct"),
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "arm": cand["arm"], "decision": cand["decision"], "settled": cand["settled"],
-                "criteria": criteria,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "round": round,
-        "runs_per_arm": runs_per_arm(paths),
-        "elapsed_s": started.elapsed().as_secs_f64(),
-        "decision": c["decision"],
-        "settled": c["settled"],
-        "candidates": candidates,
-    })
-}
-
 /// `effort`: what the verdict cost (docs/result-schema.md).
 fn effort(
     design: &Design,
     stopped: Stopped,
     paths: &[(String, PathBuf)],
-    rounds: &[Value],
+    rounds: Vec<Round>,
     started: std::time::Instant,
-) -> Value {
+) -> Effort {
     let mut seconds: std::collections::BTreeMap<String, crate::result::Phases> =
         std::collections::BTreeMap::new();
     for (n, p) in paths {
@@ -391,22 +325,24 @@ fn effort(
         add(&mut e.workload_s, phases.workload_s);
         add(&mut e.teardown_s, phases.teardown_s);
     }
-    let (design_name, max_runs, budget) = match design {
-        Design::Fixed { runs } => ("fixed", *runs, None),
-        Design::Adaptive { max_runs, budget } => {
-            ("adaptive", *max_runs, budget.map(|b| b.as_secs_f64()))
-        }
+    let (design, max_runs, budget_s) = match design {
+        Design::Fixed { runs } => (DesignKind::Fixed, *runs, None),
+        Design::Adaptive { max_runs, budget } => (
+            DesignKind::Adaptive,
+            *max_runs,
+            budget.map(|b| b.as_secs_f64()),
+        ),
     };
-    serde_json::json!({
-        "design": design_name,
-        "runs_per_arm": runs_per_arm(paths),
-        "max_runs": max_runs,
-        "budget_s": budget,
-        "stopped": stopped,
-        "wall_s": started.elapsed().as_secs_f64(),
-        "seconds": seconds,
-        "rounds": rounds,
-    })
+    Effort {
+        design,
+        runs_per_arm: runs_per_arm(paths),
+        max_runs,
+        budget_s,
+        stopped,
+        wall_s: started.elapsed().as_secs_f64(),
+        seconds,
+        rounds,
+    }
 }
 
 /// `kvbench ab`.
@@ -494,8 +430,8 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
     let compare_now = |paths: &[(String, PathBuf)], policy: &Policy| {
         compare_paths(paths, &exp, &baseline, reference.as_deref(), policy, &opts)
     };
-    let mut rounds: Vec<Value> = Vec::new();
-    let mut comparison: Option<Value> = None;
+    let mut rounds: Vec<Round> = Vec::new();
+    let mut comparison: Option<Comparison> = None;
     let mut last_round_s = 0.0;
     let mut stopped = Stopped::MaxRuns;
     let mut baseline_quality: Option<String> = None;
@@ -507,7 +443,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         // Which arms run this round: every arm first; in adaptive rounds after the first, the
         // baseline and the candidates whose verdict is still open (the reference arm is for
         // quality, whose items repeat identically, so it runs once).
-        let open: Option<Vec<String>> = comparison.as_ref().map(open_candidates);
+        let open: Option<Vec<String>> = comparison.as_ref().map(Comparison::open_candidates);
         if let (
             Design::Adaptive {
                 budget: Some(b), ..
@@ -602,13 +538,18 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
             let Some(c) = compare_now(&paths, &policy)? else {
                 break;
             };
-            rounds.push(round_summary(round + 1, &c, &paths, started));
-            let settled = c["settled"].as_bool().unwrap_or(false);
+            rounds.push(Round::of(
+                round + 1,
+                &c,
+                runs_per_arm(&paths),
+                started.elapsed().as_secs_f64(),
+            ));
+            let settled = c.settled;
             if !a.quiet {
                 eprintln!(
                     "kvbench: after round {}: {}{}",
                     round + 1,
-                    c["decision"].as_str().unwrap_or("?"),
+                    c.decision.unwrap_or_default(),
                     if settled { ", settled" } else { ", still open" }
                 );
             }
@@ -652,7 +593,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         Some(c) => c,
         None => anyhow::bail!("no comparison could be made in {}", out_dir.display()),
     };
-    c["effort"] = effort(&design, stopped, &paths, &rounds, started);
+    c.effort = Some(effort(&design, stopped, &paths, rounds, started));
     let ts = chrono::Local::now().format("%Y%m%d_%H%M%S");
     let stem = out_dir.join(format!("comparison_{}_{ts}", exp.name));
     // Not `with_extension`: a dotted experiment name (`v1.2`) would lose the time stamp.

@@ -16,6 +16,7 @@ pub mod record;
 pub mod report;
 pub mod result;
 pub mod runner;
+pub mod schema;
 pub mod selftest;
 pub mod server;
 pub mod signals;

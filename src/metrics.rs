@@ -11,7 +11,7 @@ use crate::stats::Summary;
 const NS_PER_MS: f64 = 1e6;
 
 /// Latency metrics, each a [`Summary`] in milliseconds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Metrics {
     /// Time to first token of any channel (answer or reasoning), from send.
     pub ttft_ms: Summary,
@@ -31,8 +31,25 @@ pub struct Metrics {
     pub e2e_from_scheduled_ms: Option<Summary>,
 }
 
+impl Metrics {
+    /// The latency summary named `key` (`ttft_ms`, `itl_ms`, ...).
+    pub fn get(&self, key: &str) -> Option<&Summary> {
+        match key {
+            "ttft_ms" => Some(&self.ttft_ms),
+            "ttft_answer_ms" => Some(&self.ttft_answer_ms),
+            "itl_ms" => Some(&self.itl_ms),
+            "tpot_ms" => Some(&self.tpot_ms),
+            "e2e_ms" => Some(&self.e2e_ms),
+            "queue_ms" => self.queue_ms.as_ref(),
+            "ttft_from_scheduled_ms" => self.ttft_from_scheduled_ms.as_ref(),
+            "e2e_from_scheduled_ms" => self.e2e_from_scheduled_ms.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 /// Request counts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RequestCounts {
     /// Measured requests sent (warmup excluded).
     pub total: u64,
@@ -47,7 +64,7 @@ pub struct RequestCounts {
 }
 
 /// Token totals over completed, measured requests.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tokens {
     /// Prompt tokens (server `usage` when every request had it, else kvbench's count).
     pub prompt_total: Option<u64>,
@@ -68,7 +85,7 @@ pub struct Tokens {
 }
 
 /// Throughput over the measured window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Throughput {
     /// Completed requests per second.
     pub requests_per_s: Option<f64>,

@@ -13,7 +13,7 @@ use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The server that was measured.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServerInfo {
     /// URL given by the user (without credentials).
     pub url: String,
@@ -35,7 +35,7 @@ pub struct ServerInfo {
 
 /// Seconds spent in each phase of one run; `null` where the phase did not happen here (a run
 /// against a server kvbench did not start has no launch or teardown).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Phases {
     /// Launch to healthy.
     pub launch_s: Option<f64>,
@@ -50,7 +50,7 @@ pub struct Phases {
 }
 
 /// One run's result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunResult {
     /// Schema version ([`SCHEMA_VERSION`]).
     pub schema_version: u32,

@@ -21,7 +21,7 @@ use rand_distr::StandardNormal;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::compare::{self, ArmRuns, Policy};
+use crate::compare::{self, ArmRuns, Comparison, Policy, Verdict};
 use crate::logscan::{Catalog, DEFAULT_CATALOG};
 use crate::metrics::{Metrics, RequestCounts, Samples, Throughput, Tokens};
 use crate::quality::ItemRecord;
@@ -210,7 +210,7 @@ fn empty_arm(name: &str) -> ArmRuns {
 
 /// The outcome of one simulated experiment.
 struct One {
-    verdict: String,
+    verdict: Verdict,
     speed_regression: bool,
     settled: bool,
     runs: u32,
@@ -230,7 +230,7 @@ fn experiment(
         Design::Fixed { runs } => runs,
         Design::Adaptive { max_runs } => max_runs,
     };
-    let mut last = Value::Null;
+    let mut last = Comparison::default();
     for run in 0..max_runs {
         for (arm, f) in [(&mut base, 1.0), (&mut cand, factor)] {
             let (r, s) = synthetic_run(rng, &arm.name.clone(), f, sigma);
@@ -257,7 +257,7 @@ fn experiment(
             None,
             Some(&policy.regression_metrics),
         )?;
-        if adaptive && last["settled"].as_bool() == Some(true) {
+        if adaptive && last.settled {
             break;
         }
         if adaptive && run + 1 == max_runs {
@@ -278,20 +278,18 @@ fn experiment(
             )?;
         }
     }
-    let recs = last["candidates"][0]["recommendations"]
-        .as_array()
-        .cloned()
+    let recs = last
+        .candidates
+        .first()
+        .map(|c| c.recommendations.as_slice())
         .unwrap_or_default();
-    let speed_regression = recs.iter().any(|r| {
-        r["criterion"]
-            .as_str()
-            .is_some_and(|c| policy.regression_metrics.iter().any(|m| m == c))
-            && r["verdict"] != "apply"
-    });
+    let speed_regression = recs
+        .iter()
+        .any(|r| policy.regression_metrics.contains(&r.criterion) && r.verdict != Verdict::Apply);
     Ok(One {
-        verdict: last["decision"].as_str().unwrap_or("?").to_owned(),
+        verdict: last.decision.unwrap_or_default(),
         speed_regression,
-        settled: last["settled"].as_bool().unwrap_or(false),
+        settled: last.settled,
         runs: base.results.len() as u32,
     })
 }
@@ -344,10 +342,10 @@ pub fn rates(
         scenario: sc,
         design,
         experiments: outcomes.len(),
-        apply: share(&|o| o.verdict == "apply"),
-        monitor: share(&|o| o.verdict == "monitor"),
-        keep: share(&|o| o.verdict == "keep"),
-        inconclusive: share(&|o| o.verdict == "inconclusive"),
+        apply: share(&|o| o.verdict == Verdict::Apply),
+        monitor: share(&|o| o.verdict == Verdict::Monitor),
+        keep: share(&|o| o.verdict == Verdict::Keep),
+        inconclusive: share(&|o| o.verdict == Verdict::Inconclusive),
         speed_regression: share(&|o| o.speed_regression),
         settled: share(&|o| o.settled),
         runs_per_arm: outcomes.iter().map(|o| o.runs as f64).sum::<f64>() / n,

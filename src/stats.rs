@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Summary of a sample. Every value is `null` when the sample is empty.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Summary {
     /// Number of values.
     pub count: u64,

@@ -1,6 +1,8 @@
 //! `kvbench ab` and `kvbench compare` end to end with `kvbench test-server` arms that print
 //! real-looking vLLM start-up logs (no engine needed), including `--resume` and `--dry-run`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -90,6 +92,10 @@ fn ab_runs_every_arm_compares_and_reports() {
     let cmp = files(&out, "comparison_fp8_", ".json");
     assert_eq!(cmp.len(), 1);
     let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cmp[0]).unwrap()).unwrap();
+    common::assert_comparison_schema(&c);
+    for r in files(&out, "benchmark_fp8_", ".json") {
+        common::assert_result_schema(&serde_json::from_slice(&std::fs::read(r).unwrap()).unwrap());
+    }
     assert_eq!(c["decision"], "keep");
     assert_eq!(c["baseline"], "baseline");
     let resolved: Vec<&str> = c["warnings"]["resolved"]
@@ -223,6 +229,7 @@ args = ["--print", "{}", "--", "--kv-cache-dtype", "fp8", "--calculate-kv-scales
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let cmp = files(&out, "comparison_ref_", ".json");
     let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cmp[0]).unwrap()).unwrap();
+    common::assert_comparison_schema(&c);
     assert_eq!(c["baseline"], "fp8");
     let cands: Vec<&str> = c["candidates"]
         .as_array()
@@ -350,7 +357,9 @@ args = ["--ttft-ms", "{b_ttft_ms}"]
 fn comparison(out: &Path) -> serde_json::Value {
     let f = files(out, "comparison_drift_", ".json");
     assert_eq!(f.len(), 1, "{f:?}");
-    serde_json::from_str(&std::fs::read_to_string(&f[0]).unwrap()).unwrap()
+    let c = serde_json::from_str(&std::fs::read_to_string(&f[0]).unwrap()).unwrap();
+    common::assert_comparison_schema(&c);
+    c
 }
 
 fn speed_verdicts(c: &serde_json::Value) -> Vec<String> {

@@ -17,8 +17,9 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn comparison(name: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
+fn comparison(name: &str) -> kvbench::compare::Comparison {
+    let v = serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap();
+    kvbench::report::from_value(v).unwrap()
 }
 
 #[test]

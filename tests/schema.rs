@@ -1,5 +1,8 @@
-//! The result JSON keeps the contract of DESIGN.md: every key other tools rely on is present
-//! (with `null` where nothing was measured).
+//! The files kvbench writes keep the contract of DESIGN.md, enforced by JSON Schemas generated
+//! from the types that write them (docs/schema/): the committed schemas are the types' (run with
+//! `KVBENCH_UPDATE_SCHEMA=1` to rewrite them after a deliberate change), and real outputs, made
+//! here by real runs and the real `compare`, validate against them. tests/ab.rs validates the
+//! comparisons `kvbench ab` writes (adaptive rounds, effort, a reference arm).
 
 mod common;
 
@@ -7,19 +10,42 @@ use std::time::Duration;
 
 use kvbench::testserver::TestServerConfig;
 
-#[tokio::test]
-async fn result_json_has_every_contract_key() {
-    let server = common::server(TestServerConfig {
-        ttft: Duration::from_millis(2),
-        itl: Duration::from_millis(1),
-        output_tokens: Some(3),
-        ..Default::default()
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    common::run(&server, dir.path(), &["-n", "3"]).await;
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("out.json")).unwrap()).unwrap();
+fn check_committed(name: &str, generated: serde_json::Value) {
+    let path = format!(
+        "{}/docs/schema/{name}.schema.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut text = serde_json::to_string_pretty(&generated).unwrap();
+    text.push('\n');
+    if std::env::var_os("KVBENCH_UPDATE_SCHEMA").is_some() {
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == text,
+        "{path} differs from the types that write the file: review the change, then rewrite \
+         it with KVBENCH_UPDATE_SCHEMA=1 cargo test --test schema"
+    );
+}
+
+#[test]
+fn committed_schemas_are_the_types() {
+    check_committed("result", kvbench::schema::result());
+    check_committed("comparison", kvbench::schema::comparison());
+}
+
+#[test]
+fn the_schemas_require_what_other_tools_read() {
+    let r = kvbench::schema::result();
+    let required = |v: &serde_json::Value| -> Vec<String> {
+        v["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_owned())
+            .collect()
+    };
     for key in [
         "schema_version",
         "kvbench_version",
@@ -32,38 +58,81 @@ async fn result_json_has_every_contract_key() {
         "warnings",
         "server_metrics",
         "quality",
+        "metrics",
+        "throughput",
     ] {
-        assert!(v.get(key).is_some(), "missing {key}");
+        assert!(required(&r).contains(&key.to_owned()), "result.{key}");
     }
+    let c = kvbench::schema::comparison();
     for key in [
-        "url",
-        "model",
-        "version",
-        "engine",
-        "launch_args",
-        "startup_s",
-        "facts",
+        "decision",
+        "recommended_arm",
+        "recommendations",
+        "settled",
+        "arms",
+        "candidates",
+        "deltas",
     ] {
-        assert!(v["server"].get(key).is_some(), "missing server.{key}");
+        assert!(required(&c).contains(&key.to_owned()), "comparison.{key}");
     }
-    for key in ["total", "completed", "failed"] {
-        assert!(v["requests"][key].is_u64(), "requests.{key}");
+}
+
+async fn run_arm(
+    dir: &std::path::Path,
+    name: &str,
+    ttft_ms: u64,
+) -> (serde_json::Value, std::path::PathBuf) {
+    let server = common::server(TestServerConfig {
+        ttft: Duration::from_millis(ttft_ms),
+        itl: Duration::from_millis(1),
+        output_tokens: Some(3),
+        reasoning_tokens: 1,
+        ..Default::default()
+    })
+    .await;
+    let out = dir.join(format!("{name}.json"));
+    let mut cfg = common::config(dir, &["--url", &server.url(), "-n", "12", "-c", "2"]);
+    cfg.output = out.clone();
+    cfg.arm = Some(name.to_owned());
+    kvbench::runner::run(cfg, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    (v, out)
+}
+
+#[tokio::test]
+async fn real_results_and_their_comparison_match_the_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, pa) = run_arm(dir.path(), "fast", 2).await;
+    let (b, pb) = run_arm(dir.path(), "slow", 6).await;
+    for v in [&a, &b] {
+        common::assert_result_schema(v);
+        assert_eq!(v["schema_version"], 1);
+        // Not launched by kvbench: null, not 0.
+        assert!(v["server"]["startup_s"].is_null());
     }
-    for key in ["prompt_total", "output_total", "reasoning_total"] {
-        assert!(v["tokens"].get(key).is_some(), "tokens.{key}");
-    }
-    for m in ["ttft_ms", "ttft_answer_ms", "itl_ms", "tpot_ms", "e2e_ms"] {
-        for s in ["mean", "std", "min", "p50", "p90", "p95", "p99", "max"] {
-            assert!(v["metrics"][m][s].is_f64(), "metrics.{m}.{s}");
-        }
-    }
-    for key in ["requests_per_s", "output_tok_per_s", "total_tok_per_s"] {
-        assert!(v["throughput"][key].is_f64(), "throughput.{key}");
-    }
-    assert_eq!(v["schema_version"], 1);
-    assert!(v["arm"].is_null());
-    assert!(
-        v["server"]["startup_s"].is_null(),
-        "not launched by kvbench: null, not 0"
-    );
+    let arms = kvbench::compare::load(&[pa, pb]).unwrap();
+    let c = kvbench::compare::compare(
+        &arms,
+        "fast",
+        None,
+        &kvbench::compare::Policy::default(),
+        kvbench::logscan::Catalog::default_catalog(),
+        None,
+    )
+    .unwrap();
+    let v = serde_json::to_value(&c).unwrap();
+    common::assert_comparison_schema(&v);
+    // The reports read back what was written, field for field.
+    let back = kvbench::report::from_value(v).unwrap();
+    assert_eq!(back, c);
+}
+
+#[test]
+fn a_wrong_type_fails_the_schema() {
+    let mut v = serde_json::json!({});
+    v["schema_version"] = serde_json::json!("one");
+    let validator = jsonschema::draft202012::new(&common::committed_schema("comparison")).unwrap();
+    assert!(!validator.is_valid(&v));
 }

@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{ArmRuns, Delta, QualityDelta, WarningDiff};
+use super::{ArmRuns, Better, Delta, Method, QualityDelta, WarningDiff};
 
 /// Thresholds of the decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Warnings of `warning_category` that must be resolved (apply and monitor).
@@ -158,14 +159,28 @@ impl Policy {
 
 /// A verdict, ordered by severity: the overall verdict is the most severe criterion's
 /// (`keep` over `inconclusive` over `monitor` over `apply`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Make the change.
     Apply,
     /// Make the change and watch it.
     Monitor,
-    /// The evidence cannot decide.
+    /// The evidence cannot decide (also what a file without a verdict reads as).
+    #[default]
     Inconclusive,
     /// Keep the baseline.
     Keep,
@@ -190,7 +205,8 @@ impl std::fmt::Display for Verdict {
 }
 
 /// One criterion's verdict.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
 pub struct Recommendation {
     /// `arms`, `warnings`, `config`, a delta key, `quality`, `quality.<suite>`, or `overall`.
     pub criterion: String,
@@ -296,7 +312,7 @@ fn speed_criterion(key: &str, d: Option<&Delta>, policy: &Policy) -> Recommendat
     let width = 100.0 * ((1.0 + hi / 100.0).max(1e-9).ln() - (1.0 + lo / 100.0).max(1e-9).ln());
     // A wide interval is "too noisy" only where it keeps the verdict open: one lying wholly
     // beyond a limit (or wholly within the apply limit) decides however wide it is.
-    let (reg_lo, reg_hi) = if d.better == "lower" {
+    let (reg_lo, reg_hi) = if d.better == Better::Lower {
         (lo, hi)
     } else {
         (-hi, -lo)
@@ -313,7 +329,7 @@ fn speed_criterion(key: &str, d: Option<&Delta>, policy: &Policy) -> Recommendat
         return r;
     }
     let regression = d.regression_pct().unwrap_or(0.0);
-    let direction = if d.better == "lower" {
+    let direction = if d.better == Better::Lower {
         "higher is worse"
     } else {
         "lower is worse"
@@ -351,9 +367,9 @@ fn speed_criterion(key: &str, d: Option<&Delta>, policy: &Policy) -> Recommendat
         )
     };
     let value = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
-    let caveat = match d.method.as_str() {
-        "bootstrap_requests" => " (one run per arm: the interval covers request-to-request spread, not run-to-run drift; --until-decided or --repeat 3 gives a stricter test)",
-        "runs" if d.runs.is_some_and(|(b, c)| b < 2 || c < 2) => " (one run on an arm: the interval assumes the policy's run-to-run drift until the runs show their own)",
+    let caveat = match d.method {
+        Method::BootstrapRequests => " (one run per arm: the interval covers request-to-request spread, not run-to-run drift; --until-decided or --repeat 3 gives a stricter test)",
+        Method::Runs if d.runs.is_some_and(|(b, c)| b < 2 || c < 2) => " (one run on an arm: the interval assumes the policy's run-to-run drift until the runs show their own)",
         _ => "",
     };
     let mut r = rec(
@@ -372,7 +388,7 @@ fn speed_criterion(key: &str, d: Option<&Delta>, policy: &Policy) -> Recommendat
     if policy.final_look && !r.settled {
         if let Some(lc) = d.log_change() {
             let conf = policy.cap_within_confidence_pct / 100.0;
-            let reg_hi = if d.better == "lower" {
+            let reg_hi = if d.better == Better::Lower {
                 lc.bound_pct(conf, true)
             } else {
                 -lc.bound_pct(conf, false)
@@ -406,11 +422,11 @@ fn settle_speed(d: &Delta, verdict: Verdict, policy: &Policy) -> (bool, Option<S
     let beyond = policy.settle_beyond_confidence_pct / 100.0;
     // Bounds of the regression (positive = worse), upper at `within`, lower at `beyond`.
     let (reg_hi, reg_lo) = match (d.log_change(), d.ci_low_pct, d.ci_high_pct) {
-        (Some(lc), _, _) if d.better == "lower" => {
+        (Some(lc), _, _) if d.better == Better::Lower => {
             (lc.bound_pct(within, true), lc.bound_pct(beyond, false))
         }
         (Some(lc), _, _) => (-lc.bound_pct(within, false), -lc.bound_pct(beyond, true)),
-        (None, Some(lo), Some(hi)) if d.better == "lower" => (hi, lo),
+        (None, Some(lo), Some(hi)) if d.better == Better::Lower => (hi, lo),
         (None, Some(lo), Some(hi)) => (-lo, -hi),
         _ => return (false, Some("no interval".into())),
     };
@@ -449,7 +465,7 @@ fn runs_to_settle(d: &Delta, line: f64, verdict: Verdict, policy: &Policy) -> Op
     let (nb, nc) = d.runs?;
     let n = nb.min(nc).max(1) as f64;
     // The regression on the log scale, and the limit.
-    let reg = if d.better == "lower" {
+    let reg = if d.better == Better::Lower {
         lc.estimate
     } else {
         -lc.estimate

@@ -3,13 +3,15 @@
 //! is the comparison JSON (docs/decision.md) that reports render and `jq .recommendations` reads.
 
 pub mod decision;
+pub mod model;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::logscan::Catalog;
 use crate::metrics::{samples, Samples};
@@ -20,7 +22,11 @@ use crate::stats::{
     bootstrap_change_pct, mean_of_refs, per_run_log_var_from_ci, percentile_of_refs, LogChange,
     Summary,
 };
-pub use decision::Policy;
+pub use decision::{Policy, Verdict};
+pub use model::{
+    AgreementSummary, ArmSummary, ArmThroughput, Candidate, Comparison, DesignKind, Distributions,
+    Effort, ReferenceArm, ReferenceSection, RequestTotals, Round, ServerSummary, Stopped, ValueCi,
+};
 
 /// Version of the comparison schema.
 pub const COMPARISON_SCHEMA_VERSION: u32 = 1;
@@ -188,8 +194,35 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<ArmRuns>> {
     Ok(arms)
 }
 
+/// Which direction of a metric is better.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Better {
+    /// Latencies.
+    #[default]
+    Lower,
+    /// Throughputs.
+    Higher,
+}
+
+/// How a delta's interval was made (docs/decision.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Per-run values with the policy's run-to-run drift.
+    Runs,
+    /// A bootstrap over requests (one run per arm, `run_drift_pct = 0`).
+    BootstrapRequests,
+    /// Welch over repeats (`run_drift_pct = 0`).
+    Repeats,
+    /// No interval.
+    #[default]
+    None,
+}
+
 /// A metric's change from baseline to candidate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
 pub struct Delta {
     /// Baseline value.
     pub baseline: Option<f64>,
@@ -204,11 +237,10 @@ pub struct Delta {
     /// The interval excludes 0 and the change is at least the noise floor; `null` without an
     /// interval.
     pub significant: Option<bool>,
-    /// `lower` or `higher` is better.
-    pub better: String,
-    /// `runs` (per-run values with the policy's run-to-run drift; docs/decision.md),
-    /// `bootstrap_requests`, `repeats` (with `run_drift_pct = 0`) or `none`.
-    pub method: String,
+    /// Which direction is better.
+    pub better: Better,
+    /// How the interval was made.
+    pub method: Method,
     /// Method `runs`: ln(candidate / baseline), its standard error and the degrees of freedom of
     /// its t quantiles, from which any one-sided bound follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,7 +263,7 @@ impl Delta {
         let c = self.change_pct?;
         match self.significant? {
             false => Some(0.0),
-            true if self.better == "lower" => Some(c.max(0.0)),
+            true if self.better == Better::Lower => Some(c.max(0.0)),
             true => Some((-c).max(0.0)),
         }
     }
@@ -307,9 +339,9 @@ fn bootstrap_key(sb: &Samples, sc: &Samples, key: &str) -> Option<(f64, f64)> {
 /// over repeats otherwise.
 pub fn delta(base: &ArmRuns, cand: &ArmRuns, key: &str, policy: &Policy) -> Delta {
     let better = if key.ends_with("per_s") {
-        "higher"
+        Better::Higher
     } else {
-        "lower"
+        Better::Lower
     };
     let vals = |a: &ArmRuns| -> Vec<f64> {
         a.results
@@ -326,8 +358,8 @@ pub fn delta(base: &ArmRuns, cand: &ArmRuns, key: &str, policy: &Policy) -> Delt
         ci_low_pct: None,
         ci_high_pct: None,
         significant: None,
-        better: better.into(),
-        method: "none".into(),
+        better,
+        method: Method::None,
         log_change: None,
         se_log: None,
         df: None,
@@ -353,7 +385,7 @@ pub fn delta(base: &ArmRuns, cand: &ArmRuns, key: &str, policy: &Policy) -> Delt
             d.candidate = Some(geo(&vc));
             d.change_pct = Some(lc.change_pct());
             (d.ci_low_pct, d.ci_high_pct) = (Some(lo), Some(hi));
-            d.method = "runs".into();
+            d.method = Method::Runs;
             (d.log_change, d.se_log, d.df) = (Some(lc.estimate), Some(lc.se), Some(lc.df));
         } else {
             d.change_pct = change_of(d.baseline, d.candidate);
@@ -361,10 +393,10 @@ pub fn delta(base: &ArmRuns, cand: &ArmRuns, key: &str, policy: &Policy) -> Delt
     } else {
         d.change_pct = change_of(d.baseline, d.candidate);
         let ci = if vb.len() >= 2 && vc.len() >= 2 {
-            d.method = "repeats".into();
+            d.method = Method::Repeats;
             crate::stats::welch_change_pct(&vb, &vc)
         } else {
-            d.method = "bootstrap_requests".into();
+            d.method = Method::BootstrapRequests;
             match (base.pooled(), cand.pooled()) {
                 (Some(sb), Some(sc)) => bootstrap_key(&sb, &sc, key),
                 _ => None,
@@ -372,7 +404,7 @@ pub fn delta(base: &ArmRuns, cand: &ArmRuns, key: &str, policy: &Policy) -> Delt
         };
         match ci {
             Some((lo, hi)) => (d.ci_low_pct, d.ci_high_pct) = (Some(lo), Some(hi)),
-            None => d.method = "none".into(),
+            None => d.method = Method::None,
         }
     }
     d.significant = match (d.ci_low_pct, d.ci_high_pct, d.change_pct) {
@@ -404,7 +436,8 @@ pub fn delta_keys() -> Vec<String> {
 }
 
 /// A warning's status between two arms.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
 pub struct WarningChange {
     /// Catalog id.
     pub id: String,
@@ -426,7 +459,8 @@ pub struct WarningChange {
 }
 
 /// Warnings resolved, persisting and new.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
 pub struct WarningDiff {
     /// On the baseline, gone on the candidate.
     pub resolved: Vec<WarningChange>,
@@ -584,7 +618,8 @@ pub fn warning_diff(
 }
 
 /// Quality of one suite between two arms.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
 pub struct QualityDelta {
     /// Baseline accuracy (0–1).
     pub baseline_accuracy: Option<f64>,
@@ -622,7 +657,7 @@ pub fn quality_suites(r: &RunResult) -> BTreeMap<String, Value> {
 fn quality_compare(
     base: &ArmRuns,
     cand: &ArmRuns,
-) -> (BTreeMap<String, QualityDelta>, Option<Value>) {
+) -> (BTreeMap<String, QualityDelta>, Option<AgreementSummary>) {
     let (Some(rb), Some(rc)) = (base.results.first(), cand.results.first()) else {
         return (BTreeMap::new(), None);
     };
@@ -651,33 +686,33 @@ fn quality_compare(
             },
         );
     }
-    let summary = agreement.map(|a| {
-        json!({
-            "paired": a.paired, "exact_match_rate": a.exact_match_rate, "top1_agreement": a.top1_agreement,
-            "mean_kl": a.mean_kl, "max_kl": a.max_kl, "first_divergence_char": a.first_divergence_char,
-            "first_divergence_token": a.first_divergence_token, "finish_reason_shifts": a.finish_reason_shifts,
-            "degenerate_a": a.degenerate_a, "degenerate_b": a.degenerate_b, "prompt_mismatch": a.prompt_mismatch,
-        })
-    });
-    (out, summary)
+    (out, agreement.as_ref().map(AgreementSummary::from))
 }
 
-fn server_summary(r: &RunResult) -> Value {
+fn server_summary(r: &RunResult) -> ServerSummary {
     let f = &r.server.facts;
     let check = f.get("config_check").cloned().unwrap_or(Value::Null);
     let g = |k: &str| check.pointer(k).cloned().unwrap_or(Value::Null);
-    json!({
-        "engine": r.server.engine,
-        "version": r.server.version,
-        "kv_cache_dtype_requested": g("/requested/kv_cache_dtype"),
-        "kv_cache_dtype_effective": g("/effective/kv_cache_dtype"),
-        "calculate_kv_scales_requested": g("/requested/calculate_kv_scales"),
-        "calculate_kv_scales_effective": g("/effective/calculate_kv_scales"),
-        "cache_type_k": g("/effective/cache_type_k").as_str().map(str::to_owned).or_else(|| g("/requested/cache_type_k").as_str().map(str::to_owned)),
-        "kv_cache_tokens": f.get("kv_cache_tokens").or_else(|| f.get("llamacpp_kv_cache_cells")),
-        "startup_s": r.server.startup_s,
-        "mismatches": check.get("mismatches").cloned().unwrap_or(json!([])),
-    })
+    let s = |k: &str| g(k).as_str().map(str::to_owned);
+    ServerSummary {
+        engine: r.server.engine.clone(),
+        version: r.server.version.clone(),
+        kv_cache_dtype_requested: s("/requested/kv_cache_dtype"),
+        kv_cache_dtype_effective: s("/effective/kv_cache_dtype"),
+        calculate_kv_scales_requested: g("/requested/calculate_kv_scales").as_bool(),
+        calculate_kv_scales_effective: g("/effective/calculate_kv_scales").as_bool(),
+        cache_type_k: s("/effective/cache_type_k").or_else(|| s("/requested/cache_type_k")),
+        kv_cache_tokens: f
+            .get("kv_cache_tokens")
+            .or_else(|| f.get("llamacpp_kv_cache_cells"))
+            .cloned(),
+        startup_s: r.server.startup_s,
+        mismatches: check
+            .get("mismatches")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    }
 }
 
 fn quantiles(v: &[f64]) -> Vec<f64> {
@@ -691,14 +726,14 @@ fn quantiles(v: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-fn throughput_ci(a: &ArmRuns, key: &str) -> Value {
+fn throughput_ci(a: &ArmRuns, key: &str) -> ValueCi {
     let vals: Vec<f64> = a
         .results
         .iter()
         .filter_map(|r| metric_value(r, key))
         .collect();
     let Some(v) = mean(&vals) else {
-        return json!({"value": null, "ci_low": null, "ci_high": null});
+        return ValueCi::default();
     };
     // The interval of the arm's own value: the change against itself, shifted to its level.
     let ci = if vals.len() >= 2 {
@@ -716,29 +751,27 @@ fn throughput_ci(a: &ArmRuns, key: &str) -> Value {
             )
         })
     };
-    json!({
-        "value": v,
-        "ci_low": ci.map(|c| v * (1.0 + c.0 / 100.0)),
-        "ci_high": ci.map(|c| v * (1.0 + c.1 / 100.0)),
-    })
+    ValueCi {
+        value: Some(v),
+        ci_low: ci.map(|c| v * (1.0 + c.0 / 100.0)),
+        ci_high: ci.map(|c| v * (1.0 + c.1 / 100.0)),
+    }
 }
 
-fn arm_summary(a: &ArmRuns) -> Value {
+fn arm_summary(a: &ArmRuns) -> ArmSummary {
     let first = a.results.first();
-    let failure = a.first_failure().and_then(|r| r.failure.clone());
     let pooled = a.pooled();
-    let metrics: serde_json::Map<String, Value> = LATENCY_METRICS
+    let metrics = LATENCY_METRICS
         .iter()
         .map(|m| {
             let s = match &pooled {
                 Some(p) => Summary::of(p.get(m).unwrap_or(&[])),
                 None => first
-                    .and_then(|r| serde_json::to_value(&r.metrics).ok())
-                    .and_then(|v| v.get(*m).cloned())
-                    .and_then(|v| serde_json::from_value(v).ok())
+                    .and_then(|r| r.metrics.get(m))
+                    .cloned()
                     .unwrap_or_default(),
             };
-            ((*m).to_owned(), json!(s))
+            ((*m).to_owned(), s)
         })
         .collect();
     let sum = |f: fn(&RunResult) -> u64| a.results.iter().map(f).sum::<u64>();
@@ -748,26 +781,44 @@ fn arm_summary(a: &ArmRuns) -> Value {
             *errors.entry(k.clone()).or_default() += v;
         }
     }
-    json!({
-        "name": a.name,
-        "outcome": a.first_failure().map(|r| r.outcome.clone()).unwrap_or_else(|| "ok".into()),
-        "failure": failure,
-        "results": a.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "repeats": a.results.len(),
-        "server": first.map(server_summary),
-        "requests": {"total": sum(|r| r.requests.total), "completed": sum(|r| r.requests.completed), "failed": sum(|r| r.requests.failed)},
-        "errors": errors,
-        "metrics": metrics,
-        "throughput": {
-            "output_tok_per_s": throughput_ci(a, "output_tok_per_s"),
-            "requests_per_s": throughput_ci(a, "requests_per_s"),
-            "total_tok_per_s": {"value": mean(&a.results.iter().filter_map(|r| r.throughput.total_tok_per_s).collect::<Vec<_>>()), "ci_low": null, "ci_high": null},
+    ArmSummary {
+        name: a.name.clone(),
+        outcome: a
+            .first_failure()
+            .map(|r| r.outcome.clone())
+            .unwrap_or_else(|| "ok".into()),
+        failure: a.first_failure().and_then(|r| r.failure.clone()),
+        results: a.paths.iter().map(|p| p.display().to_string()).collect(),
+        repeats: a.results.len(),
+        server: first.map(server_summary),
+        requests: RequestTotals {
+            total: sum(|r| r.requests.total),
+            completed: sum(|r| r.requests.completed),
+            failed: sum(|r| r.requests.failed),
         },
-        "quality": first.map(|r| json!(quality_suites(r))),
-        "warnings": first.map(|r| r.warnings.clone()).unwrap_or_default(),
-        "server_metrics": first.and_then(|r| r.server_metrics.clone()),
-        "distributions": pooled.map(|p| json!({"ttft_ms": quantiles(&p.ttft_ms), "itl_ms": quantiles(&p.itl_ms)})),
-    })
+        errors,
+        metrics,
+        throughput: ArmThroughput {
+            output_tok_per_s: throughput_ci(a, "output_tok_per_s"),
+            requests_per_s: throughput_ci(a, "requests_per_s"),
+            total_tok_per_s: ValueCi {
+                value: mean(
+                    &a.results
+                        .iter()
+                        .filter_map(|r| r.throughput.total_tok_per_s)
+                        .collect::<Vec<_>>(),
+                ),
+                ..ValueCi::default()
+            },
+        },
+        quality: first.map(quality_suites),
+        warnings: first.map(|r| r.warnings.clone()).unwrap_or_default(),
+        server_metrics: first.and_then(|r| r.server_metrics.clone()),
+        distributions: pooled.map(|p| Distributions {
+            ttft_ms: quantiles(&p.ttft_ms),
+            itl_ms: quantiles(&p.itl_ms),
+        }),
+    }
 }
 
 /// Builds the comparison of `arms` against `baseline` (an arm name). `reference`, when given,
@@ -780,7 +831,7 @@ pub fn compare(
     policy: &Policy,
     catalog: &Catalog,
     experiment: Option<&str>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Comparison> {
     compare_keys(arms, baseline, reference, policy, catalog, experiment, None)
 }
 
@@ -794,12 +845,17 @@ pub(crate) fn compare_keys(
     catalog: &Catalog,
     experiment: Option<&str>,
     keys: Option<&[String]>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Comparison> {
+    let names = || {
+        arms.iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let Some(base) = arms.iter().find(|a| a.name == baseline) else {
-        let names: Vec<&str> = arms.iter().map(|a| a.name.as_str()).collect();
         bail!(
             "no arm named {baseline:?} among the results (arms: {})",
-            names.join(", ")
+            names()
         );
     };
     if arms.len() < 2 {
@@ -812,13 +868,10 @@ pub(crate) fn compare_keys(
         None => None,
         Some(r) => match arms.iter().find(|a| a.name == r) {
             Some(a) => Some(a),
-            None => {
-                let names: Vec<&str> = arms.iter().map(|a| a.name.as_str()).collect();
-                bail!(
-                    "no reference arm named {r:?} among the results (arms: {})",
-                    names.join(", ")
-                );
-            }
+            None => bail!(
+                "no reference arm named {r:?} among the results (arms: {})",
+                names()
+            ),
         },
     };
     let is_candidate = |a: &&ArmRuns| a.name != baseline && Some(a.name.as_str()) != reference;
@@ -846,70 +899,77 @@ pub(crate) fn compare_keys(
         };
         let (quality, agreement) = quality_compare(base, cand);
         let decided = decision::decide(base, cand, &deltas, &warnings, &quality, policy);
-        candidates.push(json!({
-            "arm": cand.name,
-            "decision": decided.verdict,
-            "settled": decided.settled,
-            "recommendations": decided.recommendations,
-            "deltas": deltas,
-            "warnings": warnings,
-            "quality": quality,
-            "agreement": agreement,
-        }));
+        candidates.push(Candidate {
+            arm: cand.name.clone(),
+            decision: decided.verdict,
+            settled: decided.settled,
+            recommendations: decided.recommendations.clone(),
+            deltas,
+            warnings,
+            quality,
+            agreement,
+        });
         decisions.push((cand.name.clone(), decided));
     }
-    let (decision, recommended, recommendations) = decision::overall(&decisions);
-    let settled = decisions.iter().all(|(_, d)| d.settled);
-    let reference_json = reference_arm.map(|r| reference_section(r, arms));
-    let first = candidates.first().cloned().unwrap_or(Value::Null);
-    let mut arms_json = vec![arm_summary(base)];
-    arms_json.extend(arms.iter().filter(|a| a.name != baseline).map(arm_summary));
-    Ok(json!({
-        "schema_version": COMPARISON_SCHEMA_VERSION,
-        "kvbench_version": env!("CARGO_PKG_VERSION"),
-        "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "experiment": experiment,
-        "baseline": baseline,
-        "decision": decision,
-        "recommended_arm": recommended,
-        "recommendations": recommendations,
-        "settled": settled,
-        "policy": policy,
-        "arms": arms_json,
-        "candidates": candidates,
-        "deltas": first.get("deltas").cloned().unwrap_or(json!({})),
-        "warnings": first.get("warnings").cloned().unwrap_or(json!({})),
-        "quality": first.get("quality").cloned().unwrap_or(json!({})),
-        "agreement": first.get("agreement").cloned().unwrap_or(Value::Null),
-        "reference": reference_json,
+    let (decision, recommended_arm, recommendations) = decision::overall(&decisions);
+    let first = candidates.first().cloned().unwrap_or_default();
+    let mut arms_out = vec![arm_summary(base)];
+    arms_out.extend(arms.iter().filter(|a| a.name != baseline).map(arm_summary));
+    Ok(Comparison {
+        schema_version: COMPARISON_SCHEMA_VERSION,
+        kvbench_version: env!("CARGO_PKG_VERSION").into(),
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        experiment: experiment.map(str::to_owned),
+        baseline: baseline.to_owned(),
+        decision: Some(decision),
+        recommended_arm,
+        recommendations,
+        settled: decisions.iter().all(|(_, d)| d.settled),
+        policy: Some(policy.clone()),
+        arms: arms_out,
+        candidates,
+        deltas: first.deltas,
+        warnings: first.warnings,
+        quality: first.quality,
+        agreement: first.agreement,
+        reference: reference_arm.map(|r| reference_section(r, arms)),
         // Set by `kvbench compare --rescan-logs`.
-        "logs_rescanned": false,
-    }))
+        logs_rescanned: false,
+        effort: None,
+    })
 }
 
 /// Every other arm's quality against the reference arm: per suite the two accuracies, the
 /// change in points, the paired flips and the accuracy ratio (arm / reference; vLLM's advice is
 /// to calibrate when FP8 falls below about 95 % of the reference), plus answer agreement.
-fn reference_section(r: &ArmRuns, arms: &[ArmRuns]) -> Value {
-    let others: Vec<Value> = arms
+fn reference_section(r: &ArmRuns, arms: &[ArmRuns]) -> ReferenceSection {
+    let others = arms
         .iter()
         .filter(|a| a.name != r.name)
         .map(|a| {
             let (quality, agreement) = quality_compare(r, a);
-            let ratio: BTreeMap<&String, Option<f64>> = quality
+            let accuracy_ratio = quality
                 .iter()
                 .map(|(s, q)| {
                     let v = q
                         .baseline_accuracy
                         .zip(q.candidate_accuracy)
                         .and_then(|(b, c)| (b > 0.0).then(|| c / b));
-                    (s, v)
+                    (s.clone(), v)
                 })
                 .collect();
-            json!({"arm": a.name, "quality": quality, "accuracy_ratio": ratio, "agreement": agreement})
+            ReferenceArm {
+                arm: a.name.clone(),
+                quality,
+                accuracy_ratio,
+                agreement,
+            }
         })
         .collect();
-    json!({"arm": r.name, "arms": others})
+    ReferenceSection {
+        arm: r.name.clone(),
+        arms: others,
+    }
 }
 
 #[cfg(test)]

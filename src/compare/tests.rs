@@ -4,6 +4,7 @@ use super::*;
 use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
 use crate::result::{ServerInfo, SCHEMA_VERSION};
 use crate::stats::Summary;
+use serde_json::json;
 
 const FP8: [&str; 3] = [
     "fp8_q_scale_missing",
@@ -93,8 +94,9 @@ fn arm(name: &str, scale: f64, ids: &[&str], calculate: bool, quality: Option<f6
     }
 }
 
+/// The comparison as the JSON file holds it.
 fn run(base: &ArmRuns, cand: &ArmRuns, policy: &Policy) -> Value {
-    compare(
+    let c = compare(
         &[base.clone(), cand.clone()],
         &base.name,
         None,
@@ -102,7 +104,8 @@ fn run(base: &ArmRuns, cand: &ArmRuns, policy: &Policy) -> Value {
         Catalog::default_catalog(),
         None,
     )
-    .unwrap()
+    .unwrap();
+    serde_json::to_value(c).unwrap()
 }
 
 fn rec<'a>(c: &'a Value, criterion: &str) -> &'a Value {
@@ -312,21 +315,17 @@ fn a_reference_arm_is_compared_with_every_arm_and_is_not_a_candidate() {
         None,
     )
     .unwrap();
-    let cands: Vec<&str> = c["candidates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["arm"].as_str().unwrap())
-        .collect();
+    let cands: Vec<&str> = c.candidates.iter().map(|x| x.arm.as_str()).collect();
     assert_eq!(cands, ["fp8-calibrated"]);
-    assert_eq!(c["arms"].as_array().unwrap().len(), 3);
-    assert_eq!(c["reference"]["arm"], "reference");
-    let per_arm = c["reference"]["arms"].as_array().unwrap();
-    let names: Vec<&str> = per_arm.iter().map(|x| x["arm"].as_str().unwrap()).collect();
+    assert_eq!(c.arms.len(), 3);
+    let section = c.reference.as_ref().unwrap();
+    assert_eq!(section.arm, "reference");
+    let per_arm = &section.arms;
+    let names: Vec<&str> = per_arm.iter().map(|x| x.arm.as_str()).collect();
     assert_eq!(names, ["fp8", "fp8-calibrated"]);
-    assert_eq!(per_arm[0]["accuracy_ratio"]["passkey"], 0.5);
-    assert_eq!(per_arm[1]["accuracy_ratio"]["passkey"], 0.75);
-    assert_eq!(per_arm[1]["quality"]["passkey"]["change_pts"], -25.0);
+    assert_eq!(per_arm[0].accuracy_ratio["passkey"], Some(0.5));
+    assert_eq!(per_arm[1].accuracy_ratio["passkey"], Some(0.75));
+    assert_eq!(per_arm[1].quality["passkey"].change_pts, Some(-25.0));
 
     // Without a reference the bf16 arm would be a candidate; an unknown name is an error, and a
     // reference that leaves no candidate is one too.
@@ -339,8 +338,8 @@ fn a_reference_arm_is_compared_with_every_arm_and_is_not_a_candidate() {
         None,
     )
     .unwrap();
-    assert_eq!(c["candidates"].as_array().unwrap().len(), 2);
-    assert!(c["reference"].is_null());
+    assert_eq!(c.candidates.len(), 2);
+    assert!(c.reference.is_none());
     let e = compare(
         &arms,
         "fp8",

@@ -14,7 +14,8 @@ use crate::client::chunk::TokenLogprob;
 use crate::stats::Summary;
 
 /// One item whose grade differs between the arms.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default)]
 pub struct Flip {
     /// Item id.
     pub id: String,

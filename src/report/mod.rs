@@ -1,11 +1,12 @@
 //! Reports: a comparison JSON (`kvbench compare`'s output) rendered for people, as Markdown
 //! and as one self-contained HTML page with the verdict on top.
 //!
-//! The reports read the comparison as a plain `serde_json::Value` rather than the compare
-//! module's types, so `kvbench report C.json` renders any comparison file, including one from an
-//! older or newer kvbench, and renders defensively: any value may be missing or `null`.
+//! The reports render the typed [`Comparison`]. `kvbench report C.json` renders any comparison
+//! file of this schema version or older: a field an older file lacks takes its default, and a
+//! missing value shows as "—". A file whose fields have the wrong type is refused with the
+//! field's path.
 //!
-//! - [`view`] turns the JSON into one view (verdict, then sections of tables and charts);
+//! - [`view`] turns the comparison into one view (verdict, then sections of tables and charts);
 //! - [`html`] renders it with `minijinja` (escaping by default), [`markdown`] by hand;
 //! - [`svg`] draws the charts (hand-written SVG; its module doc says why not `plotters`).
 
@@ -24,18 +25,20 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::Value;
 
+use crate::compare::Comparison;
+
 /// The comparison as Markdown: the same content as the HTML report, as tables.
-pub fn markdown(c: &Value) -> String {
+pub fn markdown(c: &Comparison) -> String {
     markdown::render(&view::build(c))
 }
 
 /// The comparison as one self-contained HTML page.
-pub fn html(c: &Value) -> String {
+pub fn html(c: &Comparison) -> String {
     html::render(&view::build(c))
 }
 
 /// Reads a comparison JSON file.
-pub fn read_comparison(path: &Path) -> anyhow::Result<Value> {
+pub fn read_comparison(path: &Path) -> anyhow::Result<Comparison> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the comparison {}", path.display()))?;
     let v: Value =
@@ -60,7 +63,42 @@ pub fn read_comparison(path: &Path) -> anyhow::Result<Value> {
         // Hand-made or very early comparisons have none: rendered as far as they go.
         None => {}
     }
-    Ok(v)
+    from_value(v)
+        .with_context(|| format!("{} is not a comparison kvbench can read", path.display()))
+}
+
+/// A comparison from JSON; an error names the first field of the wrong type by its path
+/// (`arms[0].requests.total: invalid type: string "x", expected u64`).
+///
+/// A `null` reads as missing (its default: `None`, empty, 0), as older and hand-made files
+/// write `null` for what was not measured; inside a criterion's `evidence` (free-form JSON)
+/// it stays.
+pub fn from_value(mut v: Value) -> anyhow::Result<Comparison> {
+    if !v.is_object() {
+        anyhow::bail!("not a comparison: expected a JSON object");
+    }
+    strip_nulls(&mut v);
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(v, &mut track);
+    match <Comparison as serde::Deserialize>::deserialize(de) {
+        Ok(c) => Ok(c),
+        Err(e) => anyhow::bail!("{}: {e}", track.path()),
+    }
+}
+
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            for (k, x) in m.iter_mut() {
+                if k != "evidence" {
+                    strip_nulls(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }
 
 /// Writes `text` to `path`, or to stdout when `path` is `-`.

@@ -2,7 +2,16 @@
 
 use serde_json::{json, Value};
 
-use super::{html, markdown};
+use super::from_value;
+
+/// The fixtures stay JSON (what a file holds); the reports render its typed reading.
+fn html(c: &Value) -> String {
+    super::html(&from_value(c.clone()).expect("a readable comparison"))
+}
+
+fn markdown(c: &Value) -> String {
+    super::markdown(&from_value(c.clone()).expect("a readable comparison"))
+}
 
 fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -194,11 +203,9 @@ fn a_failed_arm_shows_its_failure_and_an_inconclusive_verdict() {
 fn anything_missing_renders_without_panicking() {
     for c in [
         json!({}),
-        json!(null),
-        json!([]),
-        json!({"decision": "weird", "arms": [{}], "candidates": [{}]}),
-        json!({"decision": null, "arms": [{"name": null, "metrics": {"ttft_ms": null}, "server": null,
-               "distributions": {"ttft_ms": [1.0, null, 3.0]}, "throughput": {"output_tok_per_s": {"value": null}},
+        json!({"arms": [{}], "candidates": [{}]}),
+        json!({"decision": null, "arms": [{"metrics": {}, "server": null,
+               "distributions": {"ttft_ms": [1.0, 3.0]}, "throughput": {"output_tok_per_s": {"value": null}},
                "quality": {"passkey": null}}],
                "recommendations": [{"criterion": "overall"}], "deltas": {"ttft_ms.p50": {}},
                "warnings": {"resolved": [{}]}, "quality": {"passkey": {"flips": [{}]}}, "policy": null}),
@@ -208,6 +215,7 @@ fn anything_missing_renders_without_panicking() {
         assert!(!h.contains("The report template failed"), "{h}");
         let m = markdown(&c);
         assert!(m.contains("## Verdict: **NO VERDICT**"));
+        assert!(m.contains("The comparison does not say which policy decided."));
     }
     // A missing value is a dash, never 0.
     let c =
@@ -216,6 +224,23 @@ fn anything_missing_renders_without_panicking() {
     let row = m.lines().find(|l| l.contains("KV-cache capacity")).unwrap();
     assert!(row.contains('—') && !row.contains(" 0 "), "{row}");
     assert!(html(&c).contains("verdict-keep"));
+}
+
+#[test]
+fn a_field_of_the_wrong_type_is_refused_with_its_path() {
+    for (c, path) in [
+        (json!(null), "not a comparison"),
+        (json!([]), "not a comparison"),
+        (json!({"decision": "weird"}), "decision:"),
+        (
+            json!({"arms": [{"requests": {"total": "many"}}]}),
+            "arms[0].requests.total:",
+        ),
+        (json!({"arms": [{"name": 7}]}), "arms[0].name:"),
+    ] {
+        let e = from_value(c.clone()).unwrap_err().to_string();
+        assert!(e.starts_with(path), "{c}: {e}");
+    }
 }
 
 #[test]

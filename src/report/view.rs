@@ -2,13 +2,18 @@
 //! paragraphs, tables, charts and log excerpts. HTML and Markdown both render this one view, so
 //! they cannot drift apart in content; only the charts are HTML-only.
 //!
-//! Every lookup is defensive: the comparison is read as a `serde_json::Value`, any field may be
-//! missing or `null` (a failed arm has no metrics), and a missing value shows as "—", never 0.
+//! It renders from the typed [`Comparison`]; a file that lacks a field reads it as its default
+//! (an older comparison), and what the model keeps as JSON (log warnings, quality suites,
+//! evidence) is read defensively. A missing value shows as "—", never 0.
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::svg;
+use crate::compare::{
+    AgreementSummary, ArmSummary, Candidate, Comparison, DesignKind, QualityDelta, Stopped,
+    ValueCi, Verdict,
+};
 
 static NULL: Value = Value::Null;
 
@@ -229,35 +234,11 @@ fn group_thousands(s: &str) -> String {
     out
 }
 
-/// "+5.6 %" with an explicit sign.
-fn fmt_pct(v: &Value) -> String {
-    num(v)
-        .map(|x| format!("{x:+.1} %"))
-        .unwrap_or_else(|| MISSING.to_owned())
-}
-
-/// "+1.2 … +9.8 %".
-fn fmt_pct_ci(lo: &Value, hi: &Value) -> String {
-    match (num(lo), num(hi)) {
-        (Some(l), Some(h)) => format!("{l:+.1} … {h:+.1} %"),
-        _ => MISSING.to_owned(),
-    }
-}
-
 /// A fraction 0..1 as "95.0 %".
 fn fmt_acc(v: &Value) -> String {
     num(v)
         .map(|x| format!("{:.1} %", x * 100.0))
         .unwrap_or_else(|| MISSING.to_owned())
-}
-
-/// A value with its interval: "1,234.5 [1,203.6 … 1,265.4]".
-fn fmt_interval(v: &Value) -> String {
-    let value = fmt_opt(g(v, "value"));
-    match (num(g(v, "ci_low")), num(g(v, "ci_high"))) {
-        (Some(l), Some(h)) => format!("{value} [{} … {}]", fmt_num(l), fmt_num(h)),
-        _ => value,
-    }
 }
 
 /// Evidence (any JSON) as one readable line: `key: value, ...`, strings unquoted.
@@ -278,58 +259,105 @@ fn fmt_evidence(v: &Value) -> String {
     }
 }
 
-/// The verdict's CSS key: one of the four known verdicts, else `unknown`.
-fn verdict_key(v: &Value) -> &'static str {
-    match v.as_str() {
-        Some("apply") => "apply",
-        Some("monitor") => "monitor",
-        Some("keep") => "keep",
-        Some("inconclusive") => "inconclusive",
-        _ => "unknown",
+/// An optional number as shown, "—" when missing.
+fn fmt_o(v: Option<f64>) -> String {
+    v.filter(|x| x.is_finite())
+        .map(fmt_num)
+        .unwrap_or_else(|| MISSING.to_owned())
+}
+
+/// A count with thousands separators.
+fn fmt_u(n: u64) -> String {
+    group_thousands(&n.to_string())
+}
+
+fn fmt_uo(n: Option<u64>) -> String {
+    n.map(fmt_u).unwrap_or_else(|| MISSING.to_owned())
+}
+
+/// "+5.6 %".
+fn pct_o(v: Option<f64>) -> String {
+    v.filter(|x| x.is_finite())
+        .map(|x| format!("{x:+.1} %"))
+        .unwrap_or_else(|| MISSING.to_owned())
+}
+
+/// "+1.2 … +9.8 %".
+fn pct_ci_o(lo: Option<f64>, hi: Option<f64>) -> String {
+    match (lo.filter(|x| x.is_finite()), hi.filter(|x| x.is_finite())) {
+        (Some(l), Some(h)) => format!("{l:+.1} … {h:+.1} %"),
+        _ => MISSING.to_owned(),
     }
 }
 
-fn verdict_cell(v: &Value) -> Cell {
-    Cell::plain(text(v)).class(&format!("v-{}", verdict_key(v)))
+/// A fraction 0..1 as "95.0 %".
+fn acc_o(v: Option<f64>) -> String {
+    v.filter(|x| x.is_finite())
+        .map(|x| format!("{:.1} %", x * 100.0))
+        .unwrap_or_else(|| MISSING.to_owned())
+}
+
+fn text_o(v: Option<&str>) -> String {
+    v.map(str::to_owned).unwrap_or_else(|| MISSING.to_owned())
+}
+
+/// A value with its interval: "1,234.5 [1,203.6 … 1,265.4]".
+fn fmt_value_ci(v: &ValueCi) -> String {
+    let value = fmt_o(v.value);
+    match (v.ci_low, v.ci_high) {
+        (Some(l), Some(h)) if l.is_finite() && h.is_finite() => {
+            format!("{value} [{} … {}]", fmt_num(l), fmt_num(h))
+        }
+        _ => value,
+    }
+}
+
+/// The verdict's CSS key: one of the four verdicts, else `unknown` (none given).
+fn verdict_key(v: Option<Verdict>) -> &'static str {
+    v.map(Verdict::as_str).unwrap_or("unknown")
+}
+
+fn verdict_cell(v: Option<Verdict>) -> Cell {
+    Cell::plain(text_o(v.map(Verdict::as_str))).class(&format!("v-{}", verdict_key(v)))
 }
 
 /// "decided after 2 runs per arm in 3.4 min" (or why the runs stopped before a decision).
-pub fn effort_line(c: &Value) -> Option<String> {
-    let e = c.get("effort")?;
-    let runs = e["runs_per_arm"].as_object()?;
-    let counts: std::collections::BTreeSet<u64> = runs.values().filter_map(Value::as_u64).collect();
+pub fn effort_line(c: &Comparison) -> Option<String> {
+    let e = c.effort.as_ref()?;
+    let counts: std::collections::BTreeSet<u32> = e.runs_per_arm.values().copied().collect();
     let runs_text = match counts.iter().collect::<Vec<_>>().as_slice() {
         [n] => format!("{n} run{} per arm", if **n == 1 { "" } else { "s" }),
         _ => {
-            runs.iter()
+            e.runs_per_arm
+                .iter()
                 .map(|(a, n)| format!("{a}: {n}"))
                 .collect::<Vec<_>>()
                 .join(", ")
                 + " runs"
         }
     };
-    let min = e["wall_s"].as_f64().unwrap_or(0.0) / 60.0;
-    Some(match e["stopped"].as_str().unwrap_or("") {
-        "decided" => format!("decided after {runs_text} in {min:.1} min"),
-        "max_runs" => format!(
+    let min = e.wall_s / 60.0;
+    Some(match e.stopped {
+        Stopped::Decided => format!("decided after {runs_text} in {min:.1} min"),
+        Stopped::MaxRuns => format!(
             "not settled within the cap of {} runs per arm ({runs_text}, {min:.1} min): the verdict follows the point estimates; the open criteria say what would settle them",
-            e["max_runs"]
+            e.max_runs
         ),
-        "budget" => format!(
+        Stopped::Budget => format!(
             "stopped by the time budget after {runs_text} ({min:.1} min), verdict not settled: the verdict follows the point estimates"
         ),
-        "interrupted" => format!("interrupted after {runs_text} ({min:.1} min)"),
-        _ => format!("{runs_text}, {min:.1} min (fixed design)"),
+        Stopped::Interrupted => format!("interrupted after {runs_text} ({min:.1} min)"),
+        Stopped::Fixed => format!("{runs_text}, {min:.1} min (fixed design)"),
     })
 }
 
 /// What the verdict cost and, for `--until-decided`, how each speed criterion's interval
 /// narrowed round by round; `None` for comparisons without `effort` (`kvbench compare`).
-fn effort_section(c: &Value) -> Option<Section> {
-    let e = c.get("effort")?;
+fn effort_section(c: &Comparison) -> Option<Section> {
+    let e = c.effort.as_ref()?;
     let mut blocks = vec![Block::Para {
         text: effort_line(c)?,
-        class: if e["stopped"] == "decided" || e["stopped"] == "fixed" {
+        class: if matches!(e.stopped, Stopped::Decided | Stopped::Fixed) {
             "note"
         } else {
             "flag"
@@ -348,27 +376,24 @@ fn effort_section(c: &Value) -> Option<Section> {
         ],
         &[false, true, true, true, true, true, true],
     );
-    if let Some(secs) = e["seconds"].as_object() {
-        for (arm, s) in secs {
-            let mut row = vec![
-                Cell::code(arm.clone()),
-                Cell::plain(fmt_count(&e["runs_per_arm"][arm])),
-            ];
-            for k in [
-                "launch_s",
-                "warmup_s",
-                "quality_s",
-                "workload_s",
-                "teardown_s",
-            ] {
-                row.push(Cell::plain(fmt_opt(g(s, k))));
-            }
-            t.rows.push(row);
+    for (arm, s) in &e.seconds {
+        let mut row = vec![
+            Cell::code(arm.clone()),
+            Cell::plain(fmt_uo(e.runs_per_arm.get(arm).map(|n| u64::from(*n)))),
+        ];
+        for v in [
+            s.launch_s,
+            s.warmup_s,
+            s.quality_s,
+            s.workload_s,
+            s.teardown_s,
+        ] {
+            row.push(Cell::plain(fmt_o(v)));
         }
+        t.rows.push(row);
     }
     blocks.push(Block::Table(t));
-    let rounds = arr(g(e, "rounds"));
-    if !rounds.is_empty() {
+    if !e.rounds.is_empty() {
         blocks.push(Block::Subheading {
             text: "How the verdict narrowed, round by round".into(),
         });
@@ -384,24 +409,17 @@ fn effort_section(c: &Value) -> Option<Section> {
             ],
             &[true, false, false, true, true, false, false],
         );
-        for r in rounds {
-            for cand in arr(g(r, "candidates")) {
-                for k in arr(g(cand, "criteria"))
-                    .iter()
-                    .filter(|k| !g(k, "change_pct").is_null())
-                {
+        for r in &e.rounds {
+            for cand in &r.candidates {
+                for k in cand.criteria.iter().filter(|k| k.change_pct.is_some()) {
                     t.rows.push(vec![
-                        Cell::plain(text(g(r, "round"))),
-                        Cell::code(text(g(cand, "arm"))),
-                        Cell::code(text(g(k, "criterion"))),
-                        Cell::plain(fmt_pct(g(k, "change_pct"))),
-                        Cell::plain(fmt_pct_ci(g(k, "ci_low_pct"), g(k, "ci_high_pct"))),
-                        verdict_cell(g(k, "verdict")),
-                        Cell::plain(if g(k, "settled") == &Value::Bool(true) {
-                            "yes"
-                        } else {
-                            "open"
-                        }),
+                        Cell::plain(r.round.to_string()),
+                        Cell::code(cand.arm.clone()),
+                        Cell::code(k.criterion.clone()),
+                        Cell::plain(pct_o(k.change_pct)),
+                        Cell::plain(pct_ci_o(k.ci_low_pct, k.ci_high_pct)),
+                        verdict_cell(Some(k.verdict)),
+                        Cell::plain(if k.settled { "yes" } else { "open" }),
                     ]);
                 }
             }
@@ -418,43 +436,48 @@ fn effort_section(c: &Value) -> Option<Section> {
 // ---------------------------------------------------------------------------------------------
 // Building the report
 
-/// Reads a comparison JSON into the report view.
-pub fn build(c: &Value) -> Report {
-    let decision = verdict_key(g(c, "decision"));
-    let baseline = text_of(g(c, "baseline"));
-    let recs = arr(g(c, "recommendations"));
-    let overall = recs
+fn nonempty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// The comparison turned into the report view.
+pub fn build(c: &Comparison) -> Report {
+    let decision = verdict_key(c.decision);
+    let baseline = nonempty(&c.baseline);
+    let overall_reason = c
+        .recommendations
         .iter()
         .rev()
-        .find(|r| g(r, "criterion").as_str() == Some("overall"));
-    let overall_reason = overall
-        .and_then(|r| text_of(g(r, "reason")))
+        .find(|r| r.criterion == "overall")
+        .and_then(|r| nonempty(&r.reason))
+        .map(str::to_owned)
         .unwrap_or_else(|| "The comparison gives no overall reason.".to_owned());
     let mut headline = Vec::new();
-    if let Some(a) = text_of(g(c, "recommended_arm")) {
+    if let Some(a) = &c.recommended_arm {
         headline.push(format!("recommended arm: {a}"));
     }
-    if let Some(b) = &baseline {
+    if let Some(b) = baseline {
         headline.push(format!("baseline: {b}"));
     }
     if let Some(e) = effort_line(c) {
         headline.push(e);
     }
     let mut meta = Vec::new();
-    for (key, label) in [
-        ("experiment", "experiment"),
-        ("created_at", "created"),
-        ("kvbench_version", "kvbench"),
-        ("schema_version", "schema"),
+    let schema = (c.schema_version > 0).then(|| c.schema_version.to_string());
+    for (value, label) in [
+        (c.experiment.clone(), "experiment"),
+        (nonempty(&c.created_at).map(str::to_owned), "created"),
+        (nonempty(&c.kvbench_version).map(str::to_owned), "kvbench"),
+        (schema, "schema"),
     ] {
-        if let Some(t) = text_of(g(c, key)) {
+        if let Some(t) = value {
             meta.push(Kv {
                 key: label.to_owned(),
                 value: t,
             });
         }
     }
-    let title = match text_of(g(c, "experiment")) {
+    let title = match &c.experiment {
         Some(e) => format!("kvbench report · {e}"),
         None => "kvbench report".to_owned(),
     };
@@ -489,45 +512,58 @@ pub fn build(c: &Value) -> Report {
 
 /// What several sections need: the arms, their names, the candidates.
 struct Ctx<'a> {
-    arms: &'a [Value],
+    arms: &'a [ArmSummary],
     names: Vec<String>,
     baseline: Option<String>,
-    candidates: Vec<&'a Value>,
+    candidates: Vec<std::borrow::Cow<'a, Candidate>>,
     /// The quality reference arm and every other arm's comparison with it.
     reference: Option<String>,
-    reference_arms: &'a [Value],
+    reference_arms: &'a [crate::compare::ReferenceArm],
 }
 
 impl<'a> Ctx<'a> {
-    fn new(c: &'a Value) -> Self {
-        let arms = arr(g(c, "arms"));
-        let names = arms
+    fn new(c: &'a Comparison) -> Self {
+        let names = c
+            .arms
             .iter()
             .enumerate()
-            .map(|(i, a)| text_of(g(a, "name")).unwrap_or_else(|| format!("arm {}", i + 1)))
+            .map(|(i, a)| {
+                nonempty(&a.name)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("arm {}", i + 1))
+            })
             .collect();
-        let mut candidates: Vec<&Value> = arr(g(c, "candidates")).iter().collect();
+        let mut candidates: Vec<std::borrow::Cow<'a, Candidate>> = c
+            .candidates
+            .iter()
+            .map(std::borrow::Cow::Borrowed)
+            .collect();
         // An older or hand-made comparison may carry only the top-level (first candidate's)
         // tables: show those as one unnamed candidate.
+        let warnings_given = c.warnings != Default::default();
         if candidates.is_empty()
-            && (g(c, "deltas").is_object()
-                || g(c, "warnings").is_object()
-                || g(c, "quality").is_object())
+            && (!c.deltas.is_empty() || warnings_given || !c.quality.is_empty())
         {
-            candidates.push(c);
+            candidates.push(std::borrow::Cow::Owned(Candidate {
+                deltas: c.deltas.clone(),
+                warnings: c.warnings.clone(),
+                quality: c.quality.clone(),
+                agreement: c.agreement.clone(),
+                ..Candidate::default()
+            }));
         }
         Ctx {
-            arms,
+            arms: &c.arms,
             names,
-            baseline: text_of(g(c, "baseline")),
+            baseline: nonempty(&c.baseline).map(str::to_owned),
             candidates,
-            reference: text_of(g(g(c, "reference"), "arm")),
-            reference_arms: arr(g(g(c, "reference"), "arms")),
+            reference: c.reference.as_ref().map(|r| r.arm.clone()),
+            reference_arms: c.reference.as_ref().map_or(&[], |r| r.arms.as_slice()),
         }
     }
 
-    fn is_ok(arm: &Value) -> bool {
-        matches!(g(arm, "outcome").as_str(), Some("ok") | None) && g(arm, "failure").is_null()
+    fn is_ok(arm: &ArmSummary) -> bool {
+        matches!(arm.outcome.as_str(), "ok" | "") && arm.failure.is_none()
     }
 
     fn role(&self, name: &str) -> &'static str {
@@ -540,8 +576,10 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn candidate_name(&self, cand: &Value) -> String {
-        text_of(g(cand, "arm")).unwrap_or_else(|| "candidate".to_owned())
+    fn candidate_name(&self, cand: &Candidate) -> String {
+        nonempty(&cand.arm)
+            .map(str::to_owned)
+            .unwrap_or_else(|| "candidate".to_owned())
     }
 
     fn baseline_name(&self) -> String {
@@ -551,34 +589,34 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn recommendations_section(c: &Value) -> Section {
-    let adaptive = g(g(c, "effort"), "design").as_str() == Some("adaptive")
-        && g(c, "settled") != &Value::Bool(true);
+fn recommendations_section(c: &Comparison) -> Section {
+    let adaptive = c
+        .effort
+        .as_ref()
+        .is_some_and(|e| e.design == DesignKind::Adaptive)
+        && !c.settled;
     let mut blocks = Vec::new();
-    let recs = arr(g(c, "recommendations"));
-    if recs.is_empty() {
+    if c.recommendations.is_empty() {
         blocks.push(Block::Para {
             text: "The comparison has no recommendations.".into(),
             class: "note".into(),
         });
     } else {
-        blocks.push(Block::Table(rec_table(recs, adaptive)));
+        blocks.push(Block::Table(rec_table(&c.recommendations, adaptive)));
     }
     // With one candidate its table is the one above; with several, each gets its own.
-    let candidates = arr(g(c, "candidates"));
-    for cand in candidates.iter().filter(|_| candidates.len() > 1) {
-        let crecs = arr(g(cand, "recommendations"));
-        if crecs.is_empty() {
+    for cand in c.candidates.iter().filter(|_| c.candidates.len() > 1) {
+        if cand.recommendations.is_empty() {
             continue;
         }
         blocks.push(Block::Subheading {
             text: format!(
                 "Candidate {}: {}",
-                text(g(cand, "arm")),
-                text(g(cand, "decision"))
+                text_o(nonempty(&cand.arm)),
+                cand.decision.as_str()
             ),
         });
-        blocks.push(Block::Table(rec_table(crecs, adaptive)));
+        blocks.push(Block::Table(rec_table(&cand.recommendations, adaptive)));
     }
     Section {
         id: "recommendations".into(),
@@ -588,17 +626,18 @@ fn recommendations_section(c: &Value) -> Section {
 }
 
 /// One row per recommendation; with `adaptive`, open criteria say what is still open.
-fn rec_table(recs: &[Value], adaptive: bool) -> Table {
+fn rec_table(recs: &[crate::compare::decision::Recommendation], adaptive: bool) -> Table {
     let mut t = Table::new(&["criterion", "verdict", "reason", "evidence"], &[false; 4]);
     for r in recs {
+        let reason = text_o(nonempty(&r.reason));
         t.rows.push(vec![
-            Cell::code(text(g(r, "criterion"))),
-            verdict_cell(g(r, "verdict")),
-            Cell::plain(match text_of(g(r, "open")).filter(|_| adaptive) {
-                Some(open) => format!("{} (still open: {open})", text(g(r, "reason"))),
-                None => text(g(r, "reason")),
+            Cell::code(text_o(nonempty(&r.criterion))),
+            verdict_cell(Some(r.verdict)),
+            Cell::plain(match r.open.as_ref().filter(|_| adaptive) {
+                Some(open) => format!("{reason} (still open: {open})"),
+                None => reason,
             }),
-            Cell::plain(fmt_evidence(g(r, "evidence"))),
+            Cell::plain(fmt_evidence(&r.evidence)),
         ]);
     }
     t
@@ -620,38 +659,33 @@ fn arms_section(ctx: &Ctx) -> Section {
     );
     for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
         let ok = Ctx::is_ok(arm);
-        let req = g(arm, "requests");
-        let requests = if req.is_object() {
-            format!(
-                "{} of {} completed, {} failed",
-                fmt_count(g(req, "completed")),
-                fmt_count(g(req, "total")),
-                fmt_count(g(req, "failed"))
-            )
+        let req = &arm.requests;
+        let requests = format!(
+            "{} of {} completed, {} failed",
+            fmt_u(req.completed),
+            fmt_u(req.total),
+            fmt_u(req.failed)
+        );
+        let errors = if arm.errors.is_empty() {
+            "none".to_owned()
         } else {
-            MISSING.to_owned()
-        };
-        let errors = match g(arm, "errors").as_object() {
-            Some(m) if !m.is_empty() => m
+            arm.errors
                 .iter()
-                .map(|(k, v)| format!("{k}: {}", fmt_count(v)))
+                .map(|(k, v)| format!("{k}: {}", fmt_u(*v)))
                 .collect::<Vec<_>>()
-                .join(", "),
-            Some(_) => "none".to_owned(),
-            None => MISSING.to_owned(),
+                .join(", ")
         };
-        let results: Vec<String> = arr(g(arm, "results")).iter().map(text).collect();
         t.rows.push(vec![
             Cell::code(name.clone()),
             Cell::plain(ctx.role(name)),
-            Cell::plain(text(g(arm, "outcome"))).class(if ok { "ok" } else { "flag" }),
+            Cell::plain(text_o(nonempty(&arm.outcome))).class(if ok { "ok" } else { "flag" }),
             Cell::plain(requests),
             Cell::plain(errors),
-            Cell::plain(fmt_count(g(arm, "repeats"))),
-            Cell::plain(if results.is_empty() {
+            Cell::plain(fmt_u(arm.repeats as u64)),
+            Cell::plain(if arm.results.is_empty() {
                 MISSING.to_owned()
             } else {
-                results.join(", ")
+                arm.results.join(", ")
             }),
         ]);
     }
@@ -659,22 +693,23 @@ fn arms_section(ctx: &Ctx) -> Section {
         blocks.push(Block::Table(t));
     }
     for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
-        let failure = g(arm, "failure");
         if Ctx::is_ok(arm) {
             continue;
         }
+        let f = arm.failure.as_ref();
         blocks.push(Block::Para {
             text: format!(
                 "{name} failed ({}): {}",
-                text_of(g(failure, "kind")).unwrap_or_else(|| text(g(arm, "outcome"))),
-                text_of(g(failure, "message")).unwrap_or_else(|| "no message".to_owned())
+                f.map(|f| f.kind.clone())
+                    .unwrap_or_else(|| text_o(nonempty(&arm.outcome))),
+                f.and_then(|f| nonempty(&f.message)).unwrap_or("no message")
             ),
             class: "flag".into(),
         });
-        if let Some(tail) = text_of(g(failure, "log_tail")).filter(|t| !t.trim().is_empty()) {
+        if let Some(tail) = f.map(|f| &f.log_tail).filter(|t| !t.trim().is_empty()) {
             blocks.push(Block::Pre {
                 label: format!("{name}: server log tail"),
-                text: tail,
+                text: tail.clone(),
             });
         }
     }
@@ -685,20 +720,21 @@ fn arms_section(ctx: &Ctx) -> Section {
     }
 }
 
-/// The arms with a usable 0..100 % quantile array under `distributions[key]`.
+/// The arms with a usable 0..100 % quantile array in `distributions`.
 fn series<'a>(ctx: &'a Ctx, key: &str) -> (Vec<svg::Series<'a>>, Vec<String>) {
     let mut out = Vec::new();
     let mut missing = Vec::new();
     for (i, (arm, name)) in ctx.arms.iter().zip(&ctx.names).enumerate() {
-        let q: Vec<f64> = arr(g(g(arm, "distributions"), key))
-            .iter()
-            .filter_map(num)
-            .collect();
-        if q.len() >= 2 && q.len() == arr(g(g(arm, "distributions"), key)).len() {
+        let q: &[f64] = match (&arm.distributions, key) {
+            (Some(d), "ttft_ms") => &d.ttft_ms,
+            (Some(d), "itl_ms") => &d.itl_ms,
+            _ => &[],
+        };
+        if q.len() >= 2 && q.iter().all(|x| x.is_finite()) {
             out.push(svg::Series {
                 name,
                 color: i,
-                quantiles: q,
+                quantiles: q.to_vec(),
             });
         } else {
             missing.push(name.clone());
@@ -737,32 +773,23 @@ fn latency_section(ctx: &Ctx) -> Section {
         &[false, false, true, true, true, true, true, true, true],
     );
     for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
-        let metrics = g(arm, "metrics");
-        if !metrics.is_object() {
-            t.rows.push(vec![
-                Cell::code(name.clone()),
-                Cell::plain("no metrics"),
-                Cell::plain(MISSING),
-                Cell::plain(MISSING),
-                Cell::plain(MISSING),
-                Cell::plain(MISSING),
-                Cell::plain(MISSING),
-                Cell::plain(MISSING),
-                Cell::plain(MISSING),
-            ]);
+        // A failed arm measured nothing: its summaries are empty.
+        if arm.metrics.values().all(|m| m.count == 0) {
+            let mut row = vec![Cell::code(name.clone()), Cell::plain("no metrics")];
+            row.extend((0..7).map(|_| Cell::plain(MISSING)));
+            t.rows.push(row);
             continue;
         }
         for (key, label) in LATENCY_METRICS {
-            let m = g(metrics, key);
-            if m.is_null() {
+            let Some(m) = arm.metrics.get(*key) else {
                 continue;
-            }
-            let mean = match (num(g(m, "mean")), num(g(m, "std"))) {
+            };
+            let mean = match (m.mean, m.std) {
                 (Some(a), Some(s)) => format!("{} ± {}", fmt_num(a), fmt_num(s)),
                 (Some(a), None) => fmt_num(a),
                 _ => MISSING.to_owned(),
             };
-            let range = match (num(g(m, "min")), num(g(m, "max"))) {
+            let range = match (m.min, m.max) {
                 (Some(a), Some(b)) => format!("{} … {}", fmt_num(a), fmt_num(b)),
                 _ => MISSING.to_owned(),
             };
@@ -770,12 +797,12 @@ fn latency_section(ctx: &Ctx) -> Section {
                 Cell::code(name.clone()),
                 Cell::plain(*label),
                 Cell::plain(mean),
-                Cell::plain(fmt_opt(g(m, "p50"))),
-                Cell::plain(fmt_opt(g(m, "p90"))),
-                Cell::plain(fmt_opt(g(m, "p95"))),
-                Cell::plain(fmt_opt(g(m, "p99"))),
+                Cell::plain(fmt_o(m.p50)),
+                Cell::plain(fmt_o(m.p90)),
+                Cell::plain(fmt_o(m.p95)),
+                Cell::plain(fmt_o(m.p99)),
                 Cell::plain(range),
-                Cell::plain(fmt_count(g(m, "count"))),
+                Cell::plain(fmt_u(m.count)),
             ]);
         }
     }
@@ -797,13 +824,13 @@ fn throughput_section(ctx: &Ctx) -> Section {
         .zip(&ctx.names)
         .enumerate()
         .filter_map(|(i, (arm, name))| {
-            let t = g(g(arm, "throughput"), "output_tok_per_s");
+            let t = &arm.throughput.output_tok_per_s;
             Some(svg::Interval {
                 name,
                 color: i,
-                value: num(g(t, "value"))?,
-                low: num(g(t, "ci_low")),
-                high: num(g(t, "ci_high")),
+                value: t.value.filter(|x| x.is_finite())?,
+                low: t.ci_low.filter(|x| x.is_finite()),
+                high: t.ci_high.filter(|x| x.is_finite()),
             })
         })
         .collect();
@@ -819,15 +846,14 @@ fn throughput_section(ctx: &Ctx) -> Section {
     );
     let mut t = Table::with_head(head, vec![false, true, true, true]);
     for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
-        let tp = g(arm, "throughput");
         let mut row = vec![Cell::code(name.clone())];
         for (key, _) in THROUGHPUT_METRICS {
-            let v = g(tp, key);
-            row.push(Cell::plain(if v.is_null() {
-                MISSING.to_owned()
-            } else {
-                fmt_interval(v)
-            }));
+            row.push(Cell::plain(
+                arm.throughput
+                    .get(key)
+                    .map(fmt_value_ci)
+                    .unwrap_or_else(|| MISSING.to_owned()),
+            ));
         }
         t.rows.push(row);
     }
@@ -842,7 +868,7 @@ fn throughput_section(ctx: &Ctx) -> Section {
 }
 
 /// Delta keys in reading order; keys this list does not know follow, sorted.
-fn delta_keys(d: &serde_json::Map<String, Value>) -> Vec<String> {
+fn delta_keys<V>(d: &std::collections::BTreeMap<String, V>) -> Vec<String> {
     let mut keys = Vec::new();
     for (m, _) in LATENCY_METRICS {
         for p in ["p50", "p90", "p95", "p99"] {
@@ -860,25 +886,29 @@ fn delta_keys(d: &serde_json::Map<String, Value>) -> Vec<String> {
 }
 
 /// "significant (worse)" / "within noise", and the cell's class.
-fn significance(d: &Value) -> Cell {
-    match g(d, "significant").as_bool() {
+fn significance(d: &crate::compare::Delta) -> Cell {
+    use crate::compare::Better;
+    match d.significant {
         Some(true) => {
-            let change = num(g(d, "change_pct")).unwrap_or(0.0);
-            let dir = match g(d, "better").as_str() {
-                Some("lower") if change < 0.0 => Some("better"),
-                Some("lower") => Some("worse"),
-                Some("higher") if change > 0.0 => Some("better"),
-                Some("higher") => Some("worse"),
-                _ => None,
+            let change = d.change_pct.unwrap_or(0.0);
+            let dir = match d.better {
+                Better::Lower if change < 0.0 => "better",
+                Better::Lower => "worse",
+                Better::Higher if change > 0.0 => "better",
+                Better::Higher => "worse",
             };
-            match dir {
-                Some(dir) => Cell::plain(format!("significant ({dir})")).class(dir),
-                None => Cell::plain("significant").class("worse"),
-            }
+            Cell::plain(format!("significant ({dir})")).class(dir)
         }
         Some(false) => Cell::plain("within noise").class("noise"),
         None => Cell::plain(MISSING),
     }
+}
+
+fn method_name(m: crate::compare::Method) -> String {
+    serde_json::to_value(m)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| MISSING.to_owned())
 }
 
 fn deltas_section(ctx: &Ctx) -> Section {
@@ -888,13 +918,13 @@ fn deltas_section(ctx: &Ctx) -> Section {
         blocks.push(Block::Subheading {
             text: format!("{name} vs {}", ctx.baseline_name()),
         });
-        let Some(d) = g(cand, "deltas").as_object() else {
+        if cand.deltas.is_empty() {
             blocks.push(Block::Para {
                 text: format!("No deltas for {name}."),
                 class: "note".into(),
             });
             continue;
-        };
+        }
         let mut t = Table::new(
             &[
                 "metric",
@@ -907,16 +937,16 @@ fn deltas_section(ctx: &Ctx) -> Section {
             ],
             &[false, true, true, true, true, false, false],
         );
-        for key in delta_keys(d) {
-            let v = &d[&key];
+        for key in delta_keys(&cand.deltas) {
+            let v = &cand.deltas[&key];
             t.rows.push(vec![
                 Cell::code(key.clone()),
-                Cell::plain(fmt_opt(g(v, "baseline"))),
-                Cell::plain(fmt_opt(g(v, "candidate"))),
-                Cell::plain(fmt_pct(g(v, "change_pct"))),
-                Cell::plain(fmt_pct_ci(g(v, "ci_low_pct"), g(v, "ci_high_pct"))),
+                Cell::plain(fmt_o(v.baseline)),
+                Cell::plain(fmt_o(v.candidate)),
+                Cell::plain(pct_o(v.change_pct)),
+                Cell::plain(pct_ci_o(v.ci_low_pct, v.ci_high_pct)),
                 significance(v),
-                Cell::plain(text(g(v, "method"))),
+                Cell::plain(method_name(v.method)),
             ]);
         }
         blocks.push(Block::Table(t));
@@ -938,15 +968,21 @@ fn deltas_section(ctx: &Ctx) -> Section {
 fn suites(ctx: &Ctx) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for arm in ctx.arms {
-        if let Some(q) = g(arm, "quality").as_object() {
-            for k in q.keys() {
-                if !out.contains(k) {
-                    out.push(k.clone());
-                }
+        for k in arm.quality.iter().flat_map(|q| q.keys()) {
+            if !out.contains(k) {
+                out.push(k.clone());
             }
         }
     }
     out
+}
+
+/// A suite of an arm's `quality` (as the run result holds it).
+fn suite_of<'a>(arm: &'a ArmSummary, suite: &str) -> &'a Value {
+    arm.quality
+        .as_ref()
+        .and_then(|q| q.get(suite))
+        .unwrap_or(&NULL)
 }
 
 fn accuracy_cell(s: &Value) -> Cell {
@@ -961,6 +997,24 @@ fn accuracy_cell(s: &Value) -> Cell {
         t.push_str(&format!(" [{:.1} … {:.1}]", l * 100.0, h * 100.0));
     }
     Cell::plain(t)
+}
+
+/// The agreement summary's fields as (key, value) rows, in key order.
+fn agreement_rows(a: &AgreementSummary) -> Vec<(String, String)> {
+    let Ok(Value::Object(m)) = serde_json::to_value(a) else {
+        return Vec::new();
+    };
+    m.iter()
+        .map(|(k, v)| {
+            let value = match (k.as_str(), v) {
+                ("exact_match_rate" | "top1_agreement", v) if num(v).is_some() => fmt_acc(v),
+                ("mean_kl", v) if num(v).is_some() => format!("{:.4}", num(v).unwrap_or(0.0)),
+                (_, Value::Object(_)) => fmt_evidence(v),
+                (_, v) => text(v),
+            };
+            (k.clone(), value)
+        })
+        .collect()
 }
 
 fn quality_section(ctx: &Ctx) -> Section {
@@ -979,7 +1033,7 @@ fn quality_section(ctx: &Ctx) -> Section {
         for suite in &suites {
             let mut row = vec![Cell::code(suite.clone())];
             for arm in ctx.arms {
-                row.push(accuracy_cell(g(g(arm, "quality"), suite)));
+                row.push(accuracy_cell(suite_of(arm, suite)));
             }
             t.rows.push(row);
         }
@@ -992,7 +1046,7 @@ fn quality_section(ctx: &Ctx) -> Section {
         for suite in &suites {
             let mut lengths: Vec<String> = Vec::new();
             for arm in ctx.arms {
-                if let Some(b) = g(g(g(arm, "quality"), suite), "by_length").as_object() {
+                if let Some(b) = g(suite_of(arm, suite), "by_length").as_object() {
                     for k in b.keys() {
                         if !lengths.contains(k) {
                             lengths.push(k.clone());
@@ -1014,10 +1068,7 @@ fn quality_section(ctx: &Ctx) -> Section {
             for len in &lengths {
                 let mut row = vec![Cell::plain(len.clone())];
                 for arm in ctx.arms {
-                    row.push(accuracy_cell(g(
-                        g(g(g(arm, "quality"), suite), "by_length"),
-                        len,
-                    )));
+                    row.push(accuracy_cell(g(g(suite_of(arm, suite), "by_length"), len)));
                 }
                 t.rows.push(row);
             }
@@ -1025,9 +1076,9 @@ fn quality_section(ctx: &Ctx) -> Section {
         }
     }
     for cand in &ctx.candidates {
-        let Some(q) = g(cand, "quality").as_object().filter(|q| !q.is_empty()) else {
+        if cand.quality.is_empty() {
             continue;
-        };
+        }
         let name = ctx.candidate_name(cand);
         blocks.push(Block::Subheading {
             text: format!("Paired: {name} vs {}", ctx.baseline_name()),
@@ -1046,19 +1097,13 @@ fn quality_section(ctx: &Ctx) -> Section {
             ],
             &[false, true, true, true, true, true, true, false, false],
         );
-        for (suite, s) in q {
-            let flips: Vec<String> = arr(g(s, "flips"))
+        for (suite, s) in &cand.quality {
+            let flips: Vec<String> = s
+                .flips
                 .iter()
-                .map(|f| {
-                    let dir = match g(f, "lost").as_bool() {
-                        Some(true) => "lost",
-                        Some(false) => "gained",
-                        None => "?",
-                    };
-                    format!("{} ({dir})", text(g(f, "id")))
-                })
+                .map(|f| format!("{} ({})", f.id, if f.lost { "lost" } else { "gained" }))
                 .collect();
-            let sig = match g(s, "significant").as_bool() {
+            let sig = match s.significant {
                 Some(true) => Cell::plain("significant").class("worse"),
                 Some(false) => Cell::plain("within noise").class("noise"),
                 None => Cell::plain(MISSING),
@@ -1066,10 +1111,10 @@ fn quality_section(ctx: &Ctx) -> Section {
             let [change, lost_gained, pval] = paired_figures(s);
             t.rows.push(vec![
                 Cell::code(suite.clone()),
-                Cell::plain(fmt_acc(g(s, "baseline_accuracy"))),
-                Cell::plain(fmt_acc(g(s, "candidate_accuracy"))),
+                Cell::plain(acc_o(s.baseline_accuracy)),
+                Cell::plain(acc_o(s.candidate_accuracy)),
                 Cell::plain(change),
-                Cell::plain(fmt_count(g(s, "paired"))),
+                Cell::plain(fmt_uo(s.paired)),
                 Cell::plain(lost_gained),
                 Cell::plain(pval),
                 sig,
@@ -1081,17 +1126,10 @@ fn quality_section(ctx: &Ctx) -> Section {
             ]);
         }
         blocks.push(Block::Table(t));
-        let agr = g(cand, "agreement");
-        if let Some(a) = agr.as_object().filter(|a| !a.is_empty()) {
+        if let Some(a) = &cand.agreement {
             let mut t = Table::new(&["agreement", "value"], &[false, true]);
-            for (k, v) in a {
-                let value = match (k.as_str(), v) {
-                    ("exact_match_rate" | "top1_agreement", v) if num(v).is_some() => fmt_acc(v),
-                    ("mean_kl", v) if num(v).is_some() => format!("{:.4}", num(v).unwrap_or(0.0)),
-                    (_, Value::Object(_)) => fmt_evidence(v),
-                    (_, v) => text(v),
-                };
-                t.rows.push(vec![Cell::code(k.clone()), Cell::plain(value)]);
+            for (k, v) in agreement_rows(a) {
+                t.rows.push(vec![Cell::code(k), Cell::plain(v)]);
             }
             blocks.push(Block::Table(t));
         }
@@ -1107,16 +1145,16 @@ fn quality_section(ctx: &Ctx) -> Section {
 }
 
 /// A paired quality comparison's change in points, "lost / gained" and McNemar p, as shown.
-fn paired_figures(s: &Value) -> [String; 3] {
-    let change = num(g(s, "change_pts"))
+fn paired_figures(s: &QualityDelta) -> [String; 3] {
+    let change = s
+        .change_pts
+        .filter(|x| x.is_finite())
         .map(|x| format!("{x:+.1} pts"))
         .unwrap_or_else(|| MISSING.to_owned());
-    let lost_gained = format!(
-        "{} / {}",
-        fmt_count(g(s, "lost")),
-        fmt_count(g(s, "gained"))
-    );
-    let pval = num(g(s, "mcnemar_p"))
+    let lost_gained = format!("{} / {}", fmt_uo(s.lost), fmt_uo(s.gained));
+    let pval = s
+        .mcnemar_p
+        .filter(|x| x.is_finite())
         .map(|p| format!("{p:.3}"))
         .unwrap_or_else(|| MISSING.to_owned());
     [change, lost_gained, pval]
@@ -1153,39 +1191,41 @@ fn reference_blocks(ctx: &Ctx, reference: &str, blocks: &mut Vec<Block>) {
         &[false, true, true, true, true, true],
     );
     for a in ctx.reference_arms {
-        let name = text(g(a, "arm"));
-        if let Some(q) = g(a, "quality").as_object() {
-            for (suite, s) in q {
-                let ratio = num(g(g(a, "accuracy_ratio"), suite))
-                    .map(|x| format!("{:.0} %", 100.0 * x))
-                    .unwrap_or_else(|| MISSING.to_owned());
-                let [change, lost_gained, pval] = paired_figures(s);
-                t.rows.push(vec![
-                    Cell::plain(name.clone()),
-                    Cell::code(suite.clone()),
-                    Cell::plain(fmt_acc(g(s, "baseline_accuracy"))),
-                    Cell::plain(fmt_acc(g(s, "candidate_accuracy"))),
-                    Cell::plain(change),
-                    Cell::plain(ratio),
-                    Cell::plain(lost_gained),
-                    Cell::plain(pval),
-                ]);
-            }
+        let name = text_o(nonempty(&a.arm));
+        for (suite, s) in &a.quality {
+            let ratio = a
+                .accuracy_ratio
+                .get(suite)
+                .copied()
+                .flatten()
+                .filter(|x| x.is_finite())
+                .map(|x| format!("{:.0} %", 100.0 * x))
+                .unwrap_or_else(|| MISSING.to_owned());
+            let [change, lost_gained, pval] = paired_figures(s);
+            t.rows.push(vec![
+                Cell::plain(name.clone()),
+                Cell::code(suite.clone()),
+                Cell::plain(acc_o(s.baseline_accuracy)),
+                Cell::plain(acc_o(s.candidate_accuracy)),
+                Cell::plain(change),
+                Cell::plain(ratio),
+                Cell::plain(lost_gained),
+                Cell::plain(pval),
+            ]);
         }
-        let agr = g(a, "agreement");
-        if agr.is_object() {
-            let kl = |k: &str| {
-                num(g(agr, k))
+        if let Some(agr) = &a.agreement {
+            let kl = |v: Option<f64>| {
+                v.filter(|x| x.is_finite())
                     .map(|x| format!("{x:.4}"))
                     .unwrap_or_else(|| MISSING.to_owned())
             };
             agreement.rows.push(vec![
                 Cell::plain(name.clone()),
-                Cell::plain(fmt_count(g(agr, "paired"))),
-                Cell::plain(fmt_acc(g(agr, "exact_match_rate"))),
-                Cell::plain(fmt_acc(g(agr, "top1_agreement"))),
-                Cell::plain(kl("mean_kl")),
-                Cell::plain(kl("max_kl")),
+                Cell::plain(fmt_u(agr.paired)),
+                Cell::plain(acc_o(agr.exact_match_rate)),
+                Cell::plain(acc_o(agr.top1_agreement)),
+                Cell::plain(kl(agr.mean_kl)),
+                Cell::plain(kl(agr.max_kl)),
             ]);
         }
     }
@@ -1208,23 +1248,16 @@ fn reference_blocks(ctx: &Ctx, reference: &str, blocks: &mut Vec<Block>) {
 fn warnings_section(ctx: &Ctx) -> Section {
     let mut blocks = Vec::new();
     for cand in &ctx.candidates {
-        let w = g(cand, "warnings");
+        let w = &cand.warnings;
         let name = ctx.candidate_name(cand);
         blocks.push(Block::Subheading {
             text: format!("{name} vs {}", ctx.baseline_name()),
         });
-        if !w.is_object() {
-            blocks.push(Block::Para {
-                text: format!("No warnings comparison for {name}."),
-                class: "note".into(),
-            });
-            continue;
-        }
         let mut facts = Vec::new();
-        if let Some(ch) = text_of(g(w, "change_under_test")) {
+        if let Some(ch) = &w.change_under_test {
             facts.push(format!("change under test: {ch}"));
         }
-        if let Some(r) = text_of(g(w, "resolvable")) {
+        if let Some(r) = w.resolvable {
             facts.push(format!("warnings this change can resolve: {r}"));
         }
         if !facts.is_empty() {
@@ -1244,19 +1277,19 @@ fn warnings_section(ctx: &Ctx) -> Section {
             ],
             &[false, false, false, true, true, false],
         );
-        for (status, class) in [
-            ("resolved", "better"),
-            ("persisting", "noise"),
-            ("new", "worse"),
+        for (status, class, list) in [
+            ("resolved", "better", &w.resolved),
+            ("persisting", "noise", &w.persisting),
+            ("new", "worse", &w.new),
         ] {
-            for e in arr(g(w, status)) {
+            for e in list {
                 t.rows.push(vec![
                     Cell::plain(status).class(class),
-                    Cell::code(text(g(e, "id"))),
-                    Cell::plain(text(g(e, "meaning"))),
-                    Cell::plain(fmt_count(g(e, "baseline_count"))),
-                    Cell::plain(fmt_count(g(e, "candidate_count"))),
-                    Cell::plain(text_of(g(e, "note")).unwrap_or_default()),
+                    Cell::code(text_o(nonempty(&e.id))),
+                    Cell::plain(text_o(e.meaning.as_deref())),
+                    Cell::plain(fmt_u(e.baseline_count)),
+                    Cell::plain(fmt_u(e.candidate_count)),
+                    Cell::plain(e.note.clone().unwrap_or_default()),
                 ]);
             }
         }
@@ -1268,9 +1301,10 @@ fn warnings_section(ctx: &Ctx) -> Section {
         } else {
             blocks.push(Block::Table(t));
         }
-        let notes: Vec<String> = arr(g(w, "notes")).iter().map(text).collect();
-        if !notes.is_empty() {
-            blocks.push(Block::List { items: notes });
+        if !w.notes.is_empty() {
+            blocks.push(Block::List {
+                items: w.notes.clone(),
+            });
         }
     }
     // What each server printed, with the first matching line as evidence.
@@ -1279,7 +1313,7 @@ fn warnings_section(ctx: &Ctx) -> Section {
         &[false, false, false, true, false, false],
     );
     for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
-        for w in arr(g(arm, "warnings")) {
+        for w in &arm.warnings {
             let ranks: Vec<String> = arr(g(w, "ranks")).iter().map(text).collect();
             let sev = text(g(w, "severity"));
             let class = match sev.as_str() {
@@ -1315,25 +1349,28 @@ fn warnings_section(ctx: &Ctx) -> Section {
 }
 
 fn server_section(ctx: &Ctx) -> Section {
+    use crate::compare::ServerSummary;
     let mut blocks = Vec::new();
     let mut head = vec!["fact".to_owned()];
     head.extend(ctx.names.iter().cloned());
     let n = head.len();
     let mut t = Table::with_head(head, (0..n).map(|_| false).collect());
-    let servers: Vec<&Value> = ctx.arms.iter().map(|a| g(a, "server")).collect();
-    let row = |label: &str, f: &dyn Fn(&Value) -> Cell| {
+    let servers: Vec<Option<&ServerSummary>> = ctx.arms.iter().map(|a| a.server.as_ref()).collect();
+    let row = |label: &str, f: &dyn Fn(Option<&ServerSummary>) -> Cell| {
         let mut r = vec![Cell::plain(label)];
-        r.extend(servers.iter().map(|s| f(s)));
+        r.extend(servers.iter().map(|s| f(*s)));
         r
     };
-    t.rows
-        .push(row("engine", &|s| Cell::plain(text(g(s, "engine")))));
-    t.rows
-        .push(row("version", &|s| Cell::plain(text(g(s, "version")))));
+    t.rows.push(row("engine", &|s| {
+        Cell::plain(text_o(s.and_then(|s| nonempty(&s.engine))))
+    }));
+    t.rows.push(row("version", &|s| {
+        Cell::plain(text_o(s.and_then(|s| s.version.as_deref())))
+    }));
     // A differing version across arms is a confounder worth flagging.
-    let versions: Vec<String> = servers
+    let versions: Vec<&str> = servers
         .iter()
-        .filter_map(|s| text_of(g(s, "version")))
+        .filter_map(|s| s.and_then(|s| s.version.as_deref()))
         .collect();
     if versions.windows(2).any(|w| w[0] != w[1]) {
         if let Some(r) = t.rows.last_mut() {
@@ -1342,43 +1379,46 @@ fn server_section(ctx: &Ctx) -> Section {
             }
         }
     }
-    for (what, req, eff) in [
+    type Pair = fn(&ServerSummary) -> (Option<String>, Option<String>);
+    let dtype: Pair = |s| {
         (
-            "KV dtype",
-            "kv_cache_dtype_requested",
-            "kv_cache_dtype_effective",
-        ),
+            s.kv_cache_dtype_requested.clone(),
+            s.kv_cache_dtype_effective.clone(),
+        )
+    };
+    let scales: Pair = |s| {
         (
-            "calculate KV scales",
-            "calculate_kv_scales_requested",
-            "calculate_kv_scales_effective",
-        ),
-    ] {
+            s.calculate_kv_scales_requested.map(|b| b.to_string()),
+            s.calculate_kv_scales_effective.map(|b| b.to_string()),
+        )
+    };
+    for (what, pair) in [("KV dtype", dtype), ("calculate KV scales", scales)] {
         t.rows.push(row(&format!("{what} requested"), &|s| {
-            Cell::code(text(g(s, req)))
+            Cell::code(text_o(s.and_then(|s| pair(s).0).as_deref()))
         }));
         t.rows.push(row(&format!("{what} effective"), &|s| {
-            let (r, e) = (g(s, req), g(s, eff));
-            let cell = Cell::code(text(e));
+            let (r, e) = s.map(pair).unwrap_or_default();
+            let cell = Cell::code(text_o(e.as_deref()));
             // "auto" resolves to the model's dtype: that is not a mismatch.
-            if !r.is_null() && !e.is_null() && r != e && r.as_str() != Some("auto") {
-                cell.class("flag")
-            } else {
-                cell
+            match (r, e) {
+                (Some(r), Some(e)) if r != e && r != "auto" => cell.class("flag"),
+                _ => cell,
             }
         }));
     }
     t.rows.push(row("KV-cache capacity (tokens)", &|s| {
-        Cell::plain(fmt_count(g(s, "kv_cache_tokens")))
+        Cell::plain(fmt_count(
+            s.and_then(|s| s.kv_cache_tokens.as_ref()).unwrap_or(&NULL),
+        ))
     }));
     t.rows.push(row("start-up (s)", &|s| {
-        Cell::plain(fmt_opt(g(s, "startup_s")))
+        Cell::plain(fmt_o(s.and_then(|s| s.startup_s)))
     }));
-    t.rows.push(row("config mismatches", &|s| {
-        let m: Vec<String> = arr(g(s, "mismatches")).iter().map(text).collect();
-        if m.is_empty() {
-            Cell::plain(if s.is_null() { MISSING } else { "none" })
-        } else {
+    t.rows.push(row("config mismatches", &|s| match s {
+        None => Cell::plain(MISSING),
+        Some(s) if s.mismatches.is_empty() => Cell::plain("none"),
+        Some(s) => {
+            let m: Vec<String> = s.mismatches.iter().map(text).collect();
             Cell::plain(m.join("; ")).class("flag")
         }
     }));
@@ -1389,7 +1429,7 @@ fn server_section(ctx: &Ctx) -> Section {
         .arms
         .iter()
         .zip(&ctx.names)
-        .filter(|(a, _)| !arr(g(g(a, "server"), "mismatches")).is_empty())
+        .filter(|(a, _)| a.server.as_ref().is_some_and(|s| !s.mismatches.is_empty()))
         .map(|(_, n)| n.clone())
         .collect();
     if !flagged.is_empty() {
@@ -1408,12 +1448,12 @@ fn server_section(ctx: &Ctx) -> Section {
     }
 }
 
-fn policy_section(c: &Value) -> Section {
+fn policy_section(c: &Comparison) -> Section {
     let mut blocks = Vec::new();
-    match g(c, "policy").as_object() {
-        Some(p) if !p.is_empty() => {
+    match c.policy.as_ref().map(serde_json::to_value) {
+        Some(Ok(Value::Object(p))) if !p.is_empty() => {
             let mut t = Table::new(&["policy key", "value"], &[false, false]);
-            for (k, v) in p {
+            for (k, v) in &p {
                 let value = match v {
                     Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(", "),
                     other => text(other),

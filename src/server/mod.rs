@@ -25,7 +25,7 @@ use crate::logscan::{self, Catalog};
 use engine_cache::EngineCache;
 
 /// Why an arm did not get a healthy server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Failure {
     /// `unsupported_argument`, `unsupported_setting`, `unsupported_hardware`, `out_of_memory`,
     /// `startup_timeout`, `crashed`, `launch_error` or `interrupted`.

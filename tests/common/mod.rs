@@ -71,3 +71,37 @@ pub fn journal(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("journal line is JSON"))
         .collect()
 }
+
+/// Asserts that `v` (a file kvbench wrote) matches `schema` (a committed JSON Schema).
+pub fn assert_schema(schema: &serde_json::Value, v: &serde_json::Value, what: &str) {
+    let validator = jsonschema::draft202012::new(schema).expect("the schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(v)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} does not match its schema:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// The committed schema `docs/schema/NAME.schema.json`.
+pub fn committed_schema(name: &str) -> serde_json::Value {
+    let path = format!(
+        "{}/docs/schema/{name}.schema.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("schema file exists"))
+        .expect("schema is JSON")
+}
+
+/// Asserts that a comparison file matches docs/schema/comparison.schema.json.
+pub fn assert_comparison_schema(v: &serde_json::Value) {
+    assert_schema(&committed_schema("comparison"), v, "the comparison");
+}
+
+/// Asserts that a result file matches docs/schema/result.schema.json.
+pub fn assert_result_schema(v: &serde_json::Value) {
+    assert_schema(&committed_schema("result"), v, "the result");
+}
