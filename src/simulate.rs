@@ -208,6 +208,35 @@ fn empty_arm(name: &str) -> ArmRuns {
     }
 }
 
+/// Two synthetic arms (`baseline`, `candidate`) of `runs` runs each: the candidate's latencies
+/// scaled by `1 + ttft_change_pct / 100`, run-to-run drift `sigma_run_pct`, and paired quality
+/// items with a drop of `drop_pts`; seeded, so the same arguments give the same arms. For tests
+/// that need a comparison the real `compare` made (the report snapshots).
+pub fn synthetic_arms(
+    seed: u64,
+    runs: u32,
+    ttft_change_pct: f64,
+    sigma_run_pct: f64,
+    drop_pts: f64,
+) -> (ArmRuns, ArmRuns) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut base, mut cand) = (empty_arm("baseline"), empty_arm("candidate"));
+    let factor = 1.0 + ttft_change_pct / 100.0;
+    for _ in 0..runs {
+        for (arm, f) in [(&mut base, 1.0), (&mut cand, factor)] {
+            let (r, s) = synthetic_run(&mut rng, &arm.name.clone(), f, sigma_run_pct / 100.0);
+            arm.results.push(r);
+            arm.samples.push(Some(s));
+        }
+    }
+    let (qa, qb) = quality_items(&mut rng, drop_pts);
+    base.results[0].quality = Some(quality_json(&qa));
+    cand.results[0].quality = Some(quality_json(&qb));
+    base.quality_items = Some(qa);
+    cand.quality_items = Some(qb);
+    (base, cand)
+}
+
 /// The outcome of one simulated experiment.
 struct One {
     verdict: Verdict,

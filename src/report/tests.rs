@@ -284,3 +284,50 @@ fn a_reference_arm_gets_its_role_and_its_own_quality_table() {
         assert!(out.contains("reference"));
     }
 }
+
+/// A comparison the real `compare` made, from seeded synthetic arms (two runs each; the
+/// candidate 20 % slower, with a quality drop and FP8 warnings on the baseline), fixed in time.
+fn real_comparison() -> crate::compare::Comparison {
+    use crate::compare::{compare, Policy};
+    use crate::logscan::Catalog;
+    let (mut base, cand) = crate::simulate::synthetic_arms(7, 2, 20.0, 3.0, 10.0);
+    base.results[0].warnings = vec![json!({"id": "fp8_kv_scale_default", "severity": "warning",
+        "count": 2, "ranks": [0, 1], "first_line": "Using KV cache scaling factor 1.0 for fp8_e4m3."})];
+    let mut c = compare(
+        &[base, cand],
+        "baseline",
+        None,
+        &Policy::default(),
+        Catalog::default_catalog(),
+        Some("snapshot"),
+    )
+    .unwrap();
+    c.created_at = "2026-01-01T00:00:00Z".into();
+    c.kvbench_version = "0.0.0-snapshot".into();
+    c
+}
+
+/// The Markdown report of a real comparison, as a whole (review a change with
+/// `cargo insta review`, or `INSTA_UPDATE=always cargo test --lib report`).
+#[test]
+fn markdown_snapshot_of_a_real_comparison() {
+    let c = real_comparison();
+    insta::assert_snapshot!("markdown_real_comparison", super::markdown(&c));
+}
+
+/// The HTML report's text content (tags stripped, so the snapshot reads as a page; the SVG
+/// charts are checked by the Chromium test).
+#[test]
+fn html_snapshot_of_a_real_comparison() {
+    let c = real_comparison();
+    let h = super::html(&c);
+    let re = regex::Regex::new(r"(?s)<style.*?</style>|<svg.*?</svg>|<[^>]+>").unwrap();
+    let text: Vec<String> = re
+        .replace_all(&h, "\n")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(unescape)
+        .collect();
+    insta::assert_snapshot!("html_text_real_comparison", text.join("\n"));
+}
