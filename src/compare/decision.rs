@@ -499,17 +499,7 @@ pub fn decide(
     quality: &BTreeMap<String, QualityDelta>,
     policy: &Policy,
 ) -> Decided {
-    let mut recs = Vec::new();
-    for a in [base, cand] {
-        if !a.ok() {
-            recs.push(rec(
-                "arms",
-                Verdict::Inconclusive,
-                failure_reason(a),
-                json!({"arm": a.name, "outcome": a.first_failure().map(|r| r.outcome.clone())}),
-            ));
-        }
-    }
+    let mut recs = arms_criterion(base, cand);
     if !recs.is_empty() {
         let overall = rec(
             "overall",
@@ -527,8 +517,48 @@ pub fn decide(
             settled: true,
         };
     }
+    recs.push(warnings_criterion(base, cand, warnings, policy));
+    recs.extend(config_criterion(cand));
+    for key in &policy.regression_metrics {
+        recs.push(speed_criterion(key, deltas.get(key), policy));
+    }
+    recs.extend(quality_criteria(quality, policy));
+    let last = overall_criterion(base, cand, &recs);
+    let (verdict, settled) = (last.verdict, last.settled);
+    recs.push(last);
+    Decided {
+        verdict,
+        recommendations: recs,
+        settled,
+    }
+}
 
-    // Warnings: a log kvbench could not read says nothing about which warnings are gone.
+/// `arms`: one inconclusive criterion per arm that did not run (empty when both ran).
+fn arms_criterion(base: &ArmRuns, cand: &ArmRuns) -> Vec<Recommendation> {
+    [base, cand]
+        .into_iter()
+        .filter(|a| !a.ok())
+        .map(|a| {
+            rec(
+                "arms",
+                Verdict::Inconclusive,
+                failure_reason(a),
+                json!({"arm": a.name, "outcome": a.first_failure().map(|r| r.outcome.clone())}),
+            )
+        })
+        .collect()
+}
+
+/// `warnings`: apply when at least `min_warnings_resolved` warnings of the policy's category
+/// are gone, else keep (saying when that cannot be met by construction); inconclusive when a
+/// server log could not be read.
+fn warnings_criterion(
+    base: &ArmRuns,
+    cand: &ArmRuns,
+    warnings: &WarningDiff,
+    policy: &Policy,
+) -> Recommendation {
+    // A log kvbench could not read says nothing about which warnings are gone.
     let unread: Vec<String> = [base, cand]
         .iter()
         .filter_map(|a| {
@@ -537,7 +567,7 @@ pub fn decide(
         })
         .collect();
     if !unread.is_empty() {
-        recs.push(rec(
+        return rec(
             "warnings",
             Verdict::Inconclusive,
             format!(
@@ -545,7 +575,7 @@ pub fn decide(
                 unread.join("; ")
             ),
             json!({"log_error": unread}),
-        ));
+        );
     }
     let ids = |v: &[super::WarningChange]| v.iter().map(|w| w.id.clone()).collect::<Vec<_>>();
     let resolved = warnings.counted_resolved;
@@ -612,8 +642,7 @@ pub fn decide(
     if let Some(u) = &unattainable {
         reason += &format!(". The criterion {u}");
     }
-    if unread.is_empty() {
-        recs.push(rec(
+    rec(
         "warnings",
         if resolved >= policy.min_warnings_resolved {
             Verdict::Apply
@@ -626,43 +655,46 @@ pub fn decide(
             "counted_resolved": resolved, "counted_on_baseline": total, "resolvable_by_change": warnings.resolvable,
             "change_under_test": warnings.change_under_test, "attainable": unattainable.is_none(),
         }),
-    ));
-    }
+    )
+}
 
-    // Settings that did not take.
-    if let Some(r) = cand.results.first() {
-        let mism = r
-            .server
-            .facts
-            .get("config_check")
-            .and_then(|c| c.get("mismatches"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if !mism.is_empty() {
-            let text: Vec<String> = mism
-                .iter()
-                .filter_map(|m| m.as_str().map(str::to_owned))
-                .collect();
-            recs.push(rec(
-                "config",
-                Verdict::Inconclusive,
-                format!(
-                    "{:?} did not run with what it asked for: {}",
-                    cand.name,
-                    text.join("; ")
-                ),
-                json!({"mismatches": mism}),
-            ));
-        }
+/// `config`: inconclusive when the candidate did not run with the settings it asked for.
+fn config_criterion(cand: &ArmRuns) -> Option<Recommendation> {
+    let r = cand.results.first()?;
+    let mism = r
+        .server
+        .facts
+        .get("config_check")
+        .and_then(|c| c.get("mismatches"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if mism.is_empty() {
+        return None;
     }
+    let text: Vec<String> = mism
+        .iter()
+        .filter_map(|m| m.as_str().map(str::to_owned))
+        .collect();
+    Some(rec(
+        "config",
+        Verdict::Inconclusive,
+        format!(
+            "{:?} did not run with what it asked for: {}",
+            cand.name,
+            text.join("; ")
+        ),
+        json!({"mismatches": mism}),
+    ))
+}
 
-    // Speed.
-    for key in &policy.regression_metrics {
-        recs.push(speed_criterion(key, deltas.get(key), policy));
-    }
-
-    // Quality.
+/// `quality.<suite>`: the drop in points outside noise against the policy's limits; `quality`
+/// (monitor) when no suite was measured on both arms.
+fn quality_criteria(
+    quality: &BTreeMap<String, QualityDelta>,
+    policy: &Policy,
+) -> Vec<Recommendation> {
+    let mut recs = Vec::new();
     if quality.is_empty() {
         recs.push(rec("quality", Verdict::Monitor,
             "quality was not measured on both arms (no quality suites): apply needs quality kept; run the arms with --quality (or a [quality] table)".into(),
@@ -716,7 +748,12 @@ pub fn decide(
             json!(q),
         ));
     }
+    recs
+}
 
+/// `overall`: the most severe criterion's verdict, settled when a settled criterion says keep
+/// or every criterion is settled.
+fn overall_criterion(base: &ArmRuns, cand: &ArmRuns, recs: &[Recommendation]) -> Recommendation {
     let overall = recs
         .iter()
         .map(|r| r.verdict)
@@ -766,12 +803,7 @@ pub fn decide(
     if !settled {
         last.open = Some(open.join(", "));
     }
-    recs.push(last);
-    Decided {
-        verdict: overall,
-        recommendations: recs,
-        settled,
-    }
+    last
 }
 
 /// One candidate's decision against the baseline.
