@@ -1009,6 +1009,22 @@ fn agreement_rows(a: &AgreementSummary) -> Vec<(String, String)> {
             let value = match (k.as_str(), v) {
                 ("exact_match_rate" | "top1_agreement", v) if num(v).is_some() => fmt_acc(v),
                 ("mean_kl", v) if num(v).is_some() => format!("{:.4}", num(v).unwrap_or(0.0)),
+                ("first_divergence_char" | "first_divergence_token", _) => {
+                    let s = if k == "first_divergence_char" {
+                        &a.first_divergence_char
+                    } else {
+                        &a.first_divergence_token
+                    };
+                    match (s.count, s.p50) {
+                        (0, _) | (_, None) => MISSING.to_owned(),
+                        (n, Some(p50)) => format!(
+                            "median {} (min {}, max {}) over {n} differing pairs",
+                            fmt_num(p50),
+                            fmt_o(s.min),
+                            fmt_o(s.max)
+                        ),
+                    }
+                }
                 (_, Value::Object(_)) => fmt_evidence(v),
                 (_, v) => text(v),
             };
