@@ -1,5 +1,8 @@
 //! The Markdown report: the same view as the HTML page, as headings and tables (no charts),
-//! readable in a terminal (columns padded to equal width) and on GitHub.
+//! readable as text and on GitHub. Cells are not padded (a padded column is as wide as its
+//! longest cell, which made whole tables unreadable); a table with a cell longer than
+//! [`MAX_CELL`] characters is written as a list, one item per row, so no line runs on for
+//! hundreds of characters inside a table.
 //!
 //! Text from the comparison is escaped so it stays text: `|` cannot break a table, and `<`,
 //! `` ` ``, `*`, `](` cannot become HTML, code, emphasis or links. Log excerpts go into fenced blocks.
@@ -71,50 +74,81 @@ fn cell_text(c: &Cell) -> String {
     }
 }
 
+/// Longest cell of a table written as a table; longer cells turn the table into a list.
+pub const MAX_CELL: usize = 120;
+
 fn table(o: &mut String, t: &Table) {
-    let head: Vec<String> = t.head.iter().map(|h| esc(h)).collect();
+    // Folded columns (supporting numbers) stay in the HTML page and the JSON.
+    let keep: Vec<bool> = (0..t.head.len())
+        .map(|i| t.rows.is_empty() || !t.rows.iter().all(|r| r.get(i).is_some_and(|c| c.fold)))
+        .collect();
+    let kept = |i: &usize| keep.get(*i).copied().unwrap_or(true);
+    let head: Vec<String> = t
+        .head
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| kept(i))
+        .map(|(_, h)| esc(h))
+        .collect();
     let rows: Vec<Vec<String>> = t
         .rows
         .iter()
-        .map(|r| r.iter().map(cell_text).collect())
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .filter(|(i, _)| kept(i))
+                .map(|(_, c)| cell_text(c))
+                .collect()
+        })
         .collect();
+    let right_of: Vec<bool> = (0..t.head.len())
+        .filter(|i| kept(i))
+        .map(|i| t.right.get(i).copied().unwrap_or(false))
+        .collect();
+    let longest = rows
+        .iter()
+        .flatten()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(0);
+    if longest > MAX_CELL {
+        return list(o, &head, &rows);
+    }
     let n = head.len().max(rows.iter().map(Vec::len).max().unwrap_or(0));
-    let width = |i: usize| {
-        rows.iter()
-            .filter_map(|r| r.get(i))
-            .chain(head.get(i))
-            .map(|s| s.chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(3)
-    };
-    let widths: Vec<usize> = (0..n).map(width).collect();
-    let right = |i: usize| t.right.get(i).copied().unwrap_or(false);
+    let right = |i: usize| right_of.get(i).copied().unwrap_or(false);
     let line = |o: &mut String, cells: &[String]| {
         o.push('|');
-        for (i, w) in widths.iter().enumerate() {
+        for i in 0..n {
             let c = cells.get(i).map(String::as_str).unwrap_or("");
-            let pad = w.saturating_sub(c.chars().count());
-            if right(i) {
-                let _ = write!(o, " {}{c} |", " ".repeat(pad));
-            } else {
-                let _ = write!(o, " {c}{} |", " ".repeat(pad));
-            }
+            let _ = write!(o, " {c} |");
         }
         o.push('\n');
     };
     line(o, &head);
     o.push('|');
-    for (i, w) in widths.iter().enumerate() {
-        if right(i) {
-            let _ = write!(o, " {}: |", "-".repeat(w - 1));
-        } else {
-            let _ = write!(o, " {} |", "-".repeat(*w));
-        }
+    for i in 0..n {
+        o.push_str(if right(i) { " ---: |" } else { " --- |" });
     }
     o.push('\n');
     for r in &rows {
         line(o, r);
+    }
+    o.push('\n');
+}
+
+/// A table as a list: the first cell leads each item, the others follow as `head: value`
+/// (empty and missing values left out).
+fn list(o: &mut String, head: &[String], rows: &[Vec<String>]) {
+    for r in rows {
+        let mut item = format!("- **{}**", r.first().map(String::as_str).unwrap_or(""));
+        for (h, c) in head.iter().zip(r).skip(1) {
+            if c.is_empty() || c == super::view::MISSING {
+                continue;
+            }
+            let _ = write!(item, "; {h}: {c}");
+        }
+        o.push_str(&item);
+        o.push('\n');
     }
     o.push('\n');
 }

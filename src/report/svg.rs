@@ -194,17 +194,35 @@ pub fn cdf(title: &str, x_label: &str, series: &[Series]) -> Option<String> {
 
 /// A dot-and-whisker chart, one row per arm. `None` without data.
 pub fn intervals(title: &str, x_label: &str, items: &[Interval]) -> Option<String> {
+    dots(title, x_label, items, &[])
+}
+
+/// A forest plot: each item's value and interval as in [`intervals`], against dashed vertical
+/// reference lines (`marks`: position and label, e.g. the policy's 15 % apply limit), which
+/// the axis always includes.
+pub fn forest(
+    title: &str,
+    x_label: &str,
+    items: &[Interval],
+    marks: &[(f64, String)],
+) -> Option<String> {
+    dots(title, x_label, items, marks)
+}
+
+fn dots(title: &str, x_label: &str, items: &[Interval], marks: &[(f64, String)]) -> Option<String> {
     if items.is_empty() {
         return None;
     }
     let row = 34.0;
-    let (ml, mr, mt, mb) = (170.0, 90.0, 12.0, 44.0);
+    let mb = if marks.is_empty() { 44.0 } else { 60.0 };
+    let (ml, mr, mt) = (230.0, 70.0, 12.0);
     let h = mt + mb + row * items.len() as f64;
     let pw = W - ml - mr;
     let lows = items.iter().map(|i| i.low.unwrap_or(i.value).min(i.value));
     let highs = items.iter().map(|i| i.high.unwrap_or(i.value).max(i.value));
-    let lo = lows.fold(f64::INFINITY, f64::min);
-    let hi = highs.fold(f64::NEG_INFINITY, f64::max);
+    let marked = marks.iter().map(|m| m.0);
+    let lo = lows.chain(marked.clone()).fold(f64::INFINITY, f64::min);
+    let hi = highs.chain(marked).fold(f64::NEG_INFINITY, f64::max);
     // Throughput differences of a few percent vanish on an axis from zero: pad the data range.
     let pad = ((hi - lo) * 0.15).max(hi.abs() * 0.01).max(1e-9);
     let ticks = nice_ticks(lo - pad, hi + pad, 5);
@@ -232,11 +250,21 @@ pub fn intervals(title: &str, x_label: &str, items: &[Interval]) -> Option<Strin
         h - 8.0,
         HtmlEscape(x_label)
     );
+    for (x, label) in marks {
+        let px = sx(*x);
+        let _ = write!(
+            o,
+            r#"<line x1="{px:.1}" x2="{px:.1}" y1="{mt}" y2="{:.1}" class="mark"/><text class="tick" x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            mt + ph,
+            mt + ph + 30.0,
+            HtmlEscape(label)
+        );
+    }
     for (i, it) in items.iter().enumerate() {
         let y = mt + row * (i as f64 + 0.5);
         let c = color(it.color);
-        let name: String = if it.name.chars().count() > 24 {
-            it.name.chars().take(23).chain(['…']).collect()
+        let name: String = if it.name.chars().count() > 34 {
+            it.name.chars().take(33).chain(['…']).collect()
         } else {
             it.name.to_owned()
         };

@@ -39,7 +39,18 @@ fn assert_common(out: &str, c: &Value) {
             assert!(out.contains(w["id"].as_str().unwrap()));
         }
     }
-    for r in c["recommendations"].as_array().unwrap() {
+    // Every candidate's criteria (with several candidates the top-level list is the best
+    // candidate's, shown in its own table).
+    let cands = c["candidates"].as_array().cloned().unwrap_or_default();
+    let recs: Vec<&Value> = if cands.len() > 1 {
+        cands
+            .iter()
+            .flat_map(|x| x["recommendations"].as_array().unwrap())
+            .collect()
+    } else {
+        c["recommendations"].as_array().unwrap().iter().collect()
+    };
+    for r in recs {
         assert!(out.contains(r["criterion"].as_str().unwrap()));
     }
 }
@@ -68,21 +79,29 @@ fn html_has_verdict_reasons_arms_numbers_and_warnings() {
     assert!(h.contains(">110.2<") && h.contains(">131.7<"));
     // The deltas row: change, CI, significance.
     assert!(h.contains("+5.6 %"));
-    assert!(h.contains("significant (worse)") && h.contains("within noise"));
+    assert!(h.contains("(worse)") && h.contains("within noise"));
     // Quality per suite and arm, and per context length.
     assert!(h.contains("95.0 % (38/40)"));
     assert!(h.contains("passkey by context length"));
     assert!(h.contains("80.0 % (8/10)"));
-    assert!(h.contains("passkey-4096-0.5-3 (lost)"));
+    assert!(h.contains("passkey-4096-0.5-3"));
     // Warnings: status, note explaining the unresolvable one.
     assert!(h.contains(">resolved<") && h.contains(">persisting<") && h.contains(">new<"));
     assert!(h.contains("prob_scale stays 1.0, so this warning cannot be resolved"));
     // Server facts: dtype requested vs effective, the mismatch flagged.
     assert!(h.contains("<code>bfloat16</code>"));
     assert!(h.contains("asked for auto, server used bfloat16"));
-    // Two CDF charts (three arms each) and the throughput chart.
+    // Two CDF charts (three arms each), the throughput chart (three dots) and the forest plot
+    // (two candidates × the two regression metrics and TTFT p99, ITL p50, E2E p50 where given).
     assert_eq!(h.matches("<polyline").count(), 6);
-    assert_eq!(h.matches("<circle").count(), 3);
+    assert!(h.contains("Speed against the policy"));
+    let forest = &h[h.find("Speed against the policy").unwrap()..];
+    let forest = &forest[..forest.find("</svg>").unwrap()];
+    assert!(forest.contains("apply 15") && forest.contains("monitor 25"));
+    assert_eq!(
+        h.matches("<circle").count(),
+        3 + forest.matches("<circle").count()
+    );
     // Self-contained: nothing to load, no script; the only URL is the SVG namespace.
     assert!(!raw.contains("<script") && !raw.contains("src=") && !raw.contains("<link"));
     assert!(!raw.contains("@import"));
@@ -106,12 +125,15 @@ fn text_from_the_comparison_is_escaped() {
         "{}",
         &h[h.find("deprecated &lt;").unwrap_or(0)..][..200]
     );
-    // In Markdown the log line is a code span, which GitHub shows verbatim (never as HTML).
+    // In Markdown the log line sits in a fenced block, which GitHub shows verbatim (never as
+    // HTML).
     let m = markdown(&c);
-    assert!(m.contains(
-        "``(APIServer pid=90) WARNING 11-27 10:00:02 [cache.py:266] The `--calculate-kv-scales` \
-         option is deprecated <script>alert('x')</script> & will be removed in v0.19.``"
-    ));
+    let line =
+        "(APIServer pid=90) WARNING 11-27 10:00:02 [cache.py:266] The `--calculate-kv-scales` \
+         option is deprecated <script>alert('x')</script> & will be removed in v0.19.";
+    let at = m.find(line).expect("the log line");
+    let before = &m[..at];
+    assert!(before.rfind("\n```\n").unwrap() > before.rfind("\n## ").unwrap());
     assert_eq!(m.matches("<script>").count(), 1);
 
     let f = fixture("comparison-failed-arm.json");
@@ -149,7 +171,8 @@ fn markdown_has_the_same_content_as_tables() {
     assert!(m.contains("6,741,744"));
     assert!(m.contains("95.0 % (38/40)"));
     assert!(!m.contains("<svg"));
-    // Every table line has the same number of cells as its header, and tables are aligned.
+    // Every table line has the same number of cells as its header; cells are not padded and
+    // none is longer than MAX_CELL (a table with a longer cell is written as a list).
     let mut lines = m.lines().peekable();
     let mut tables = 0;
     while let Some(l) = lines.next() {
@@ -157,26 +180,35 @@ fn markdown_has_the_same_content_as_tables() {
             continue;
         }
         tables += 1;
-        let cells = |s: &str| s.replace("\\|", "").matches('|').count();
-        let (n, w) = (cells(l), l.chars().count());
+        let split = |s: &str| -> Vec<String> {
+            s.replace("\\|", "\u{1}")
+                .split('|')
+                .map(|c| c.replace('\u{1}', "\\|"))
+                .collect()
+        };
+        let n = split(l).len();
         while let Some(next) = lines.peek().filter(|x| x.starts_with('|')) {
-            assert_eq!(cells(next), n, "{next}");
-            assert_eq!(
-                next.chars().count() - next.matches("\\|").count(),
-                w - l.matches("\\|").count(),
-                "{next}"
-            );
+            let cells = split(next);
+            assert_eq!(cells.len(), n, "{next}");
+            for c in &cells[1..cells.len() - 1] {
+                assert!(
+                    c == "  " || (!c.starts_with("  ") && !c.ends_with("  ")),
+                    "padded: {next}"
+                );
+                assert!(c.chars().count() <= super::markdown::MAX_CELL + 2, "{c}");
+            }
             lines.next();
         }
     }
-    assert!(tables >= 12, "{tables} tables");
-    // The deltas row of the candidate, aligned but intact.
+    assert!(tables >= 10, "{tables} tables");
+    // The deltas row: every candidate's value, change, interval and significance in one row.
     let row = m
         .lines()
-        .find(|l| l.starts_with("| `ttft_ms.p50`") && l.contains("bootstrap_requests"))
+        .find(|l| l.starts_with("| `ttft_ms.p50`") && l.contains(" · "))
         .unwrap();
     assert!(row.contains("52.1") && row.contains("55.0") && row.contains("+5.6 %"));
-    assert!(row.contains("significant (worse)") && row.contains("bootstrap_requests"));
+    assert!(row.contains("(worse)"), "{row}");
+    assert!(m.contains("Intervals: bootstrap_requests"));
 }
 
 #[test]
@@ -253,8 +285,12 @@ fn markdown_escaping_keeps_tables_and_code_intact() {
     let c = json!({"decision": "apply", "arms": [{"name": "x|y", "warnings": [
         {"id": "w", "first_line": "a `tick` | pipe\nnext"}]}]});
     let m = markdown(&c);
-    assert!(m.contains("``a `tick` \\| pipe next``"), "{m}");
-    assert!(m.contains("`x\\|y`"));
+    // A log line goes into a fenced block (its fence longer than any backtick run), verbatim.
+    assert!(
+        m.contains("```\nw (x|y): a `tick` | pipe\nnext\n```"),
+        "{m}"
+    );
+    assert!(m.contains("`x\\|y"));
 }
 
 #[test]

@@ -9,7 +9,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::svg;
+use super::svg::{self, Interval};
 use crate::compare::{
     AgreementSummary, ArmSummary, Candidate, Comparison, DesignKind, QualityDelta, Stopped,
     ValueCi, Verdict,
@@ -118,6 +118,9 @@ pub struct Cell {
     pub class: String,
     /// Shown as code (identifiers, log lines).
     pub code: bool,
+    /// Folded in the HTML page (`<details>`) and left out of the Markdown: supporting numbers
+    /// that the row's own text already states (a criterion's evidence).
+    pub fold: bool,
 }
 
 impl Cell {
@@ -126,6 +129,7 @@ impl Cell {
             text: text.into(),
             class: String::new(),
             code: false,
+            fold: false,
         }
     }
     fn code(text: impl Into<String>) -> Self {
@@ -135,6 +139,7 @@ impl Cell {
             text,
             class: String::new(),
             code,
+            fold: false,
         }
     }
     fn class(mut self, class: &str) -> Self {
@@ -183,10 +188,6 @@ fn text(v: &Value) -> String {
 
 fn num(v: &Value) -> Option<f64> {
     v.as_f64().filter(|x| x.is_finite())
-}
-
-fn arr(v: &Value) -> &[Value] {
-    v.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
 /// `1234.5` → "1,234.5"; one decimal from 10 up, two below, thousands separated.
@@ -241,22 +242,63 @@ fn fmt_acc(v: &Value) -> String {
         .unwrap_or_else(|| MISSING.to_owned())
 }
 
-/// Evidence (any JSON) as one readable line: `key: value, ...`, strings unquoted.
+/// Evidence (any JSON) as one readable line: `key: value, ...`, strings unquoted, numbers at
+/// four significant digits, `null`s left out, a list of more than four entries as its count
+/// (the flipped items are listed in the quality section).
 fn fmt_evidence(v: &Value) -> String {
     match v {
         Value::Null => MISSING.to_owned(),
-        Value::Object(m) if m.is_empty() => MISSING.to_owned(),
+        Value::Object(m) if m.values().all(Value::is_null) => MISSING.to_owned(),
         Value::Object(m) => m
             .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => format!("{k}: {s}"),
-                other => format!("{k}: {other}"),
-            })
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| format!("{k}: {}", evidence_value(v)))
             .collect::<Vec<_>>()
             .join(", "),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        other => evidence_value(other),
     }
+}
+
+fn evidence_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => group_thousands(&i.to_string()),
+            (None, Some(x)) => sig4(x),
+            _ => n.to_string(),
+        },
+        Value::Array(a) if a.len() > 4 => format!("{} items", a.len()),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(evidence_value).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(_) => format!("({})", fmt_evidence(v)),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => MISSING.to_owned(),
+    }
+}
+
+/// A number at four significant digits, without trailing zeros: 950.6768655 → "950.7",
+/// 0.0511703 → "0.05117", 12.0 → "12".
+pub fn sig4(x: f64) -> String {
+    if !x.is_finite() {
+        return MISSING.to_owned();
+    }
+    if x == 0.0 {
+        return "0".to_owned();
+    }
+    if x.abs() < 1e-3 {
+        return format!("{x:.3e}");
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    let decimals = (3 - magnitude).clamp(0, 12) as usize;
+    let s = format!("{x:.decimals$}");
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    };
+    group_thousands(&s)
 }
 
 /// An optional number as shown, "—" when missing.
@@ -483,7 +525,7 @@ pub fn build(c: &Comparison) -> Report {
     };
 
     let ctx = Ctx::new(c);
-    let mut sections = vec![recommendations_section(c)];
+    let mut sections = vec![glance_section(c, &ctx), recommendations_section(c)];
     sections.extend(effort_section(c));
     sections.extend([
         arms_section(&ctx),
@@ -589,6 +631,256 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// The answer on one screen: a row per arm with what decides (warnings, KV cache, speed,
+/// quality, answers), then the forest plot of the deltas against the policy's limits.
+fn glance_section(c: &Comparison, ctx: &Ctx) -> Section {
+    let cat = c
+        .policy
+        .as_ref()
+        .map(|p| p.warning_category.clone())
+        .unwrap_or_else(|| "fp8".into());
+    // Catalog categories of the warnings, as the comparison's warning diffs carry them.
+    let mut category: std::collections::BTreeMap<&str, &str> = Default::default();
+    for cand in &ctx.candidates {
+        let w = &cand.warnings;
+        for e in w.resolved.iter().chain(&w.persisting).chain(&w.new) {
+            if let Some(k) = &e.category {
+                category.insert(e.id.as_str(), k.as_str());
+            }
+        }
+    }
+    // Answers: against the reference arm when there is one, else against the baseline.
+    let mut answers: std::collections::BTreeMap<&str, String> = Default::default();
+    let rate = |n: u64, of: u64| {
+        if of == 0 {
+            MISSING.to_owned()
+        } else {
+            format!("{:.0} %", 100.0 * n as f64 / of as f64)
+        }
+    };
+    let mut degenerate: std::collections::BTreeMap<&str, String> = Default::default();
+    for r in ctx.reference_arms {
+        if let Some(a) = &r.agreement {
+            answers.insert(r.arm.as_str(), acc_o(a.exact_match_rate));
+            degenerate.insert(r.arm.as_str(), rate(a.degenerate_b, a.paired));
+            if let Some(name) = &ctx.reference {
+                degenerate.insert(name.as_str(), rate(a.degenerate_a, a.paired));
+            }
+        }
+    }
+    for cand in &ctx.candidates {
+        if let Some(a) = &cand.agreement {
+            if ctx.reference.is_none() {
+                answers.insert(cand.arm.as_str(), acc_o(a.exact_match_rate));
+            }
+            degenerate
+                .entry(cand.arm.as_str())
+                .or_insert_with(|| rate(a.degenerate_b, a.paired));
+            if let Some(b) = &ctx.baseline {
+                degenerate
+                    .entry(b.as_str())
+                    .or_insert_with(|| rate(a.degenerate_a, a.paired));
+            }
+        }
+    }
+    let answers_head = match &ctx.reference {
+        Some(r) => format!("same answer as {r}"),
+        None => format!("same answer as {}", ctx.baseline_name()),
+    };
+    let suites = suites(ctx);
+    let mut head: Vec<String> = vec![
+        "arm".into(),
+        format!("{cat} warnings"),
+        "KV cache: dtype, tokens".into(),
+        "start-up s".into(),
+        "TTFT p50 / p99 ms".into(),
+        "ITL p50 ms".into(),
+        "output tok/s [95 %]".into(),
+    ];
+    head.extend(suites.iter().map(|s| format!("{s} [95 %]")));
+    head.extend([answers_head, "degenerate answers".into(), "runs".into()]);
+    let mut right = vec![false, true, false, true, true, true, true];
+    right.extend(suites.iter().map(|_| true));
+    right.extend([true, true, true]);
+    let mut t = Table::with_head(head, right);
+    for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
+        let warnings: u64 = arm
+            .warnings
+            .iter()
+            .filter(|w| {
+                g(w, "severity").as_str() == Some("warning")
+                    && g(w, "id")
+                        .as_str()
+                        .and_then(|id| category.get(id))
+                        .is_some_and(|k| *k == cat)
+            })
+            .count() as u64;
+        let server = arm.server.as_ref();
+        let kv = match server {
+            Some(s) => format!(
+                "{}, {}",
+                text_o(
+                    s.kv_cache_dtype_effective
+                        .as_deref()
+                        .or(s.cache_type_k.as_deref())
+                        .or(s.kv_cache_dtype_requested.as_deref())
+                ),
+                fmt_count(s.kv_cache_tokens.as_ref().unwrap_or(&NULL))
+            ),
+            None => MISSING.to_owned(),
+        };
+        let ttft = arm.metrics.get("ttft_ms");
+        let quality = suites.iter().map(|suite| {
+            let v = suite_of(arm, suite);
+            let mut t = fmt_acc(g(v, "accuracy"));
+            if let (Some(l), Some(h)) = (num(g(v, "ci_low")), num(g(v, "ci_high"))) {
+                t += &format!(" [{:.0} … {:.0}]", l * 100.0, h * 100.0);
+            }
+            Cell::plain(t)
+        });
+        let ok = Ctx::is_ok(arm);
+        let arm_cell = if ok {
+            format!("{name} ({})", ctx.role(name))
+        } else {
+            format!(
+                "{name} ({}): {}",
+                ctx.role(name),
+                text_o(nonempty(&arm.outcome))
+            )
+        };
+        let mut row = vec![
+            Cell::code(arm_cell).class(if ok { "" } else { "flag" }),
+            Cell::plain(if arm.warnings.is_empty() && !ok {
+                MISSING.to_owned()
+            } else {
+                fmt_u(warnings)
+            }),
+            Cell::plain(kv),
+            Cell::plain(fmt_o(server.and_then(|s| s.startup_s))),
+            Cell::plain(match ttft {
+                Some(m) if m.count > 0 => format!("{} / {}", fmt_o(m.p50), fmt_o(m.p99)),
+                _ => MISSING.to_owned(),
+            }),
+            Cell::plain(fmt_o(arm.metrics.get("itl_ms").and_then(|m| m.p50))),
+            Cell::plain(fmt_value_ci(&arm.throughput.output_tok_per_s)),
+        ];
+        row.extend(quality);
+        row.extend([
+            Cell::plain(
+                answers
+                    .get(arm.name.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| MISSING.to_owned()),
+            ),
+            Cell::plain(
+                degenerate
+                    .get(arm.name.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| MISSING.to_owned()),
+            ),
+            Cell::plain(fmt_u(arm.repeats as u64)),
+        ]);
+        t.rows.push(row);
+    }
+    let mut blocks = Vec::new();
+    if !t.rows.is_empty() {
+        blocks.push(Block::Table(t));
+    }
+    blocks.extend(forest_block(c, ctx));
+    Section {
+        id: "glance".into(),
+        title: "At a glance".into(),
+        blocks,
+    }
+}
+
+/// "TTFT p50" for `ttft_ms.p50`, "output tok/s" for `output_tok_per_s`.
+fn short_metric(key: &str) -> String {
+    match key {
+        "output_tok_per_s" => "output tok/s".into(),
+        "requests_per_s" => "requests/s".into(),
+        "total_tok_per_s" => "total tok/s".into(),
+        k => match k.split_once('.') {
+            Some((m, p)) => format!(
+                "{} {p}",
+                m.trim_end_matches("_ms").replace('_', " ").to_uppercase()
+            ),
+            None => k.into(),
+        },
+    }
+}
+
+/// Each candidate's speed changes as a regression (positive = worse) with its interval, against
+/// the policy's noise floor and apply / monitor limits.
+fn forest_block(c: &Comparison, ctx: &Ctx) -> Option<Block> {
+    use crate::compare::Better;
+    let policy = c.policy.clone().unwrap_or_default();
+    let mut keys: Vec<String> = policy.regression_metrics.clone();
+    for k in ["ttft_ms.p99", "itl_ms.p50", "e2e_ms.p50"] {
+        if !keys.iter().any(|x| x == k) {
+            keys.push(k.into());
+        }
+    }
+    let names: Vec<String> = ctx
+        .candidates
+        .iter()
+        .flat_map(|cand| {
+            keys.iter()
+                .filter(|k| cand.deltas.contains_key(*k))
+                .map(|k| format!("{} · {}", ctx.candidate_name(cand), short_metric(k)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut items = Vec::new();
+    let mut i = 0;
+    for (ci, cand) in ctx.candidates.iter().enumerate() {
+        for k in &keys {
+            let Some(d) = cand.deltas.get(k) else {
+                continue;
+            };
+            let name = &names[i];
+            i += 1;
+            let Some(ch) = d.change_pct.filter(|x| x.is_finite()) else {
+                continue;
+            };
+            let flip = |x: f64| if d.better == Better::Lower { x } else { -x };
+            let (lo, hi) = match (d.ci_low_pct, d.ci_high_pct) {
+                (Some(l), Some(h)) => {
+                    let (a, b) = (flip(l), flip(h));
+                    (Some(a.min(b)), Some(a.max(b)))
+                }
+                _ => (None, None),
+            };
+            items.push(Interval {
+                name,
+                color: ci + 1,
+                value: flip(ch),
+                low: lo,
+                high: hi,
+            });
+        }
+    }
+    let marks = vec![
+        (0.0, "0".to_owned()),
+        (
+            policy.noise_floor_pct,
+            format!("noise {}", policy.noise_floor_pct),
+        ),
+        (
+            policy.apply_max_regression_pct,
+            format!("apply {}", policy.apply_max_regression_pct),
+        ),
+        (
+            policy.monitor_max_regression_pct,
+            format!("monitor {}", policy.monitor_max_regression_pct),
+        ),
+    ];
+    let title =
+        "Speed against the policy: regression in % (right = worse), 95 % interval".to_owned();
+    svg::forest(&title, "regression vs baseline (%)", &items, &marks)
+        .map(|svg| Block::Chart { title, svg })
+}
+
 fn recommendations_section(c: &Comparison) -> Section {
     let adaptive = c
         .effort
@@ -601,6 +893,15 @@ fn recommendations_section(c: &Comparison) -> Section {
             text: "The comparison has no recommendations.".into(),
             class: "note".into(),
         });
+    } else if c.candidates.len() > 1 {
+        // The best candidate's criteria follow in its own table below.
+        let overall: Vec<_> = c
+            .recommendations
+            .iter()
+            .filter(|r| r.criterion == "overall")
+            .cloned()
+            .collect();
+        blocks.push(Block::Table(rec_table(&overall, adaptive)));
     } else {
         blocks.push(Block::Table(rec_table(&c.recommendations, adaptive)));
     }
@@ -637,7 +938,10 @@ fn rec_table(recs: &[crate::compare::decision::Recommendation], adaptive: bool) 
                 Some(open) => format!("{reason} (still open: {open})"),
                 None => reason,
             }),
-            Cell::plain(fmt_evidence(&r.evidence)),
+            Cell {
+                fold: true,
+                ..Cell::plain(fmt_evidence(&r.evidence))
+            },
         ]);
     }
     t
@@ -784,6 +1088,10 @@ fn latency_section(ctx: &Ctx) -> Section {
             let Some(m) = arm.metrics.get(*key) else {
                 continue;
             };
+            // Without reasoning tokens the answer's first token is the first token.
+            if *key == "ttft_answer_ms" && arm.metrics.get("ttft_ms") == Some(m) {
+                continue;
+            }
             let mean = match (m.mean, m.std) {
                 (Some(a), Some(s)) => format!("{} ± {}", fmt_num(a), fmt_num(s)),
                 (Some(a), None) => fmt_num(a),
@@ -913,43 +1221,17 @@ fn method_name(m: crate::compare::Method) -> String {
 
 fn deltas_section(ctx: &Ctx) -> Section {
     let mut blocks = Vec::new();
-    for cand in &ctx.candidates {
-        let name = ctx.candidate_name(cand);
-        blocks.push(Block::Subheading {
-            text: format!("{name} vs {}", ctx.baseline_name()),
+    let with: Vec<&Candidate> = ctx
+        .candidates
+        .iter()
+        .map(|c| c.as_ref())
+        .filter(|c| !c.deltas.is_empty())
+        .collect();
+    for cand in ctx.candidates.iter().filter(|c| c.deltas.is_empty()) {
+        blocks.push(Block::Para {
+            text: format!("No deltas for {}.", ctx.candidate_name(cand)),
+            class: "note".into(),
         });
-        if cand.deltas.is_empty() {
-            blocks.push(Block::Para {
-                text: format!("No deltas for {name}."),
-                class: "note".into(),
-            });
-            continue;
-        }
-        let mut t = Table::new(
-            &[
-                "metric",
-                "baseline",
-                "candidate",
-                "change",
-                "95 % CI",
-                "significance",
-                "method",
-            ],
-            &[false, true, true, true, true, false, false],
-        );
-        for key in delta_keys(&cand.deltas) {
-            let v = &cand.deltas[&key];
-            t.rows.push(vec![
-                Cell::code(key.clone()),
-                Cell::plain(fmt_o(v.baseline)),
-                Cell::plain(fmt_o(v.candidate)),
-                Cell::plain(pct_o(v.change_pct)),
-                Cell::plain(pct_ci_o(v.ci_low_pct, v.ci_high_pct)),
-                significance(v),
-                Cell::plain(method_name(v.method)),
-            ]);
-        }
-        blocks.push(Block::Table(t));
     }
     if ctx.candidates.is_empty() {
         blocks.push(Block::Para {
@@ -957,11 +1239,70 @@ fn deltas_section(ctx: &Ctx) -> Section {
             class: "note".into(),
         });
     }
+    if with.is_empty() {
+        return Section {
+            id: "deltas".into(),
+            title: "Deltas against the baseline".into(),
+            blocks,
+        };
+    }
+    let mut keys: std::collections::BTreeMap<String, ()> = Default::default();
+    for c in &with {
+        keys.extend(c.deltas.keys().map(|k| (k.clone(), ())));
+    }
+    let mut head = vec!["metric".to_owned(), ctx.baseline_name()];
+    head.extend(with.iter().map(|c| ctx.candidate_name(c)));
+    let n = head.len();
+    let mut t = Table::with_head(head, (0..n).map(|i| i > 0).collect());
+    for key in delta_keys(&keys) {
+        let base = with
+            .iter()
+            .find_map(|c| c.deltas.get(&key).and_then(|d| d.baseline));
+        let mut row = vec![Cell::code(key.clone()), Cell::plain(fmt_o(base))];
+        for c in &with {
+            row.push(match c.deltas.get(&key) {
+                Some(d) => delta_cell(d),
+                None => Cell::plain(MISSING),
+            });
+        }
+        t.rows.push(row);
+    }
+    let mut methods: Vec<String> = with
+        .iter()
+        .flat_map(|c| c.deltas.values().map(|d| method_name(d.method)))
+        .collect();
+    methods.sort();
+    methods.dedup();
+    blocks.push(Block::Para {
+        text: format!(
+            "Each cell: the candidate's value, its change against the baseline and the 95 % \
+             interval of the change; (worse) or (better) when the change is significant (the \
+             interval excludes 0 and the change exceeds the noise floor). Intervals: {}.",
+            methods.join(", ")
+        ),
+        class: "note".into(),
+    });
+    blocks.push(Block::Table(t));
     Section {
         id: "deltas".into(),
         title: "Deltas against the baseline".into(),
         blocks,
     }
+}
+
+/// "55.0 · +5.6 % [+1.2 … +9.8] (worse)", coloured by significance.
+fn delta_cell(d: &crate::compare::Delta) -> Cell {
+    let sig = significance(d);
+    let mut text = format!(
+        "{} · {} [{}]",
+        fmt_o(d.candidate),
+        pct_o(d.change_pct),
+        pct_ci_o(d.ci_low_pct, d.ci_high_pct).trim_end_matches(" %")
+    );
+    if matches!(sig.class.as_str(), "worse" | "better") {
+        text += &format!(" ({})", sig.class);
+    }
+    Cell::plain(text).class(&sig.class)
 }
 
 /// Suite names over all arms, in first-seen order.
@@ -999,38 +1340,74 @@ fn accuracy_cell(s: &Value) -> Cell {
     Cell::plain(t)
 }
 
-/// The agreement summary's fields as (key, value) rows, in key order.
-fn agreement_rows(a: &AgreementSummary) -> Vec<(String, String)> {
-    let Ok(Value::Object(m)) = serde_json::to_value(a) else {
-        return Vec::new();
-    };
-    m.iter()
-        .map(|(k, v)| {
-            let value = match (k.as_str(), v) {
-                ("exact_match_rate" | "top1_agreement", v) if num(v).is_some() => fmt_acc(v),
-                ("mean_kl", v) if num(v).is_some() => format!("{:.4}", num(v).unwrap_or(0.0)),
-                ("first_divergence_char" | "first_divergence_token", _) => {
-                    let s = if k == "first_divergence_char" {
-                        &a.first_divergence_char
-                    } else {
-                        &a.first_divergence_token
-                    };
-                    match (s.count, s.p50) {
-                        (0, _) | (_, None) => MISSING.to_owned(),
-                        (n, Some(p50)) => format!(
-                            "median {} (min {}, max {}) over {n} differing pairs",
-                            fmt_num(p50),
-                            fmt_o(s.min),
-                            fmt_o(s.max)
-                        ),
-                    }
-                }
-                (_, Value::Object(_)) => fmt_evidence(v),
-                (_, v) => text(v),
-            };
-            (k.clone(), value)
-        })
-        .collect()
+/// Flipped items: up to six ids, then how many more (every flip is in the comparison JSON).
+fn flips_text(flips: &[crate::quality::agreement::Flip]) -> String {
+    if flips.is_empty() {
+        return "none".to_owned();
+    }
+    let shown: Vec<String> = flips
+        .iter()
+        .take(6)
+        .map(|f| format!("{}{}", f.id, if f.lost { "" } else { " (gained)" }))
+        .collect();
+    let more = flips.len().saturating_sub(shown.len());
+    let lost = flips.iter().filter(|f| f.lost).count();
+    let mut t = format!(
+        "{lost} lost, {} gained: {}",
+        flips.len() - lost,
+        shown.join(", ")
+    );
+    if more > 0 {
+        t += &format!(" … and {more} more");
+    }
+    t
+}
+
+/// Answer agreement, one row per arm pair.
+fn agreement_table(rows: &[(String, &AgreementSummary)]) -> Block {
+    let mut t = Table::new(
+        &[
+            "arm",
+            "paired",
+            "identical",
+            "top-1 agreement",
+            "mean KL",
+            "max KL",
+            "first divergence (token)",
+            "degenerate",
+            "finish reason shifts",
+        ],
+        &[false, true, true, true, true, true, false, true, false],
+    );
+    let kl = |v: Option<f64>| v.map(sig4).unwrap_or_else(|| MISSING.to_owned());
+    for (name, a) in rows {
+        let div = &a.first_divergence_token;
+        let divergence = match (div.count, div.p50) {
+            (0, _) | (_, None) => MISSING.to_owned(),
+            (n, Some(p)) => format!("median {} over {n} pairs", sig4(p)),
+        };
+        let shifts = if a.finish_reason_shifts.is_empty() {
+            "none".to_owned()
+        } else {
+            a.finish_reason_shifts
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        t.rows.push(vec![
+            Cell::code(name.clone()),
+            Cell::plain(fmt_u(a.paired)),
+            Cell::plain(acc_o(a.exact_match_rate)),
+            Cell::plain(acc_o(a.top1_agreement)),
+            Cell::plain(kl(a.mean_kl)),
+            Cell::plain(kl(a.max_kl)),
+            Cell::plain(divergence),
+            Cell::plain(format!("{} → {}", a.degenerate_a, a.degenerate_b)),
+            Cell::plain(shifts),
+        ]);
+    }
+    Block::Table(t)
 }
 
 fn quality_section(ctx: &Ctx) -> Section {
@@ -1075,7 +1452,7 @@ fn quality_section(ctx: &Ctx) -> Section {
             }
             lengths.sort_by_key(|k| (k.parse::<u64>().unwrap_or(u64::MAX), k.clone()));
             blocks.push(Block::Subheading {
-                text: format!("{suite} by context length (tokens)"),
+                text: format!("{suite} by context length (tokens): accuracy (correct/items)"),
             });
             let mut head = vec!["context length".to_owned()];
             head.extend(ctx.names.iter().cloned());
@@ -1084,7 +1461,12 @@ fn quality_section(ctx: &Ctx) -> Section {
             for len in &lengths {
                 let mut row = vec![Cell::plain(len.clone())];
                 for arm in ctx.arms {
-                    row.push(accuracy_cell(g(g(suite_of(arm, suite), "by_length"), len)));
+                    let v = g(g(suite_of(arm, suite), "by_length"), len);
+                    let mut text = fmt_acc(g(v, "accuracy"));
+                    if let (Some(c), Some(n)) = (g(v, "correct").as_u64(), g(v, "items").as_u64()) {
+                        text += &format!(" ({c}/{n})");
+                    }
+                    row.push(Cell::plain(text));
                 }
                 t.rows.push(row);
             }
@@ -1114,11 +1496,7 @@ fn quality_section(ctx: &Ctx) -> Section {
             &[false, true, true, true, true, true, true, false, false],
         );
         for (suite, s) in &cand.quality {
-            let flips: Vec<String> = s
-                .flips
-                .iter()
-                .map(|f| format!("{} ({})", f.id, if f.lost { "lost" } else { "gained" }))
-                .collect();
+            let flips = flips_text(&s.flips);
             let sig = match s.significant {
                 Some(true) => Cell::plain("significant").class("worse"),
                 Some(false) => Cell::plain("within noise").class("noise"),
@@ -1134,21 +1512,21 @@ fn quality_section(ctx: &Ctx) -> Section {
                 Cell::plain(lost_gained),
                 Cell::plain(pval),
                 sig,
-                Cell::plain(if flips.is_empty() {
-                    "none".to_owned()
-                } else {
-                    flips.join(", ")
-                }),
+                Cell::plain(flips),
             ]);
         }
         blocks.push(Block::Table(t));
-        if let Some(a) = &cand.agreement {
-            let mut t = Table::new(&["agreement", "value"], &[false, true]);
-            for (k, v) in agreement_rows(a) {
-                t.rows.push(vec![Cell::code(k), Cell::plain(v)]);
-            }
-            blocks.push(Block::Table(t));
-        }
+    }
+    let with_agreement: Vec<(String, &AgreementSummary)> = ctx
+        .candidates
+        .iter()
+        .filter_map(|c| Some((ctx.candidate_name(c), c.agreement.as_ref()?)))
+        .collect();
+    if !with_agreement.is_empty() {
+        blocks.push(Block::Subheading {
+            text: format!("Answers against {}", ctx.baseline_name()),
+        });
+        blocks.push(agreement_table(&with_agreement));
     }
     if let Some(r) = &ctx.reference {
         reference_blocks(ctx, r, &mut blocks);
@@ -1171,7 +1549,13 @@ fn paired_figures(s: &QualityDelta) -> [String; 3] {
     let pval = s
         .mcnemar_p
         .filter(|x| x.is_finite())
-        .map(|p| format!("{p:.3}"))
+        .map(|p| {
+            if p < 0.001 {
+                "< 0.001".to_owned()
+            } else {
+                format!("{p:.3}")
+            }
+        })
         .unwrap_or_else(|| MISSING.to_owned());
     [change, lost_gained, pval]
 }
@@ -1263,6 +1647,7 @@ fn reference_blocks(ctx: &Ctx, reference: &str, blocks: &mut Vec<Block>) {
 
 fn warnings_section(ctx: &Ctx) -> Section {
     let mut blocks = Vec::new();
+    let mut meanings: std::collections::BTreeMap<String, String> = Default::default();
     for cand in &ctx.candidates {
         let w = &cand.warnings;
         let name = ctx.candidate_name(cand);
@@ -1283,15 +1668,8 @@ fn warnings_section(ctx: &Ctx) -> Section {
             });
         }
         let mut t = Table::new(
-            &[
-                "status",
-                "warning",
-                "meaning",
-                "baseline",
-                "candidate",
-                "note",
-            ],
-            &[false, false, false, true, true, false],
+            &["status", "warning", "baseline", "candidate", "note"],
+            &[false, false, true, true, false],
         );
         for (status, class, list) in [
             ("resolved", "better", &w.resolved),
@@ -1299,10 +1677,12 @@ fn warnings_section(ctx: &Ctx) -> Section {
             ("new", "worse", &w.new),
         ] {
             for e in list {
+                if let Some(m) = &e.meaning {
+                    meanings.entry(e.id.clone()).or_insert_with(|| m.clone());
+                }
                 t.rows.push(vec![
                     Cell::plain(status).class(class),
                     Cell::code(text_o(nonempty(&e.id))),
-                    Cell::plain(text_o(e.meaning.as_deref())),
                     Cell::plain(fmt_u(e.baseline_count)),
                     Cell::plain(fmt_u(e.candidate_count)),
                     Cell::plain(e.note.clone().unwrap_or_default()),
@@ -1317,45 +1697,65 @@ fn warnings_section(ctx: &Ctx) -> Section {
         } else {
             blocks.push(Block::Table(t));
         }
-        if !w.notes.is_empty() {
-            blocks.push(Block::List {
-                items: w.notes.clone(),
-            });
-        }
     }
-    // What each server printed, with the first matching line as evidence.
-    let mut t = Table::new(
-        &["arm", "warning", "severity", "count", "ranks", "first line"],
-        &[false, false, false, true, false, false],
-    );
+    // What each server printed: one row per warning, a count per arm, what it means; then the
+    // first line that matched, as evidence.
+    let mut ids: Vec<(String, String)> = Vec::new();
+    let mut first: Vec<String> = Vec::new();
     for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
         for w in &arm.warnings {
-            let ranks: Vec<String> = arr(g(w, "ranks")).iter().map(text).collect();
-            let sev = text(g(w, "severity"));
+            let id = text(g(w, "id"));
+            if !ids.iter().any(|(i, _)| *i == id) {
+                ids.push((id.clone(), text(g(w, "severity"))));
+                if let Some(line) = text_of(g(w, "first_line")) {
+                    // The whole line is in the arm's log and result file.
+                    let line: String = if line.chars().count() > 200 {
+                        line.chars().take(199).chain(['…']).collect()
+                    } else {
+                        line
+                    };
+                    first.push(format!("{id} ({name}): {line}"));
+                }
+            }
+        }
+    }
+    if !ids.is_empty() {
+        let mut head = vec!["warning".to_owned(), "severity".to_owned()];
+        head.extend(ctx.names.iter().cloned());
+        head.push("meaning".to_owned());
+        let n = ctx.names.len();
+        let mut right = vec![false, false];
+        right.extend((0..n).map(|_| true));
+        right.push(false);
+        let mut t = Table::with_head(head, right);
+        for (id, sev) in &ids {
             let class = match sev.as_str() {
                 "error" => "worse",
                 "warning" => "warn",
                 _ => "",
             };
-            t.rows.push(vec![
-                Cell::code(name.clone()),
-                Cell::code(text(g(w, "id"))),
-                Cell::plain(sev).class(class),
-                Cell::plain(fmt_count(g(w, "count"))),
-                Cell::plain(if ranks.is_empty() {
-                    MISSING.to_owned()
-                } else {
-                    ranks.join(", ")
-                }),
-                Cell::code(text(g(w, "first_line"))),
-            ]);
+            let mut row = vec![
+                Cell::code(id.clone()),
+                Cell::plain(sev.clone()).class(class),
+            ];
+            for arm in ctx.arms {
+                let w = arm.warnings.iter().find(|w| text(g(w, "id")) == *id);
+                row.push(Cell::plain(match w {
+                    Some(w) => fmt_count(g(w, "count")),
+                    None => "0".to_owned(),
+                }));
+            }
+            row.push(Cell::plain(meanings.get(id).cloned().unwrap_or_default()));
+            t.rows.push(row);
         }
-    }
-    if !t.rows.is_empty() {
         blocks.push(Block::Subheading {
             text: "Server log warnings per arm".into(),
         });
         blocks.push(Block::Table(t));
+        blocks.push(Block::Pre {
+            label: "The first line of each warning, from the first arm that printed it".into(),
+            text: first.join("\n"),
+        });
     }
     Section {
         id: "warnings".into(),
