@@ -467,7 +467,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cancel = CancellationToken::new();
-    crate::cancel_on_signals(cancel.clone());
+    crate::signals::cancel_on_signals(cancel.clone());
     let started = std::time::Instant::now();
     // Adaptive unless --repeat asks for the fixed design (clap keeps the two apart).
     let design = match a.repeat {
