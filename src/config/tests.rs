@@ -148,3 +148,39 @@ fn validate_applies_the_run_rules() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The rules between keys are those between the flags: each pair the table refuses, clap
+/// refuses too, and each alone is accepted by both.
+#[test]
+fn the_key_rules_are_the_flag_rules() {
+    let value = |k: &str| match k {
+        "duration" => "1s",
+        "arrival" => "poisson",
+        _ => "1",
+    };
+    let flags = |keys: &[&str]| {
+        let mut argv = vec!["run".to_owned(), "--config".into(), "e.toml".into()];
+        for k in keys {
+            argv.push(format!("--{}", k.replace('_', "-")));
+            argv.push(value(k).to_owned());
+        }
+        command().try_get_matches_from(argv)
+    };
+    let keys = |keys: &[&str]| {
+        let text: String = keys
+            .iter()
+            .map(|k| format!("{k} = \"{}\"\n", value(k)))
+            .collect();
+        table(&text)
+    };
+    for (a, b) in CONFLICTS.iter().chain(NEEDS) {
+        if CONFLICTS.contains(&(a, b)) {
+            assert!(flags(&[a, b]).is_err() && keys(&[a, b]).is_err(), "{a} {b}");
+            assert!(flags(&[a]).is_ok() && keys(&[a]).is_ok(), "{a}");
+        } else {
+            assert!(flags(&[a]).is_err() && keys(&[a]).is_err(), "{a}");
+            assert!(flags(&[a, b]).is_ok() && keys(&[a, b]).is_ok(), "{a} {b}");
+        }
+        assert!(flags(&[b]).is_ok() && keys(&[b]).is_ok(), "{b}");
+    }
+}
