@@ -402,4 +402,20 @@ mod tests {
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
     }
+
+    /// With `--config` the workload comes from the file: every workload flag conflicts with
+    /// it (the quality flags, `--save-text`, `--output` and `--quiet` are about the run's own
+    /// files and display).
+    #[test]
+    fn config_conflicts_with_every_workload_flag() {
+        use clap::Args;
+        let run = crate::config::RunSettings::augment_args(clap::Command::new("run"));
+        let own = ["output", "quiet", "save_text"];
+        for arg in run.get_arguments() {
+            let id = arg.get_id().as_str();
+            if !id.starts_with("quality") && !own.contains(&id) {
+                assert!(super::CONFIG_CONFLICTS.contains(&id), "{id}");
+            }
+        }
+    }
 }
