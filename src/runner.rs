@@ -487,7 +487,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         server_metrics: None,
         quality,
         journal: Some(journal_display),
-        failure: journal_error.map(|message| crate::result::Failure {
+        failure: journal_error.map(|message| crate::server::Failure {
             kind: JOURNAL_FAILED.to_owned(),
             message,
             log_tail: String::new(),
