@@ -185,9 +185,7 @@ fn existing_results(dir: &Path, exp: &str, arm: &str) -> Vec<PathBuf> {
     found
 }
 
-/// Runs per arm at most, by default, for `ab --until-decided` (docs/decision.md: the error
-/// rates were measured with it).
-pub const DEFAULT_MAX_RUNS: u32 = 8;
+pub use crate::config::DEFAULT_MAX_RUNS;
 
 /// How many runs each arm gets.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -405,7 +403,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cancel = CancellationToken::new();
-    crate::cancel_on_signals(cancel.clone());
+    crate::signals::cancel_on_signals(cancel.clone());
     let started = std::time::Instant::now();
     // Adaptive unless --repeat asks for the fixed design (clap keeps the two apart).
     let design = match a.repeat {
@@ -494,15 +492,13 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
             // adaptive rounds after the first measure speed only.
             let mut plan = plan.clone();
             if round > 0 && matches!(design, Design::Adaptive { .. }) {
-                plan.quality = None;
+                plan.settings = plan.settings.without_quality();
             }
             // Adaptive: a candidate's quality suites stop once its paired items show a drop
             // beyond doubt against the baseline's answers (docs/decision.md).
-            if let (Design::Adaptive { .. }, Some(q), Some(j)) =
-                (design, plan.quality.as_mut(), &baseline_quality)
-            {
-                if plan.name != baseline {
-                    q.insert("paired_with".into(), toml::Value::String(j.clone()));
+            if let (Design::Adaptive { .. }, Some(j)) = (design, &baseline_quality) {
+                if plan.name != baseline && !plan.settings.quality.is_empty() {
+                    plan.settings.quality_paired_with = Some(j.into());
                 }
             }
             let run = arm::run_arm(&plan, &opts, &cancel).await?;

@@ -9,19 +9,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command};
 use crate::client::Engine;
+use crate::config::{RunConfig, RunSettings};
 use crate::experiment::{apply_changes, flag_value, ArmPlan, LaunchSpec};
 use crate::logscan::Catalog;
 use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
+use crate::result::Failure;
 use crate::result::{write_json, RunResult, ServerInfo, SCHEMA_VERSION};
-use crate::runner::{self, RunConfig};
+use crate::runner;
 use crate::server::engine_cache::EngineCache;
-use crate::server::{self, compose::ComposeRun, scrape, ArmFiles, Failure, ServerLog};
+pub use crate::server::secret_name;
+use crate::server::{self, compose::ComposeRun, scrape, ArmFiles, ServerLog};
 
 /// How to run an arm.
 #[derive(Clone)]
@@ -70,63 +71,21 @@ pub fn arm_paths(plan: &ArmPlan, opts: &ArmOptions) -> (PathBuf, PathBuf, ArmFil
     (output, journal, files)
 }
 
-/// `kvbench run` flags of the arm's workload and quality settings, parsed by the real CLI.
+/// The arm's run configuration: its settings with the arm's files, validated. The URL is the
+/// one the arm will launch; [`run_arm`] sets the served URL once the server is up.
 fn run_config(
     plan: &ArmPlan,
     output: &Path,
     journal: &Path,
     quiet: bool,
 ) -> anyhow::Result<RunConfig> {
-    let mut argv: Vec<String> = vec!["kvbench".into(), "run".into()];
-    argv.extend(["--url".into(), "http://127.0.0.1:1".into()]);
-    argv.extend(["--output".into(), output.display().to_string()]);
-    argv.extend(["--journal".into(), journal.display().to_string()]);
-    argv.extend(plan.workload_args.iter().cloned());
-    if let Some(q) = &plan.quality {
-        argv.extend(quality_args(q)?);
-    }
-    if quiet {
-        argv.push("--quiet".into());
-    }
-    let cli = Cli::try_parse_from(&argv).map_err(|e| {
-        anyhow::anyhow!(
-            "arm {:?}: {}",
-            plan.name,
-            e.to_string().lines().next().unwrap_or("invalid workload")
-        )
-    })?;
-    match cli.command {
-        Command::Run(a) => a.into_config(),
-        _ => anyhow::bail!("internal: not a run command"),
-    }
-}
-
-/// `[quality]` keys as `kvbench run` flags: `suites` → `--quality`, `KEY` → `--quality-KEY`.
-fn quality_args(q: &toml::Table) -> anyhow::Result<Vec<String>> {
-    let mut renamed = toml::Table::new();
-    for (k, v) in q {
-        let key = if k == "suites" {
-            "quality".to_owned()
-        } else {
-            format!("quality_{k}")
-        };
-        let v = match v {
-            toml::Value::Array(a) if k == "suites" || k == "lengths" || k == "depths" => {
-                toml::Value::String(
-                    a.iter()
-                        .map(|x| match x {
-                            toml::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(","),
-                )
-            }
-            other => other.clone(),
-        };
-        renamed.insert(key, v);
-    }
-    crate::experiment::workload_to_args(&renamed).map_err(|e| anyhow::anyhow!("[quality] {e}"))
+    let settings = RunSettings {
+        output: Some(output.to_owned()),
+        journal: Some(journal.to_owned()),
+        quiet,
+        ..plan.settings.clone()
+    };
+    settings.validate(plan.url.clone())
 }
 
 /// What the arm would launch, as printed by `run --dry-run` and `ab --dry-run`: without the
@@ -498,15 +457,6 @@ pub async fn run_arm(
     })
 }
 
-/// Whether a flag or environment variable name looks like it holds a secret (`--api-key`,
-/// `HF_TOKEN`, ...).
-pub fn secret_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    ["key", "token", "secret", "password", "passwd"]
-        .iter()
-        .any(|w| n.contains(w))
-}
-
 /// Values that must never appear in results: those of secret-looking flags (`--api-key`,
 /// `--hf-token`, ...), of secret-looking environment variables given to the server, and of
 /// every request header of the workload (`--header K:V`: the value may be a token whatever
@@ -514,16 +464,7 @@ pub fn secret_name(name: &str) -> bool {
 pub fn secret_values(plan: &ArmPlan, launch_args: &[String]) -> Vec<String> {
     let secretish = secret_name;
     let mut out = Vec::new();
-    for (i, a) in plan.workload_args.iter().enumerate() {
-        let header = match a.strip_prefix("--header=") {
-            Some(h) => Some(h),
-            None if a == "--header" => plan.workload_args.get(i + 1).map(String::as_str),
-            None => None,
-        };
-        if let Some((_, value)) = header.and_then(|h| h.split_once(':')) {
-            out.push(value.trim().to_owned());
-        }
-    }
+    out.extend(plan.settings.headers.iter().map(|(_, v)| v.clone()));
     for (i, a) in launch_args.iter().enumerate() {
         if let Some((flag, value)) = a.split_once('=') {
             if flag.starts_with('-') && secretish(flag) {
@@ -642,25 +583,5 @@ mod tests {
             !text.contains("sk-secret-1") && text.contains("***"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn quality_table_becomes_flags() {
-        let t: toml::Table = toml::from_str(
-            "suites = [\"passkey\", \"arithmetic\"]\nlengths = [1024, 2048]\nitems = 5\n",
-        )
-        .unwrap();
-        let a = quality_args(&t).unwrap();
-        assert!(
-            a.windows(2)
-                .any(|w| w == ["--quality", "passkey,arithmetic"]),
-            "{a:?}"
-        );
-        assert!(
-            a.windows(2)
-                .any(|w| w == ["--quality-lengths", "1024,2048"]),
-            "{a:?}"
-        );
-        assert!(a.windows(2).any(|w| w == ["--quality-items", "5"]), "{a:?}");
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::client::Engine;
+use crate::config::{RunSettings, SettingsError};
 
 /// How an arm's server is brought up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +113,7 @@ struct RawArm {
     #[serde(default)]
     workload: Option<Spanned<toml::Table>>,
     #[serde(default)]
-    quality: Option<toml::Table>,
+    quality: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +127,7 @@ struct RawExperiment {
     #[serde(default)]
     workload: Option<Spanned<toml::Table>>,
     #[serde(default)]
-    quality: Option<toml::Table>,
+    quality: Option<Spanned<toml::Table>>,
     #[serde(default)]
     decision: Option<toml::Table>,
     arms: Vec<Spanned<RawArm>>,
@@ -182,7 +183,7 @@ pub struct ArgChanges {
 }
 
 /// One arm, validated.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ArmPlan {
     /// Experiment name.
     pub experiment: String,
@@ -207,10 +208,12 @@ pub struct ArmPlan {
     /// Whether a `process` server gets kvbench's shared engine caches (`[server] engine_cache`,
     /// default true; see `server::engine_cache`).
     pub engine_cache: bool,
-    /// `kvbench run` flags for the workload (from `[workload]` and `[arms.workload]`).
+    /// The run's settings: `[workload]` merged with `[arms.workload]`, and `[quality]` with
+    /// `[arms.quality]`.
+    pub settings: RunSettings,
+    /// The `[workload]` table as `kvbench run` flags, for people and records (dry runs, the
+    /// `config` of a result whose server did not start); never parsed again.
     pub workload_args: Vec<String>,
-    /// Quality settings (`[quality]` merged with `[arms.quality]`), if any.
-    pub quality: Option<toml::Table>,
 }
 
 /// A parsed experiment.
@@ -447,32 +450,8 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
             Duration::from_secs(1),
         )?;
 
-        let mut workload = raw
-            .workload
-            .as_ref()
-            .map(|w| w.get_ref().clone())
-            .unwrap_or_default();
-        if let Some(w) = &a.workload {
-            workload.extend(w.get_ref().clone());
-        }
-        let spans: Vec<usize> = [a.workload.as_ref(), raw.workload.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|w| w.span().start)
-            .collect();
-        let located = |e: String| {
-            let line = key_line(text, &spans, &e).unwrap_or(name_line);
-            anyhow::anyhow!("{file}:{line}: [workload] {e}")
-        };
-        let workload_args = workload_to_args(&workload).map_err(located)?;
-        // Validate the workload now with the real `kvbench run` parser.
-        check_workload(&workload_args).map_err(located)?;
-        let mut quality = raw.quality.clone();
-        if let Some(q) = &a.quality {
-            quality
-                .get_or_insert_with(Default::default)
-                .extend(q.clone());
-        }
+        let (settings, workload_args) = arm_settings(text, &raw, a)
+            .map_err(|(e, at)| anyhow::anyhow!("{file}:{}: {e}", at.unwrap_or(name_line)))?;
         arms.push(ArmPlan {
             experiment: raw.name.clone(),
             name,
@@ -485,8 +464,8 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
             health_timeout,
             metrics_interval,
             engine_cache: server.engine_cache.unwrap_or(true),
+            settings,
             workload_args,
-            quality,
         });
     }
     Ok(Experiment {
@@ -498,10 +477,80 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
     })
 }
 
-/// The line of the first backquoted key named in `msg`, searched from each table start.
-fn key_line(text: &str, starts: &[usize], msg: &str) -> Option<usize> {
-    let key = regex::Regex::new(r"`([a-z0-9_]+)`").ok()?.captures(msg)?[1].to_owned();
-    let re = regex::Regex::new(&format!(r"(?m)^\s*{}\s*=", regex::escape(&key))).ok()?;
+/// An arm's settings: `[workload]` then `[arms.workload]` (the arm's keys win), with the
+/// `[quality]` keys (then `[arms.quality]`) under their flag names (`suites` is `quality`, `KEY`
+/// is `quality_KEY`); and the workload as flags, for display. An error names the file's key,
+/// with its line when it can be found.
+fn arm_settings(
+    text: &str,
+    raw: &RawExperiment,
+    a: &RawArm,
+) -> Result<(RunSettings, Vec<String>), (String, Option<usize>)> {
+    let merged = |base: &Option<Spanned<toml::Table>>, arm: &Option<Spanned<toml::Table>>| {
+        let mut t = base
+            .as_ref()
+            .map(|w| w.get_ref().clone())
+            .unwrap_or_default();
+        if let Some(w) = arm {
+            t.extend(w.get_ref().clone());
+        }
+        let spans: Vec<usize> = [arm.as_ref(), base.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|w| w.span().start)
+            .collect();
+        (t, spans)
+    };
+    let (workload, w_spans) = merged(&raw.workload, &a.workload);
+    let (quality, q_spans) = merged(&raw.quality, &a.quality);
+    let at_w = |key: &str| key_line(text, &w_spans, key);
+    let at_q = |key: &str| key_line(text, &q_spans, key);
+    let mut table = toml::Table::new();
+    for (k, v) in &workload {
+        let v = expand_value(v).map_err(|e| (format!("[workload] key `{k}`: {e}"), at_w(k)))?;
+        table.insert(k.clone(), v);
+    }
+    let args = workload_to_args(&table);
+    let mut from_quality = BTreeMap::new();
+    for (k, v) in &quality {
+        let name = match k.as_str() {
+            "suites" => "quality".to_owned(),
+            _ => format!("quality_{k}"),
+        };
+        let v = expand_value(v).map_err(|e| (format!("[quality] key `{k}`: {e}"), at_q(k)))?;
+        if table.contains_key(&name) {
+            return Err((
+                format!("[quality] key `{k}` is also set in [workload] as `{name}`"),
+                at_q(k),
+            ));
+        }
+        table.insert(name.clone(), v);
+        from_quality.insert(name, k.clone());
+    }
+    let settings =
+        RunSettings::from_table(&table).map_err(|e: SettingsError| {
+            match from_quality.get(&e.key) {
+                Some(k) => (format!("[quality] {}", e.message(k)), at_q(k)),
+                None => (format!("[workload] {}", e.message(&e.key)), at_w(&e.key)),
+            }
+        })?;
+    Ok((settings, args))
+}
+
+/// `${NAME}` replaced in a string value, and in the strings of an array.
+fn expand_value(v: &toml::Value) -> Result<toml::Value, String> {
+    Ok(match v {
+        toml::Value::String(s) => toml::Value::String(expand_env(s)?),
+        toml::Value::Array(items) => {
+            toml::Value::Array(items.iter().map(expand_value).collect::<Result<_, _>>()?)
+        }
+        other => other.clone(),
+    })
+}
+
+/// The line of `key = ...`, searched from each table start in turn.
+fn key_line(text: &str, starts: &[usize], key: &str) -> Option<usize> {
+    let re = regex::Regex::new(&format!(r"(?m)^\s*{}\s*=", regex::escape(key))).ok()?;
     starts
         .iter()
         .find_map(|&s| re.find_at(text, s.min(text.len())))
@@ -565,80 +614,30 @@ fn expand_server(mut s: RawServer) -> Result<RawServer, String> {
     Ok(s)
 }
 
-/// Keys of `[workload]` that are not `kvbench run` options (set by kvbench itself).
-const RESERVED_WORKLOAD_KEYS: &[&str] = &["url", "output", "journal", "quiet", "config", "arm"];
-
-/// Turns a `[workload]` table into `kvbench run` flags: `num_requests = 100` becomes
-/// `--num-requests 100`, `ignore_eos = true` becomes `--ignore-eos`, arrays repeat the flag.
-pub fn workload_to_args(t: &toml::Table) -> Result<Vec<String>, String> {
+/// A `[workload]` table as `kvbench run` flags, to show and record what an arm runs:
+/// `num_requests = 100` is `--num-requests 100`, `ignore_eos = true` is `--ignore-eos`, an
+/// array repeats the flag. The values were read by [`RunSettings::from_table`]; this text is
+/// never parsed again.
+pub fn workload_to_args(t: &toml::Table) -> Vec<String> {
     let mut out = Vec::new();
     for (k, v) in t {
-        if RESERVED_WORKLOAD_KEYS.contains(&k.as_str()) {
-            return Err(format!(
-                "key `{k}` is set by kvbench itself and cannot appear here"
-            ));
-        }
         let flag = format!("--{}", k.replace('_', "-"));
-        let mut push = |v: &toml::Value| -> Result<(), String> {
+        let items = match v {
+            toml::Value::Array(items) => items.as_slice(),
+            other => std::slice::from_ref(other),
+        };
+        for v in items {
             match v {
                 toml::Value::Boolean(true) => out.push(flag.clone()),
                 toml::Value::Boolean(false) => {}
-                toml::Value::String(s) => {
-                    out.push(flag.clone());
-                    out.push(expand_env(s).map_err(|e| format!("key `{k}`: {e}"))?);
-                }
-                toml::Value::Integer(n) => {
-                    out.push(flag.clone());
-                    out.push(n.to_string());
-                }
-                toml::Value::Float(x) => {
-                    out.push(flag.clone());
-                    out.push(x.to_string());
-                }
-                _ => return Err(format!("key `{k}`: unsupported value {v}")),
+                toml::Value::String(s) => out.extend([flag.clone(), s.clone()]),
+                toml::Value::Integer(n) => out.extend([flag.clone(), n.to_string()]),
+                toml::Value::Float(x) => out.extend([flag.clone(), x.to_string()]),
+                other => out.extend([flag.clone(), other.to_string()]),
             }
-            Ok(())
-        };
-        match v {
-            toml::Value::Array(items) => {
-                for i in items {
-                    push(i)?;
-                }
-            }
-            other => push(other)?,
         }
     }
-    Ok(out)
-}
-
-fn check_workload(args: &[String]) -> Result<(), String> {
-    use clap::Parser;
-    let mut argv = vec![
-        "kvbench",
-        "run",
-        "--url",
-        "http://127.0.0.1:1",
-        "--output",
-        "x.json",
-    ];
-    argv.extend(args.iter().map(String::as_str));
-    crate::cli::Cli::try_parse_from(argv)
-        .map(|_| ())
-        .map_err(|e| {
-            let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or("invalid")
-                .trim_start_matches("error: ");
-            // Name TOML keys, not flags.
-            let re = regex::Regex::new(r"--([a-z0-9-]+)").expect("valid");
-            let named = re.replace_all(first, |c: &regex::Captures| {
-                format!("`{}`", c[1].replace('-', "_"))
-            });
-            let value_names = regex::Regex::new(r" <[A-Z_]+>").expect("valid");
-            value_names.replace_all(&named, "").into_owned()
-        })
+    out
 }
 
 /// Applies an arm's changes to base arguments: removals, then replacements in place (or

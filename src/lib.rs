@@ -7,6 +7,7 @@ pub mod arm;
 pub mod cli;
 pub mod client;
 pub mod compare;
+pub mod config;
 pub mod experiment;
 pub mod logscan;
 pub mod metrics;
@@ -185,9 +186,9 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
             .out_dir
             .clone()
             .unwrap_or_else(|| std::path::PathBuf::from(".")),
-        output: args.output.clone(),
+        output: args.settings.output.clone(),
         catalog,
-        quiet: args.quiet,
+        quiet: args.settings.quiet,
     };
     if args.dry_run {
         print!("{}", arm::dry_run_redacted(plan, &opts)?);
@@ -197,11 +198,11 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
     cancel_on_signals(cancel.clone());
     let run = arm::run_arm(plan, &opts, &cancel).await?;
     let r = &run.result;
-    if !args.quiet && r.failure.is_none() {
+    if !args.settings.quiet && r.failure.is_none() {
         print!("{}", output::summary(r));
     }
     for w in r.warnings.iter().filter(|w| w["id"] != "other") {
-        if !args.quiet {
+        if !args.settings.quiet {
             println!(
                 "  warning     {} (×{}, {} rank(s))",
                 output::printable(w["id"].as_str().unwrap_or("")),
@@ -210,7 +211,7 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if !args.quiet {
+    if !args.settings.quiet {
         println!("\n  result      {}", run.path.display());
     }
     if let Some(f) = &r.failure {

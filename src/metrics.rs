@@ -319,8 +319,8 @@ pub fn derive(records: &[RequestRecord], open_loop: bool) -> Derived {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::chunk::Usage;
     use crate::record::ErrorKind;
+    use crate::record::Usage;
 
     const MS: u64 = 1_000_000;
 

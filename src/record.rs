@@ -6,7 +6,16 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use crate::client::chunk::Usage;
+/// Token usage as counted by the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens counted by the server.
+    pub prompt_tokens: Option<u64>,
+    /// Output tokens counted by the server (reasoning included).
+    pub completion_tokens: Option<u64>,
+    /// Reasoning tokens, when the server breaks them out.
+    pub reasoning_tokens: Option<u64>,
+}
 
 /// Why a request did not complete. Counted by kind in the result (`errors`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

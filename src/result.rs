@@ -95,10 +95,23 @@ pub struct RunResult {
     /// Path of the per-request journal (JSON lines).
     pub journal: Option<String>,
     /// Why the arm's server could not be measured (`outcome` is then its kind), else `null`.
-    pub failure: Option<crate::server::Failure>,
+    pub failure: Option<Failure>,
     /// Seconds spent in each phase of the run (what a verdict cost; `effort` in comparisons).
     #[serde(default)]
     pub phases: Phases,
+}
+
+/// Why an arm did not get a healthy server, or why a run stopped short (the result's
+/// `failure`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Failure {
+    /// `unsupported_argument`, `unsupported_setting`, `unsupported_hardware`, `out_of_memory`,
+    /// `startup_timeout`, `crashed`, `launch_error` or `interrupted`.
+    pub kind: String,
+    /// The log line (or error) that tells why.
+    pub message: String,
+    /// The last lines of the server's log.
+    pub log_tail: String,
 }
 
 /// Writes `value` as pretty JSON to `path`; `-` writes to stdout.

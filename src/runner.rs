@@ -20,75 +20,14 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::request::{build_body, BodySpec, Sampling};
+use crate::client::request::{build_body, BodySpec};
 use crate::client::{api_base, Client, ClientOptions, Endpoint, Engine};
+pub use crate::config::{ProgressMode, RunConfig};
 use crate::metrics;
 use crate::record::RequestRecord;
 use crate::result::{write_json, RunResult, ServerInfo, SCHEMA_VERSION};
 use crate::workload::arrivals::{timeline, Arrival};
-use crate::workload::{TokenCounter, Workload, WorkloadSpec};
-
-/// A validated run configuration.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    /// URL of the server as the user gave it.
-    pub url: String,
-    /// Model to request; `None` = first entry of `/v1/models`.
-    pub model: Option<String>,
-    /// Endpoint.
-    pub endpoint: Endpoint,
-    /// Engine (auto-detected unless forced).
-    pub engine: Engine,
-    /// Stop after this many measured requests.
-    pub num_requests: Option<u64>,
-    /// Stop scheduling after this long.
-    pub duration: Option<Duration>,
-    /// Arrival schedule.
-    pub arrival: Arrival,
-    /// Sampling parameters.
-    pub sampling: Sampling,
-    /// Warmup requests before measuring.
-    pub warmup: u64,
-    /// Prompt source.
-    pub workload: WorkloadSpec,
-    /// `tokenizer.json` for exact prompt lengths.
-    pub tokenizer: Option<PathBuf>,
-    /// Name of the environment variable holding the API key (the name is recorded, never the key).
-    pub api_key_env: Option<String>,
-    /// API key value (never recorded).
-    pub api_key: Option<String>,
-    /// Extra headers (only names are recorded).
-    pub headers: Vec<(String, String)>,
-    /// Per-request time limit.
-    pub timeout: Duration,
-    /// Result JSON path (`-` = stdout).
-    pub output: PathBuf,
-    /// Journal path (JSON lines, one record per request).
-    pub journal: PathBuf,
-    /// Keep output text in the journal.
-    pub keep_text: bool,
-    /// Send llama.cpp `cache_prompt: false`.
-    pub no_prompt_cache: bool,
-    /// Progress display.
-    pub progress: ProgressMode,
-    /// Arm name (experiments).
-    pub arm: Option<String>,
-    /// Quality suites to run after warmup, before the performance phase.
-    pub quality: Option<crate::quality::QualityConfig>,
-    /// The time origin of the records' instants; `None` = when the run starts. `kvbench
-    /// selftest` passes one whose reading on the machine's monotonic clock it knows, to
-    /// compare the client's instants with the server's.
-    pub origin: Option<Instant>,
-}
-
-/// How progress is shown on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProgressMode {
-    /// A bar when stderr is a terminal, plain lines every 10 s otherwise.
-    Auto,
-    /// Nothing.
-    Quiet,
-}
+use crate::workload::{TokenCounter, Workload};
 
 /// What the preflight learned about the server.
 #[derive(Debug, Clone)]

@@ -12,16 +12,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-/// Token usage as counted by the server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Prompt tokens counted by the server.
-    pub prompt_tokens: Option<u64>,
-    /// Output tokens counted by the server (reasoning included).
-    pub completion_tokens: Option<u64>,
-    /// Reasoning tokens, when the server breaks them out.
-    pub reasoning_tokens: Option<u64>,
-}
+/// Token usage as counted by the server (defined with the record that keeps it).
+pub use crate::record::Usage;
 
 /// What one event carried.
 #[derive(Debug, Default, PartialEq)]

@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::request::Sampling;
 use crate::client::{Endpoint, Engine};
+use crate::config::{ProgressMode, RunConfig};
 use crate::record::RequestRecord;
-use crate::runner::{ProgressMode, RunConfig};
 use crate::stats::Summary;
 use crate::workload::arrivals::Arrival;
 use crate::workload::{DatasetSpec, Workload, WorkloadSpec};

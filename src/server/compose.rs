@@ -6,7 +6,7 @@
 //! The `docker` executable is `$KVBENCH_DOCKER` or `docker` on PATH.
 //!
 //! Secrets stay out of the override: an environment variable whose name looks secret
-//! (`HF_TOKEN`, `*_API_KEY`, ...; [`crate::arm::secret_name`]) is written by name only, and
+//! (`HF_TOKEN`, `*_API_KEY`, ...; [`crate::server::secret_name`]) is written by name only, and
 //! its value reaches the container by reference, from the environment of the `docker compose`
 //! commands kvbench runs. The override is written readable by its owner only (0600).
 
@@ -87,7 +87,7 @@ pub fn override_yaml(
     if !env.is_empty() {
         s.push_str("    environment:\n");
         for (k, v) in env {
-            if crate::arm::secret_name(k) {
+            if crate::server::secret_name(k) {
                 s.push_str(&format!("      {}:\n", yaml_str(k)));
             } else {
                 s.push_str(&format!("      {}: {}\n", yaml_str(k), yaml_str(v)));
@@ -158,7 +158,7 @@ impl ComposeRun {
             .with_context(|| format!("cannot write {}", files.compose_override.display()))?;
         let secret_env: BTreeMap<String, String> = env
             .iter()
-            .filter(|(k, _)| crate::arm::secret_name(k))
+            .filter(|(k, _)| crate::server::secret_name(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut with_override = user_only.clone();

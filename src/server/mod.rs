@@ -17,23 +17,20 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::experiment::{apply_changes, ArmPlan, LaunchSpec, PortSpec};
 use crate::logscan::{self, Catalog};
+pub use crate::result::Failure;
 use engine_cache::EngineCache;
 
-/// Why an arm did not get a healthy server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Failure {
-    /// `unsupported_argument`, `unsupported_setting`, `unsupported_hardware`, `out_of_memory`,
-    /// `startup_timeout`, `crashed`, `launch_error` or `interrupted`.
-    pub kind: String,
-    /// The log line (or error) that tells why.
-    pub message: String,
-    /// The last lines of the server's log.
-    pub log_tail: String,
+/// Whether a flag or environment variable name looks like it holds a secret (`--api-key`,
+/// `HF_TOKEN`, ...).
+pub fn secret_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["key", "token", "secret", "password", "passwd"]
+        .iter()
+        .any(|w| n.contains(w))
 }
 
 /// A server's log as kvbench reads it after the fact (on failure and after teardown): decoded
