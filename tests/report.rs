@@ -130,6 +130,11 @@ struct Rendered {
 /// Loads `page` in headless Chromium and dumps its DOM; no network (the page is a local file,
 /// and background networking is off).
 fn render(chromium: &Path, page: &Path) -> Rendered {
+    render_with(chromium, page, &[])
+}
+
+/// [`render`] with more Chromium arguments (a window size).
+fn render_with(chromium: &Path, page: &Path, extra: &[&str]) -> Rendered {
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("profile");
     let (out, err) = (dir.path().join("dom"), dir.path().join("log"));
@@ -147,6 +152,7 @@ fn render(chromium: &Path, page: &Path) -> Rendered {
             "--v=0",
             "--dump-dom",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("file://{}", page.display()))
         .stdin(Stdio::null())
@@ -301,4 +307,124 @@ fn chromium_check_catches_console_errors() {
         r.log
     );
     assert!(!console.iter().any(|l| l.contains("escaped the escaping")));
+}
+
+/// The page with its Content-Security-Policy lifted and a script appended that writes onto
+/// `<body>` what a person would see at the window's width: the tables wider than their box
+/// (`data-overflow`, each named by the heading before it, or `none`) and the page's width.
+fn layout_probe(html: &str) -> String {
+    let start = html
+        .find("<meta http-equiv=\"Content-Security-Policy\"")
+        .unwrap();
+    let end = start + html[start..].find('>').unwrap() + 1;
+    let script = r#"<script>
+const over = [...document.querySelectorAll('.scroll')]
+  .filter(d => d.scrollWidth > d.clientWidth + 1)
+  .map(d => { let h = d.previousElementSibling; while (h && !/^H[1-3]$/.test(h.tagName)) h = h.previousElementSibling; return h ? h.textContent : '?'; });
+document.body.setAttribute('data-overflow', over.length ? over.join(' | ') : 'none');
+document.body.setAttribute('data-page-width', String(document.documentElement.scrollWidth));
+</script>"#;
+    format!("{}{}", &html[..start], &html[end..]).replacen(
+        "</body>",
+        &format!("{script}</body>"),
+        1,
+    )
+}
+
+/// What the probe wrote: (overflowing tables, page width in px).
+fn probe(chromium: &Path, dir: &Path, name: &str, html: &str) -> (String, u32) {
+    let page = dir.join(format!("{name}.probe.html"));
+    std::fs::write(&page, layout_probe(html)).unwrap();
+    let r = render_with(chromium, &page, &["--window-size=1280,1000"]);
+    let attr = |key: &str| -> String {
+        let at = r
+            .dom
+            .find(&format!("{key}=\""))
+            .unwrap_or_else(|| panic!("{name}: no {key}"));
+        let rest = &r.dom[at + key.len() + 2..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    };
+    (
+        attr("data-overflow"),
+        attr("data-page-width").parse().unwrap(),
+    )
+}
+
+/// Numbers with more than six decimals in the page's text (tags and the SVG left out).
+fn long_decimals(html: &str) -> Vec<String> {
+    let tags = regex::Regex::new(r"(?s)<style.*?</style>|<svg.*?</svg>|<[^>]+>").unwrap();
+    let text = tags.replace_all(html, " ");
+    regex::Regex::new(r"\d\.\d{7,}")
+        .unwrap()
+        .find_iter(&text)
+        .map(|m| m.as_str().to_owned())
+        .collect()
+}
+
+/// Every committed report (docs/validation) is what `kvbench report` renders from its JSON
+/// today (scripts/render-reports.sh rewrites them), has no number with more than six
+/// decimals, and at 1280 px no table wider than the page.
+#[test]
+fn committed_reports_are_current_and_fit_1280_px() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut jsons: Vec<PathBuf> = std::fs::read_dir(root.join("docs/validation"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("comparison") && n.ends_with(".json")
+        })
+        .collect();
+    jsons.sort();
+    assert!(jsons.len() >= 2, "{jsons:?}");
+    let chromium = chromium();
+    let dir = tempfile::tempdir().unwrap();
+    for json in &jsons {
+        let c = kvbench::report::read_comparison(json).unwrap();
+        let html = kvbench::report::html(&c);
+        let committed = json.with_extension("html");
+        assert!(
+            std::fs::read_to_string(&committed).ok().as_deref() == Some(html.as_str()),
+            "{} is not what kvbench report renders today: run scripts/render-reports.sh",
+            committed.display()
+        );
+        let md = std::fs::read_to_string(json.with_extension("md")).unwrap();
+        assert_eq!(md, kvbench::report::markdown(&c), "{}", json.display());
+        let long = long_decimals(&html);
+        assert!(long.is_empty(), "{}: {long:?}", json.display());
+        if let Some(chromium) = &chromium {
+            let name = json.file_stem().unwrap().to_string_lossy().into_owned();
+            let (over, width) = probe(chromium, dir.path(), &name, &html);
+            assert_eq!(
+                over,
+                "none",
+                "{}: tables wider than the page",
+                json.display()
+            );
+            assert!(width <= 1280, "{}: page {width} px wide", json.display());
+        }
+    }
+}
+
+/// The checks can fail: a table too wide for 1280 px and a long decimal are caught.
+#[test]
+fn layout_and_precision_checks_catch_a_wide_table_and_a_raw_float() {
+    let html = kvbench::report::html(&comparison("comparison-sample.json"));
+    let wide = html.replacen(
+        "<section",
+        &format!(
+            "<h3>too wide</h3><div class=\"scroll\"><table><tr><td style=\"white-space:nowrap\">{}</td></tr></table></div><p>18.687960777496603</p><section",
+            "x".repeat(600)
+        ),
+        1,
+    );
+    assert_eq!(long_decimals(&wide), ["8.687960777496603".to_owned()]);
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (over, _) = probe(&chromium, dir.path(), "wide", &wide);
+    assert!(over.contains("too wide"), "{over}");
 }
