@@ -20,6 +20,24 @@ use crate::result::write_json;
 /// Exit code of `kvbench ab` when an arm failed (the comparison and reports are still written).
 pub const EXIT_ARM_FAILED: u8 = 3;
 
+/// Exit code of `kvbench compare` / `ab` when the verdict is at or beyond `--fail-on`.
+pub const EXIT_VERDICT: u8 = 4;
+
+/// `--fail-on`'s exit: after the files are written, with the reason on stderr.
+fn verdict_exit(c: &Comparison, fail_on: Option<crate::cli::FailOn>) -> ExitCode {
+    match fail_on {
+        Some(f) if f.fails(c.decision) => {
+            eprintln!(
+                "kvbench: verdict {} fails --fail-on {} (exit {EXIT_VERDICT})",
+                c.decision.map_or("none", |v| v.as_str()),
+                format!("{f:?}").to_lowercase()
+            );
+            ExitCode::from(EXIT_VERDICT)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
 fn catalog(path: Option<&Path>) -> anyhow::Result<Catalog> {
     match path {
         Some(p) => Catalog::from_file(p),
@@ -136,7 +154,7 @@ pub fn compare_command(a: &CompareArgs) -> anyhow::Result<ExitCode> {
             println!("  written     {}", p.display());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(verdict_exit(&c, a.fail_on))
 }
 
 /// `YYYYMMDD_HHMMSS`, optionally `_N` (a second run in the same second).
@@ -612,7 +630,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_ARM_FAILED));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(verdict_exit(&c, a.fail_on))
 }
 
 #[cfg(test)]

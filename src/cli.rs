@@ -188,6 +188,10 @@ pub struct CompareArgs {
     /// Also write the self-contained HTML report here.
     #[arg(long)]
     pub html: Option<PathBuf>,
+    /// Exit with code 4 (after writing every file) when the verdict is this one or more severe
+    /// (apply < monitor < inconclusive < keep), so a CI job can gate a change on it.
+    #[arg(long, value_enum, value_name = "VERDICT")]
+    pub fail_on: Option<FailOn>,
     /// Print only errors.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -234,9 +238,37 @@ pub struct AbArgs {
     /// Warnings catalog replacing the embedded one.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
+    /// Exit with code 4 (after writing every file) when the verdict is this one or more severe
+    /// (apply < monitor < inconclusive < keep), so a CI job can gate a change on it.
+    #[arg(long, value_enum, value_name = "VERDICT")]
+    pub fail_on: Option<FailOn>,
     /// No progress display.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// `--fail-on`: the mildest verdict that fails the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailOn {
+    /// Fail on monitor, inconclusive or keep (pass only on apply).
+    Monitor,
+    /// Fail on inconclusive or keep.
+    Inconclusive,
+    /// Fail on keep only.
+    Keep,
+}
+
+impl FailOn {
+    /// Whether `verdict` fails the command (a comparison without a verdict always does).
+    pub fn fails(self, verdict: Option<crate::compare::Verdict>) -> bool {
+        use crate::compare::Verdict;
+        let line = match self {
+            FailOn::Monitor => Verdict::Monitor,
+            FailOn::Inconclusive => Verdict::Inconclusive,
+            FailOn::Keep => Verdict::Keep,
+        };
+        verdict.is_none_or(|v| v >= line)
+    }
 }
 
 /// `kvbench error-rates` options.
@@ -398,6 +430,23 @@ mod tests {
 
     /// clap's own checks of the definitions (ids named in `requires` and `conflicts_with`
     /// exist, no two flags share a name, ...), which otherwise run only when a command is used.
+    /// `--fail-on V` fails on V and every more severe verdict, and on a missing verdict.
+    #[test]
+    fn fail_on_is_a_severity_line() {
+        use super::FailOn;
+        use crate::compare::Verdict::*;
+        let table = [
+            (FailOn::Monitor, [false, true, true, true]),
+            (FailOn::Inconclusive, [false, false, true, true]),
+            (FailOn::Keep, [false, false, false, true]),
+        ];
+        for (f, expect) in table {
+            let got = [Apply, Monitor, Inconclusive, Keep].map(|v| f.fails(Some(v)));
+            assert_eq!(got, expect, "{f:?}");
+            assert!(f.fails(None));
+        }
+    }
+
     #[test]
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();

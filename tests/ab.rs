@@ -627,3 +627,64 @@ fn an_interrupted_adaptive_run_keeps_the_complete_runs_in_the_comparison() {
     }
     assert_ne!(c["decision"], "inconclusive", "{:#}", c["recommendations"]);
 }
+
+#[test]
+fn fail_on_gates_the_exit_code_on_the_verdict_after_writing_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path());
+    let out = dir.path().join("out");
+    // KEEP (the warnings criterion cannot be met) fails --fail-on keep, with every file written.
+    let o = ab(&exp, &out, &["-q", "--repeat", "1", "--fail-on", "keep"]);
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("verdict keep fails --fail-on keep"));
+    assert_eq!(files(&out, "comparison_fp8_", ".json").len(), 1);
+    assert_eq!(files(&out, "comparison_fp8_", ".html").len(), 1);
+    // Without the warnings criterion and without quality suites the verdict is MONITOR: it
+    // passes --fail-on keep and inconclusive, and fails --fail-on monitor.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "min_warnings_resolved = 0\n").unwrap();
+    let results: Vec<PathBuf> = files(&out, "benchmark_fp8_", ".json");
+    for (fail_on, code) in [("keep", 0), ("inconclusive", 0), ("monitor", 4)] {
+        let cmp = dir.path().join(format!("c-{fail_on}.json"));
+        let mut args = vec!["compare".to_owned()];
+        args.extend(results.iter().map(|p| p.display().to_string()));
+        args.extend(
+            [
+                "--policy",
+                &policy.display().to_string(),
+                "-o",
+                &cmp.display().to_string(),
+                "-q",
+                "--fail-on",
+                fail_on,
+            ]
+            .map(str::to_owned),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = kvbench(&args);
+        let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cmp).unwrap()).unwrap();
+        assert_eq!(
+            c["decision"],
+            "monitor",
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(code), "--fail-on {fail_on}");
+    }
+    // Not a verdict: one clear line.
+    let o = kvbench(&[
+        "compare",
+        "a.json",
+        "b.json",
+        "-o",
+        "c.json",
+        "--fail-on",
+        "bad",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
