@@ -200,6 +200,7 @@ fn empty_result(plan: &ArmPlan, url: &str, outcome: &str) -> RunResult {
         metrics: Metrics::default(),
         throughput: Throughput::default(),
         duration_s: None,
+        goodput: None,
         phases: crate::result::Phases::default(),
         warnings: Vec::new(),
         server_metrics: None,

@@ -119,6 +119,7 @@ const CONFIG_CONFLICTS: &[&str] = &[
     "image_files",
     "api_key_env",
     "headers",
+    "slo",
     "timeout",
     "journal",
 ];

@@ -289,6 +289,12 @@ pub struct RunSettings {
     #[arg(long = "header", value_parser = parse_header)]
     #[serde(rename = "header", deserialize_with = "from_toml::headers")]
     pub headers: Vec<(String, String)>,
+    /// A latency target of one request, METRIC=MS with METRIC ttft_ms, tpot_ms or e2e_ms
+    /// (repeatable): the result then counts goodput, the requests that met every target
+    /// (docs/metrics.md).
+    #[arg(long = "slo", value_name = "METRIC=MS", value_delimiter = ',', value_parser = crate::metrics::parse_slo_target)]
+    #[serde(rename = "slo", deserialize_with = "from_toml::slo")]
+    pub slo: Vec<(String, f64)>,
     /// Per-request time limit.
     #[arg(long, value_parser = parse_duration, default_value = defaults::TIMEOUT)]
     #[serde(deserialize_with = "from_toml::duration")]
@@ -379,6 +385,7 @@ impl Default for RunSettings {
             image_files: Vec::new(),
             api_key_env: None,
             headers: Vec::new(),
+            slo: Vec::new(),
             timeout: parse_duration(defaults::TIMEOUT).expect("valid default"),
             output: None,
             journal: None,
@@ -718,6 +725,9 @@ mod from_toml {
     pub fn headers<'de, D: Deserializer<'de>>(d: D) -> R<'de, D, Vec<(String, String)>> {
         list(d, false, parse_header)
     }
+    pub fn slo<'de, D: Deserializer<'de>>(d: D) -> R<'de, D, Vec<(String, f64)>> {
+        list(d, true, crate::metrics::parse_slo_target)
+    }
     pub fn suites<'de, D: Deserializer<'de>>(d: D) -> R<'de, D, Vec<SuiteSpec>> {
         list(d, true, parse_from::<SuiteSpec>)
     }
@@ -766,6 +776,11 @@ impl RunSettings {
         let Some(output) = self.output.clone() else {
             bail!("--output is required");
         };
+        let mut slo = crate::metrics::Slo::default();
+        for (metric, ms) in &self.slo {
+            slo.set(metric, *ms)
+                .map_err(|e| anyhow::anyhow!("--slo: {e}"))?;
+        }
         let api_key = match &self.api_key_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
                 anyhow::anyhow!("--api-key-env {var}: the environment variable {var} is not set")
@@ -881,6 +896,7 @@ impl RunSettings {
             api_key_env: self.api_key_env.clone(),
             api_key,
             headers: self.headers.clone(),
+            slo,
             timeout: self.timeout,
             output,
             journal,
@@ -992,6 +1008,8 @@ pub struct RunConfig {
     pub api_key: Option<String>,
     /// Extra headers (only names are recorded).
     pub headers: Vec<(String, String)>,
+    /// Latency targets for goodput (empty: none).
+    pub slo: crate::metrics::Slo,
     /// Per-request time limit.
     pub timeout: Duration,
     /// Result JSON path (`-` = stdout).

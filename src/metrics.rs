@@ -424,3 +424,105 @@ mod tests {
         assert_eq!(d.metrics.e2e_ms.mean, None);
     }
 }
+
+/// Latency targets of one request (`--slo ttft_ms=2000 --slo tpot_ms=50`): a request is *good*
+/// when it completed and met every target given (docs/metrics.md, "Goodput").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Slo {
+    /// Time to first token, ms.
+    pub ttft_ms: Option<f64>,
+    /// Time per output token after the first, ms.
+    pub tpot_ms: Option<f64>,
+    /// End-to-end latency, ms.
+    pub e2e_ms: Option<f64>,
+}
+
+impl Slo {
+    /// No target given.
+    pub fn is_empty(&self) -> bool {
+        self.ttft_ms.is_none() && self.tpot_ms.is_none() && self.e2e_ms.is_none()
+    }
+
+    /// Sets the target of `metric` (`ttft_ms`, `tpot_ms`, `e2e_ms`).
+    pub fn set(&mut self, metric: &str, ms: f64) -> Result<(), String> {
+        let slot = match metric {
+            "ttft_ms" => &mut self.ttft_ms,
+            "tpot_ms" => &mut self.tpot_ms,
+            "e2e_ms" => &mut self.e2e_ms,
+            m => {
+                return Err(format!(
+                    "{m:?} is not a latency target (ttft_ms, tpot_ms or e2e_ms)"
+                ))
+            }
+        };
+        if slot.is_some() {
+            return Err(format!("the {metric} target is given twice"));
+        }
+        *slot = Some(ms);
+        Ok(())
+    }
+
+    /// Whether one completed request met every target. A metric the request does not have
+    /// (the TPOT of a one-token answer, the TTFT of an answer without tokens) is not held
+    /// against it.
+    pub fn met(&self, l: &RecordLatency) -> bool {
+        let within = |target: Option<f64>, v: Option<f64>| match (target, v) {
+            (Some(t), Some(v)) => v <= t,
+            _ => true,
+        };
+        within(self.ttft_ms, l.ttft_ms)
+            && within(self.tpot_ms, l.tpot_ms)
+            && within(self.e2e_ms, Some(l.e2e_ms))
+    }
+}
+
+/// A latency target as `--slo` takes it: `METRIC=MS`, e.g. `ttft_ms=2000`.
+pub fn parse_slo_target(s: &str) -> Result<(String, f64), String> {
+    let (m, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not METRIC=MS (e.g. ttft_ms=2000)"))?;
+    let ms: f64 = v
+        .trim()
+        .parse()
+        .ok()
+        .filter(|x: &f64| x.is_finite() && *x > 0.0)
+        .ok_or_else(|| format!("{v:?} is not a positive number of milliseconds"))?;
+    let mut probe = Slo::default();
+    probe.set(m.trim(), ms)?;
+    Ok((m.trim().to_owned(), ms))
+}
+
+/// How many measured requests met the latency targets (docs/metrics.md, "Goodput").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Goodput {
+    /// The targets.
+    pub targets: Slo,
+    /// Measured requests (warmup excluded; failed ones included: they met no target).
+    pub requests: u64,
+    /// Completed requests that met every target.
+    pub good: u64,
+    /// `good / requests`; `null` without requests.
+    pub share: Option<f64>,
+    /// Good requests per second of the measured window; `null` without a window.
+    pub requests_per_s: Option<f64>,
+}
+
+/// Goodput of `records` under `slo`; `None` without targets.
+pub fn goodput(records: &[RequestRecord], slo: &Slo, duration_s: Option<f64>) -> Option<Goodput> {
+    if slo.is_empty() {
+        return None;
+    }
+    let measured: Vec<&RequestRecord> = records.iter().filter(|r| !r.warmup).collect();
+    let good = measured
+        .iter()
+        .filter(|r| r.ok() && slo.met(&record_latency(r)))
+        .count() as u64;
+    let requests = measured.len() as u64;
+    Some(Goodput {
+        targets: *slo,
+        requests,
+        good,
+        share: (requests > 0).then(|| good as f64 / requests as f64),
+        requests_per_s: duration_s.filter(|d| *d > 0.0).map(|d| good as f64 / d),
+    })
+}

@@ -96,6 +96,9 @@ pub struct RunResult {
     pub journal: Option<String>,
     /// Why the arm's server could not be measured (`outcome` is then its kind), else `null`.
     pub failure: Option<Failure>,
+    /// Goodput under the run's latency targets (`--slo`), else `null`.
+    #[serde(default)]
+    pub goodput: Option<crate::metrics::Goodput>,
     /// Seconds spent in each phase of the run (what a verdict cost; `effort` in comparisons).
     #[serde(default)]
     pub phases: Phases,

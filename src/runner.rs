@@ -487,6 +487,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         server_metrics: None,
         quality,
         journal: Some(journal_display),
+        goodput: metrics::goodput(&records, &cfg.slo, d.duration_s),
         failure: journal_error.map(|message| crate::server::Failure {
             kind: JOURNAL_FAILED.to_owned(),
             message,
@@ -597,6 +598,7 @@ fn config_json(cfg: &RunConfig, pre: &Preflight) -> Value {
         "timeout_s": cfg.timeout.as_secs_f64(),
         "api_key_env": cfg.api_key_env,
         "headers": header_names,
+        "slo": (!cfg.slo.is_empty()).then_some(cfg.slo),
         "keep_text": cfg.keep_text,
         "prewarmed_connections": prewarm_count(&cfg.arrival, cfg.num_requests),
     })

@@ -163,6 +163,7 @@ fn synthetic_run(
         quality: None,
         journal: None,
         failure: None,
+        goodput: None,
         phases: Default::default(),
     };
     (r, s)

@@ -274,3 +274,46 @@ async fn duration_limit_and_warmup_exclusion() {
     assert_eq!(lines.iter().filter(|l| l["warmup"] == true).count(), 3);
     assert_eq!(server.requests(), r.requests.total + 3);
 }
+
+/// Goodput against a server whose every request takes TTFT 200 ms, TPOT 20 ms, E2E 500 ms:
+/// targets on either side of the truth give a share of 1 or 0, several targets must all hold,
+/// and the rate is the good requests over the measured window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goodput_counts_the_requests_within_every_target() {
+    let _serial = SERIAL.lock().await;
+    let server = common::server(TestServerConfig {
+        ttft: Duration::from_millis(TTFT_MS as u64),
+        itl: Duration::from_millis(ITL_MS as u64),
+        output_tokens: Some(TOKENS),
+        ..Default::default()
+    })
+    .await;
+    for (slo, share) in [
+        (vec!["ttft_ms=300"], 1.0),
+        (vec!["ttft_ms=100"], 0.0),
+        (vec!["tpot_ms=10"], 0.0),
+        (vec!["ttft_ms=300", "e2e_ms=700"], 1.0),
+        (vec!["ttft_ms=300,e2e_ms=400"], 0.0),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["-n", "8", "-c", "4", "--max-tokens", "16"];
+        for s in &slo {
+            args.extend(["--slo", s]);
+        }
+        let r = common::run(&server, dir.path(), &args).await;
+        let g = r.goodput.expect("goodput with --slo");
+        assert_eq!(g.requests, 8);
+        assert_eq!(g.share, Some(share), "{slo:?}");
+        assert_eq!(g.good, (share * 8.0) as u64);
+        let rate = g.requests_per_s.unwrap();
+        let expect = g.good as f64 / r.duration_s.unwrap();
+        assert!((rate - expect).abs() < 1e-9, "{rate} vs {expect}");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("out.json")).unwrap()).unwrap();
+        common::assert_result_schema(&v);
+    }
+    // Without targets there is no goodput (null, not 0).
+    let dir = tempfile::tempdir().unwrap();
+    let r = common::run(&server, dir.path(), &["-n", "2"]).await;
+    assert!(r.goodput.is_none());
+}

@@ -724,3 +724,28 @@ async fn scan_logs_streams_a_log_larger_than_its_memory() {
         "the warning after the long line was found: {v}"
     );
 }
+
+#[test]
+fn a_bad_latency_target_is_one_line() {
+    for (slo, says) in [
+        ("ttfb_ms=100", "is not a latency target"),
+        ("ttft_ms=0", "not a positive number"),
+        ("ttft_ms", "is not METRIC=MS"),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_kvbench"))
+            .args([
+                "run",
+                "--url",
+                "http://127.0.0.1:9",
+                "-o",
+                "x.json",
+                "--slo",
+                slo,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{slo}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{slo}: {err}");
+    }
+}

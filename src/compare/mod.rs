@@ -24,8 +24,9 @@ use crate::stats::{
 };
 pub use decision::{Policy, Verdict};
 pub use model::{
-    AgreementSummary, ArmSummary, ArmThroughput, Candidate, Comparison, DesignKind, Distributions,
-    Effort, ReferenceArm, ReferenceSection, RequestTotals, Round, ServerSummary, Stopped, ValueCi,
+    AgreementSummary, ArmGoodput, ArmSummary, ArmThroughput, Candidate, Comparison, DesignKind,
+    Distributions, Effort, ReferenceArm, ReferenceSection, RequestTotals, Round, ServerSummary,
+    Stopped, ValueCi,
 };
 
 /// Version of the comparison schema.
@@ -818,7 +819,25 @@ fn arm_summary(a: &ArmRuns) -> ArmSummary {
             ttft_ms: quantiles(&p.ttft_ms),
             itl_ms: quantiles(&p.itl_ms),
         }),
+        goodput: arm_goodput(a),
     }
+}
+
+fn arm_goodput(a: &ArmRuns) -> Option<ArmGoodput> {
+    let runs: Vec<&crate::metrics::Goodput> = a
+        .results
+        .iter()
+        .filter_map(|r| r.goodput.as_ref())
+        .collect();
+    let first = runs.first()?;
+    let m = |f: fn(&crate::metrics::Goodput) -> Option<f64>| {
+        mean(&runs.iter().filter_map(|g| f(g)).collect::<Vec<_>>())
+    };
+    Some(ArmGoodput {
+        targets: first.targets,
+        share: m(|g| g.share),
+        requests_per_s: m(|g| g.requests_per_s),
+    })
 }
 
 /// Builds the comparison of `arms` against `baseline` (an arm name). `reference`, when given,

@@ -178,6 +178,21 @@ pub struct ArmSummary {
     pub server_metrics: Option<Value>,
     /// Percentiles 0..=100 of the pooled TTFT and ITL (for the charts).
     pub distributions: Option<Distributions>,
+    /// Goodput under the runs' latency targets (`--slo`), mean over runs; absent without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goodput: Option<ArmGoodput>,
+}
+
+/// An arm's goodput: the share of requests that met every latency target, and their rate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct ArmGoodput {
+    /// The targets (of the first run).
+    pub targets: crate::metrics::Slo,
+    /// Mean share of requests that met them.
+    pub share: Option<f64>,
+    /// Mean good requests per second.
+    pub requests_per_s: Option<f64>,
 }
 
 /// Request counts.

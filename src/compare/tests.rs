@@ -47,6 +47,7 @@ fn arm(name: &str, scale: f64, ids: &[&str], calculate: bool, quality: Option<f6
         started_at: String::new(),
         finished_at: String::new(),
         interrupted: false,
+        goodput: None,
         phases: Default::default(),
         outcome: "ok".into(),
         server: ServerInfo {

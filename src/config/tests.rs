@@ -184,3 +184,25 @@ fn the_key_rules_are_the_flag_rules() {
         assert!(flags(&[b]).is_ok() && keys(&[b]).is_ok(), "{b}");
     }
 }
+
+#[test]
+fn latency_targets_from_a_table_and_from_flags_agree() {
+    let t = table("slo = [\"ttft_ms=2000\", \"tpot_ms=50\"]\n").unwrap();
+    assert_eq!(
+        format!("{:?}", t.slo),
+        format!(
+            "{:?}",
+            run_settings(&["--slo", "ttft_ms=2000,tpot_ms=50"]).slo
+        )
+    );
+    let mut s = t.clone();
+    s.output = Some("o.json".into());
+    let cfg = s.validate("http://127.0.0.1:9".into()).unwrap();
+    assert_eq!(cfg.slo.ttft_ms, Some(2000.0));
+    assert_eq!(cfg.slo.tpot_ms, Some(50.0));
+    assert_eq!(cfg.slo.e2e_ms, None);
+    let mut twice = table("slo = \"ttft_ms=1,ttft_ms=2\"\n").unwrap();
+    twice.output = Some("o.json".into());
+    let e = twice.validate("http://127.0.0.1:9".into()).unwrap_err();
+    assert!(e.to_string().contains("given twice"), "{e}");
+}

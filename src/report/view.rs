@@ -698,9 +698,16 @@ fn glance_section(c: &Comparison, ctx: &Ctx) -> Section {
         "output tok/s [95 %]".into(),
     ];
     head.extend(suites.iter().map(|s| format!("{s} [95 %]")));
+    let goodput = ctx.arms.iter().any(|a| a.goodput.is_some());
+    if goodput {
+        head.push("goodput: share, req/s".into());
+    }
     head.extend([answers_head, "degenerate answers".into(), "runs".into()]);
     let mut right = vec![false, true, false, true, true, true, true];
     right.extend(suites.iter().map(|_| true));
+    if goodput {
+        right.push(true);
+    }
     right.extend([true, true, true]);
     let mut t = Table::with_head(head, right);
     for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
@@ -765,6 +772,12 @@ fn glance_section(c: &Comparison, ctx: &Ctx) -> Section {
             Cell::plain(fmt_value_ci(&arm.throughput.output_tok_per_s)),
         ];
         row.extend(quality);
+        if goodput {
+            row.push(Cell::plain(match &arm.goodput {
+                Some(g) => format!("{}, {}", acc_o(g.share), fmt_o(g.requests_per_s)),
+                None => MISSING.to_owned(),
+            }));
+        }
         row.extend([
             Cell::plain(
                 answers

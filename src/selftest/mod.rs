@@ -336,6 +336,7 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
         api_key_env: None,
         api_key: None,
         headers: Vec::new(),
+        slo: Default::default(),
         timeout: Duration::from_secs(600),
         output: scratch.0.join("selftest.json"),
         journal: scratch.0.join("selftest.requests.jsonl"),
