@@ -324,7 +324,7 @@ pub async fn run_arm(
         Err(e) => {
             let mut r = empty_result(plan, &plan.url, &e.failure.kind);
             let report = ServerLog::read(&files.log).scan(&opts.catalog);
-            r.warnings = report.warnings_json();
+            r.warnings = report.warnings.clone();
             r.server.launch_args = Some(e.launch_args.clone());
             r.server.facts = report.facts.clone();
             r.server
@@ -448,7 +448,7 @@ pub async fn run_arm(
         facts.insert("engine_cache".into(), c.fact());
     }
     r.server.facts.extend(facts);
-    r.warnings = report.warnings_json();
+    r.warnings = report.warnings.clone();
     r.server_metrics = server_metrics;
     scrub(&mut r, &secret_values(plan, &launch_args));
     write_json(&output, &r)?;

@@ -201,13 +201,13 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
     if !args.settings.quiet && r.failure.is_none() {
         print!("{}", output::summary(r));
     }
-    for w in r.warnings.iter().filter(|w| w["id"] != "other") {
+    for w in r.warnings.iter().filter(|w| w.id != "other") {
         if !args.settings.quiet {
             println!(
                 "  warning     {} (×{}, {} rank(s))",
-                output::printable(w["id"].as_str().unwrap_or("")),
-                w["count"],
-                w["ranks"]
+                output::printable(&w.id),
+                w.count,
+                w.ranks
             );
         }
     }

@@ -87,7 +87,7 @@ pub struct RunResult {
     /// Measured window in seconds: first send to last end.
     pub duration_s: Option<f64>,
     /// Server warnings found in its log (filled when kvbench reads the log).
-    pub warnings: Vec<serde_json::Value>,
+    pub warnings: Vec<crate::logscan::WarningHit>,
     /// Scraped `/metrics` deltas and peaks (filled when scraped), else `null`.
     pub server_metrics: Option<serde_json::Value>,
     /// Quality suites (filled when run), else `null`.

@@ -183,14 +183,14 @@ args = ["--calculate-kv-scales"]
                     r.server.facts
                 );
                 assert_eq!(r.server.facts["cache_config"]["cache_dtype"], "auto");
-                let ids: Vec<&str> = r.warnings.iter().filter_map(|w| w["id"].as_str()).collect();
+                let ids: Vec<&str> = r.warnings.iter().map(|w| w.id.as_str()).collect();
                 assert!(!ids.contains(&"fp8_kv_cache_in_use"), "{ids:?}");
             }
             // vLLM's FP8 KV cache on CPU needs AVX-512 or AMX: where the CPU has them the arm
             // runs (and proves it used FP8), elsewhere it fails as unsupported hardware.
             "fp8" if cpu_has_avx512_or_amx() => {
                 assert_eq!(r.outcome, "ok", "{:?}", r.failure);
-                let ids: Vec<&str> = r.warnings.iter().filter_map(|w| w["id"].as_str()).collect();
+                let ids: Vec<&str> = r.warnings.iter().map(|w| w.id.as_str()).collect();
                 assert!(ids.contains(&"fp8_kv_cache_in_use"), "{ids:?}");
                 assert_eq!(r.server.facts["cache_config"]["cache_dtype"], "fp8");
                 let check = &r.server.facts["config_check"];
@@ -205,7 +205,7 @@ args = ["--calculate-kv-scales"]
             }
             _ => {
                 assert_eq!(r.outcome, "unsupported_argument", "{:?}", r.failure);
-                let ids: Vec<&str> = r.warnings.iter().filter_map(|w| w["id"].as_str()).collect();
+                let ids: Vec<&str> = r.warnings.iter().map(|w| w.id.as_str()).collect();
                 assert!(ids.contains(&"unrecognized_arguments"), "{ids:?}");
             }
         }

@@ -98,7 +98,7 @@ pub fn rescan_logs(arms: &mut [ArmRuns], catalog: &Catalog) -> anyhow::Result<()
             };
             let text = crate::logscan::read_log(&log)
                 .with_context(|| format!("cannot read {}", log.display()))?;
-            r.warnings = crate::logscan::scan(catalog, &text).warnings_json();
+            r.warnings = crate::logscan::scan(catalog, &text).warnings;
         }
     }
     Ok(())
@@ -516,18 +516,13 @@ pub fn change_under_test(base: &RunResult, cand: &RunResult) -> Option<String> {
 fn warning_ids(r: &RunResult) -> BTreeMap<String, (u64, String)> {
     let mut m = BTreeMap::new();
     for w in &r.warnings {
-        let id = w.get("id").and_then(Value::as_str).unwrap_or("");
-        if id.is_empty() || id == "other" {
+        if w.id.is_empty() || w.id == "other" {
             continue;
         }
-        let count = w.get("count").and_then(Value::as_u64).unwrap_or(1);
-        let sev = w
-            .get("severity")
-            .and_then(Value::as_str)
-            .unwrap_or("warning")
-            .to_owned();
-        let e = m.entry(id.to_owned()).or_insert((0, sev));
-        e.0 = e.0.max(count);
+        let e = m
+            .entry(w.id.clone())
+            .or_insert((0, w.severity.as_str().to_owned()));
+        e.0 = e.0.max(w.count);
     }
     m
 }

@@ -172,8 +172,8 @@ pub struct ArmSummary {
     pub throughput: ArmThroughput,
     /// Quality suites of the first run (as the result holds them).
     pub quality: Option<BTreeMap<String, Value>>,
-    /// Server log warnings of the first run (as the result holds them).
-    pub warnings: Vec<Value>,
+    /// Server log warnings of the first run.
+    pub warnings: Vec<crate::logscan::WarningHit>,
     /// Scraped `/metrics` of the first run.
     pub server_metrics: Option<Value>,
     /// Percentiles 0..=100 of the pooled TTFT and ITL (for the charts).

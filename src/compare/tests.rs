@@ -12,11 +12,17 @@ const FP8: [&str; 3] = [
     "fp8_qprob_scale_uncalibrated",
 ];
 
-fn warnings(ids: &[&str]) -> Vec<Value> {
+fn warnings(ids: &[&str]) -> Vec<crate::logscan::WarningHit> {
     ids.iter()
-        .map(
-            |id| json!({"id": id, "severity": "warning", "count": 1, "ranks": 1, "first_line": id}),
-        )
+        .map(|id| crate::logscan::WarningHit {
+            id: (*id).to_owned(),
+            severity: crate::logscan::Severity::Warning,
+            count: 1,
+            ranks: 1,
+            first_line: (*id).to_owned(),
+            text: None,
+            meaning: None,
+        })
         .collect()
 }
 

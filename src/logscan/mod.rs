@@ -61,7 +61,9 @@ struct RawFact {
 }
 
 /// Severity of a catalogued line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// Informational (e.g. proof that the FP8 KV cache is in use).
@@ -70,6 +72,17 @@ pub enum Severity {
     Warning,
     /// An error.
     Error,
+}
+
+impl Severity {
+    /// The lowercase name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
 }
 
 /// A catalogued warning.
@@ -195,7 +208,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// One warning found in a log, de-duplicated across ranks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WarningHit {
     /// Catalog id, or `other` for an uncatalogued WARNING/ERROR line.
     pub id: String,
@@ -222,16 +235,6 @@ pub struct LogReport {
     pub warnings: Vec<WarningHit>,
     /// Facts (first match of each).
     pub facts: BTreeMap<String, serde_json::Value>,
-}
-
-impl LogReport {
-    /// The warnings as they go into a result's `warnings` array.
-    pub fn warnings_json(&self) -> Vec<serde_json::Value> {
-        self.warnings
-            .iter()
-            .filter_map(|w| serde_json::to_value(w).ok())
-            .collect()
-    }
 }
 
 struct Patterns {

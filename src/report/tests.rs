@@ -283,7 +283,7 @@ fn markdown_escaping_keeps_tables_and_code_intact() {
         r"a\|b\<c\>\*d\* [e]\(f) [1 … 2]"
     );
     let c = json!({"decision": "apply", "arms": [{"name": "x|y", "warnings": [
-        {"id": "w", "first_line": "a `tick` | pipe\nnext"}]}]});
+        {"id": "w", "severity": "warning", "count": 1, "ranks": 1, "first_line": "a `tick` | pipe\nnext"}]}]});
     let m = markdown(&c);
     // A log line goes into a fenced block (its fence longer than any backtick run), verbatim.
     assert!(
@@ -327,8 +327,15 @@ fn real_comparison() -> crate::compare::Comparison {
     use crate::compare::{compare, Policy};
     use crate::logscan::Catalog;
     let (mut base, cand) = crate::simulate::synthetic_arms(7, 2, 20.0, 3.0, 10.0);
-    base.results[0].warnings = vec![json!({"id": "fp8_kv_scale_default", "severity": "warning",
-        "count": 2, "ranks": [0, 1], "first_line": "Using KV cache scaling factor 1.0 for fp8_e4m3."})];
+    base.results[0].warnings = vec![crate::logscan::WarningHit {
+        id: "fp8_kv_scale_default".into(),
+        severity: crate::logscan::Severity::Warning,
+        count: 2,
+        ranks: 2,
+        first_line: "Using KV cache scaling factor 1.0 for fp8_e4m3.".into(),
+        text: None,
+        meaning: None,
+    }];
     let mut c = compare(
         &[base, cand],
         "baseline",

@@ -715,11 +715,8 @@ fn glance_section(c: &Comparison, ctx: &Ctx) -> Section {
             .warnings
             .iter()
             .filter(|w| {
-                g(w, "severity").as_str() == Some("warning")
-                    && g(w, "id")
-                        .as_str()
-                        .and_then(|id| category.get(id))
-                        .is_some_and(|k| *k == cat)
+                w.severity == crate::logscan::Severity::Warning
+                    && category.get(w.id.as_str()).is_some_and(|k| *k == cat)
             })
             .count() as u64;
         let server = arm.server.as_ref();
@@ -1717,10 +1714,10 @@ fn warnings_section(ctx: &Ctx) -> Section {
     let mut first: Vec<String> = Vec::new();
     for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
         for w in &arm.warnings {
-            let id = text(g(w, "id"));
+            let id = w.id.clone();
             if !ids.iter().any(|(i, _)| *i == id) {
-                ids.push((id.clone(), text(g(w, "severity"))));
-                if let Some(line) = text_of(g(w, "first_line")) {
+                ids.push((id.clone(), w.severity.as_str().to_owned()));
+                if let Some(line) = nonempty(&w.first_line).map(str::to_owned) {
                     // The whole line is in the arm's log and result file.
                     let line: String = if line.chars().count() > 200 {
                         line.chars().take(199).chain(['…']).collect()
@@ -1752,11 +1749,8 @@ fn warnings_section(ctx: &Ctx) -> Section {
                 Cell::plain(sev.clone()).class(class),
             ];
             for arm in ctx.arms {
-                let w = arm.warnings.iter().find(|w| text(g(w, "id")) == *id);
-                row.push(Cell::plain(match w {
-                    Some(w) => fmt_count(g(w, "count")),
-                    None => "0".to_owned(),
-                }));
+                let w = arm.warnings.iter().find(|w| w.id == *id);
+                row.push(Cell::plain(fmt_u(w.map_or(0, |w| w.count))));
             }
             row.push(Cell::plain(meanings.get(id).cloned().unwrap_or_default()));
             t.rows.push(row);
