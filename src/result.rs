@@ -89,7 +89,7 @@ pub struct RunResult {
     /// Server warnings found in its log (filled when kvbench reads the log).
     pub warnings: Vec<crate::logscan::WarningHit>,
     /// Scraped `/metrics` deltas and peaks (filled when scraped), else `null`.
-    pub server_metrics: Option<serde_json::Value>,
+    pub server_metrics: Option<ServerMetrics>,
     /// Quality suites (filled when run), else `null`.
     pub quality: Option<serde_json::Value>,
     /// Path of the per-request journal (JSON lines).
@@ -115,6 +115,58 @@ pub struct Failure {
     pub message: String,
     /// The last lines of the server's log.
     pub log_tail: String,
+}
+
+/// What `/metrics` said over one run (docs/metrics.md): counter deltas from before to after
+/// the workload, gauge peaks, the server's own mean latencies, and warnings drawn from them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+pub struct ServerMetrics {
+    /// Scrapes taken (before, during and after).
+    pub samples: u64,
+    /// The server's cache configuration (vLLM `cache_config_info`), else `null`.
+    pub cache_config: Option<BTreeMap<String, String>>,
+    /// Counter deltas by canonical name; `requests_finished` by finish reason.
+    pub deltas: BTreeMap<String, MetricsDelta>,
+    /// Gauge peaks by canonical name (`kv_cache_usage_perc`, `num_requests_waiting`, ...).
+    pub peaks: BTreeMap<String, f64>,
+    /// Prefix-cache hits / queries during the workload, else `null`.
+    pub prefix_cache_hit_rate: Option<f64>,
+    /// The server's own mean latencies (ms) from its histograms.
+    pub server_latency: BTreeMap<String, f64>,
+    /// GPU memory and utilisation peaks, when the server exports them.
+    pub gpu: Option<GpuPeaks>,
+    /// What the counters say about the run (a warm prefix cache, preemptions).
+    pub warnings: Vec<String>,
+}
+
+/// A counter's change: one number, or one per label value (`requests_finished` by reason).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum MetricsDelta {
+    /// The change.
+    Value(f64),
+    /// The change per label value.
+    ByLabel(BTreeMap<String, f64>),
+}
+
+impl MetricsDelta {
+    /// The change, for a one-number counter.
+    pub fn value(&self) -> Option<f64> {
+        match self {
+            MetricsDelta::Value(v) => Some(*v),
+            MetricsDelta::ByLabel(_) => None,
+        }
+    }
+}
+
+/// GPU peaks from `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct GpuPeaks {
+    /// Peak memory used, MiB.
+    pub memory_used_mib_peak: f64,
+    /// Peak utilisation, percent, else `null`.
+    pub utilization_pct_peak: Option<f64>,
 }
 
 /// Writes `value` as pretty JSON to `path`; `-` writes to stdout.

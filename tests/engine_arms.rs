@@ -93,8 +93,8 @@ set = {{ "--cache-type-k" = "q8_0", "--cache-type-v" = "q8_0" }}
             .server_metrics
             .as_ref()
             .expect("llama.cpp --metrics scraped");
-        let generated = sm["deltas"]["generation_tokens"].as_f64().unwrap();
-        assert!(generated >= r.tokens.output_total as f64, "{sm}");
+        let generated = sm.deltas["generation_tokens"].value().unwrap();
+        assert!(generated >= r.tokens.output_total as f64, "{sm:?}");
         let check = &r.server.facts["config_check"];
         assert!(
             check["mismatches"].as_array().unwrap().is_empty(),

@@ -175,7 +175,7 @@ pub struct ArmSummary {
     /// Server log warnings of the first run.
     pub warnings: Vec<crate::logscan::WarningHit>,
     /// Scraped `/metrics` of the first run.
-    pub server_metrics: Option<Value>,
+    pub server_metrics: Option<crate::result::ServerMetrics>,
     /// Percentiles 0..=100 of the pooled TTFT and ITL (for the charts).
     pub distributions: Option<Distributions>,
     /// Goodput under the runs' latency targets (`--slo`), mean over runs; absent without.

@@ -9,10 +9,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::body::{read_capped, MAX_METRICS_BODY};
+use crate::result::MetricsDelta as Delta;
+pub use crate::result::{GpuPeaks, ServerMetrics};
 
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
@@ -304,7 +305,7 @@ impl Scraper {
     }
 
     /// Takes the "after" snapshot and summarises; `None` when the server has no `/metrics`.
-    pub async fn finish(self) -> Option<Value> {
+    pub async fn finish(self) -> Option<ServerMetrics> {
         let after = fetch(&self.http, &self.url).await;
         self.stop.cancel();
         let mut peaks = self.task.await.unwrap_or_default();
@@ -314,39 +315,35 @@ impl Scraper {
     }
 }
 
-fn summarise(before: &[Sample], after: &[Sample], peaks: &Peaks) -> Value {
-    let mut deltas = serde_json::Map::new();
+fn summarise(before: &[Sample], after: &[Sample], peaks: &Peaks) -> ServerMetrics {
+    let mut deltas = BTreeMap::new();
     for (canon, names) in COUNTERS {
         if let (Some(a), Some(b)) = (first_sum(after, names), first_sum(before, names)) {
-            deltas.insert((*canon).into(), json!(a - b));
+            deltas.insert((*canon).to_owned(), Delta::Value(a - b));
         }
     }
     let (fa, fb) = (finished(after), finished(before));
     if !fa.is_empty() {
-        let m: BTreeMap<&String, f64> = fa
+        let m: BTreeMap<String, f64> = fa
             .iter()
-            .map(|(k, v)| (k, v - fb.get(k).copied().unwrap_or(0.0)))
+            .map(|(k, v)| (k.clone(), v - fb.get(k).copied().unwrap_or(0.0)))
             .collect();
-        deltas.insert("requests_finished".into(), json!(m));
+        deltas.insert("requests_finished".into(), Delta::ByLabel(m));
     }
-    let mut server_latency = serde_json::Map::new();
+    let mut server_latency = BTreeMap::new();
     for (canon, name) in HISTOGRAMS {
         let d = |suffix: &str| {
             Some(sum(after, &format!("{name}{suffix}"))? - sum(before, &format!("{name}{suffix}"))?)
         };
         if let (Some(s), Some(c)) = (d("_sum"), d("_count")) {
             if c > 0.0 {
-                server_latency.insert((*canon).into(), json!(s / c * 1000.0));
+                server_latency.insert((*canon).to_owned(), s / c * 1000.0);
             }
         }
     }
-    let hit_rate = match (
-        deltas.get("prefix_cache_hits"),
-        deltas.get("prefix_cache_queries"),
-    ) {
-        (Some(h), Some(q)) if q.as_f64().unwrap_or(0.0) > 0.0 => {
-            Some(h.as_f64().unwrap_or(0.0) / q.as_f64().unwrap_or(1.0))
-        }
+    let value = |k: &str| deltas.get(k).and_then(Delta::value);
+    let hit_rate = match (value("prefix_cache_hits"), value("prefix_cache_queries")) {
+        (Some(h), Some(q)) if q > 0.0 => Some(h / q),
         _ => None,
     };
     let mut warnings = Vec::new();
@@ -358,27 +355,28 @@ fn summarise(before: &[Sample], after: &[Sample], peaks: &Peaks) -> Value {
             ));
         }
     }
-    if deltas
-        .get("preemptions")
-        .and_then(Value::as_f64)
-        .unwrap_or(0.0)
-        > 0.0
-    {
+    if value("preemptions").unwrap_or(0.0) > 0.0 {
         warnings.push(
             "the server preempted requests (KV cache full): latency includes recomputation".into(),
         );
     }
-    let gauges: BTreeMap<&str, f64> = peaks.gauges.iter().map(|(k, v)| (*k, *v)).collect();
-    json!({
-        "samples": peaks.samples,
-        "cache_config": cache_config(after),
-        "deltas": deltas,
-        "peaks": gauges,
-        "prefix_cache_hit_rate": hit_rate,
-        "server_latency": server_latency,
-        "gpu": peaks.gpu_mem_mib.map(|m| json!({"memory_used_mib_peak": m, "utilization_pct_peak": peaks.gpu_util_pct})),
-        "warnings": warnings,
-    })
+    ServerMetrics {
+        samples: peaks.samples,
+        cache_config: cache_config(after),
+        deltas,
+        peaks: peaks
+            .gauges
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        prefix_cache_hit_rate: hit_rate,
+        server_latency,
+        gpu: peaks.gpu_mem_mib.map(|m| GpuPeaks {
+            memory_used_mib_peak: m,
+            utilization_pct_peak: peaks.gpu_util_pct,
+        }),
+        warnings,
+    }
 }
 
 #[cfg(test)]
@@ -426,7 +424,7 @@ vllm:cache_config_info{block_size="128",cache_dtype="auto",calculate_kv_scales="
         let mut peaks = Peaks::default();
         peaks.add(&b);
         peaks.add(&a);
-        let v = summarise(&b, &a, &peaks);
+        let v = serde_json::to_value(summarise(&b, &a, &peaks)).unwrap();
         assert_eq!(v["deltas"]["prompt_tokens"], 1000.0);
         assert_eq!(v["deltas"]["generation_tokens"], 200.0);
         assert_eq!(v["deltas"]["requests_finished"]["length"], 4.0);
@@ -445,7 +443,7 @@ vllm:cache_config_info{block_size="128",cache_dtype="auto",calculate_kv_scales="
         let a = parse("llamacpp:prompt_tokens_total 110\nllamacpp:tokens_predicted_total 45\nllamacpp:requests_processing 2\n");
         let mut peaks = Peaks::default();
         peaks.add(&a);
-        let v = summarise(&b, &a, &peaks);
+        let v = serde_json::to_value(summarise(&b, &a, &peaks)).unwrap();
         assert_eq!(v["deltas"]["prompt_tokens"], 100.0);
         assert_eq!(v["deltas"]["generation_tokens"], 40.0);
         assert_eq!(v["peaks"]["num_requests_running"], 2.0);
