@@ -318,3 +318,98 @@ impl<'a> StreamState<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A body that replays scripted reads: (payload, instant, what follows).
+    struct Script {
+        reads: VecDeque<(&'static [u8], u64, Then)>,
+        error_body: &'static [u8],
+    }
+
+    impl BodySource for Script {
+        async fn read(&mut self) -> Read<'_> {
+            match self.reads.pop_front() {
+                Some((payload, t_ns, then)) => Read {
+                    payload,
+                    t_ns,
+                    stamp: Some(true),
+                    then,
+                },
+                None => Read::bare(Then::End),
+            }
+        }
+
+        async fn error_body(self) -> Option<Vec<u8>> {
+            Some(self.error_body.to_vec())
+        }
+
+        fn finish(self, _stopped: bool) {}
+    }
+
+    fn run(status: u16, reads: Vec<(&'static [u8], u64, Then)>) -> RequestRecord {
+        let body = Script {
+            reads: reads.into(),
+            error_body: br#"{"error": {"message": "busy"}}"#,
+        };
+        let mut rec = RequestRecord::default();
+        let state = StreamState::new(true, None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(read_response(
+            status,
+            None,
+            body,
+            &mut rec,
+            state,
+            Instant::now(),
+        ));
+        rec
+    }
+
+    const A: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n";
+
+    #[test]
+    fn each_event_gets_the_instant_of_the_read_that_completed_it() {
+        let rec = run(
+            200,
+            vec![
+                (&A[..10], 5, Then::More),
+                (&A[10..], 7, Then::More),
+                (A, 9, Then::More),
+                (b"data: [DONE]\n\n", 11, Then::End),
+            ],
+        );
+        assert_eq!(rec.error, None, "{:?}", rec.error_message);
+        assert_eq!(rec.chunk_ns, vec![7, 9]);
+        assert_eq!(rec.first_token_ns, Some(7));
+        assert_eq!(rec.output_text.as_deref(), Some("aa"));
+        assert_eq!(rec.status, Some(200));
+    }
+
+    #[test]
+    fn a_failed_read_keeps_what_came_and_records_its_error() {
+        let rec = run(
+            200,
+            vec![
+                (A, 3, Then::More),
+                (b"", 0, Then::Fail(ErrorKind::StreamReset, "reset".into())),
+            ],
+        );
+        assert_eq!(rec.error, Some(ErrorKind::StreamReset));
+        assert_eq!(rec.error_message.as_deref(), Some("reset"));
+        assert_eq!(rec.chunk_ns, vec![3]);
+    }
+
+    #[test]
+    fn an_error_status_reads_the_message_of_its_body() {
+        let rec = run(503, Vec::new());
+        assert_eq!(rec.error, Some(ErrorKind::HttpStatus));
+        assert_eq!(rec.error_message.as_deref(), Some("HTTP 503: busy"));
+    }
+}
