@@ -491,7 +491,7 @@ impl Client {
         let request = fast.target.request(path, body);
         let mut cancelled = Box::pin(cancel.cancelled());
         let mut deadline = Box::pin(tokio::time::sleep(self.timeout));
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+        let mut buf = h1::ReadBuf::with_capacity(READ_BUF);
         // As on the reqwest path: a pooled connection the server has closed meanwhile is
         // replaced (at most MAX_STALE_RETRIES times, each counted), timed from the last send.
         let mut attempt = 0;
@@ -619,7 +619,7 @@ struct H1Body<'a> {
     /// Where the connection goes back when the body was read to its end.
     pool: &'a h1::Pool,
     /// The last read (at first: the response head and what followed it).
-    buf: Vec<u8>,
+    buf: h1::ReadBuf,
     /// Where the body starts in `buf`, until that first part has been handed over.
     pending: Option<usize>,
     /// The last read's payload, framing removed.
@@ -642,7 +642,7 @@ impl H1Body<'_> {
     fn unframe(&mut self, start: usize) -> Then {
         self.payload.clear();
         let payload = &mut self.payload;
-        let fed = feed(&mut self.framing, &self.buf[start..], &mut |p| {
+        let fed = feed(&mut self.framing, &self.buf.filled()[start..], &mut |p| {
             payload.extend_from_slice(p)
         });
         match fed {
@@ -724,7 +724,7 @@ impl BodySource for H1Body<'_> {
             body.extend_from_slice(&p[..p.len().min(room)]);
         };
         let start = self.pending.take().unwrap_or(self.buf.len());
-        let fed = feed(&mut self.framing, &self.buf[start..], &mut |p| {
+        let fed = feed(&mut self.framing, &self.buf.filled()[start..], &mut |p| {
             keep(&mut error_body, p)
         });
         let mut ended = !matches!(fed, Ok(None));
@@ -739,7 +739,7 @@ impl BodySource for H1Body<'_> {
             );
             match read.await {
                 Guarded::Done(Ok(n)) if n > 0 => {
-                    let fed = feed(&mut self.framing, &self.buf, &mut |p| {
+                    let fed = feed(&mut self.framing, self.buf.filled(), &mut |p| {
                         keep(&mut error_body, p)
                     });
                     ended = !matches!(fed, Ok(None));
@@ -796,7 +796,7 @@ async fn open_and_send(
     pooled: Option<h1::Conn>,
     authority: &str,
     request: &[u8],
-    buf: &mut Vec<u8>,
+    buf: &mut h1::ReadBuf,
 ) -> Result<(h1::Conn, h1::Head), SendError> {
     let mut conn = match pooled {
         Some(c) => c,
@@ -832,7 +832,7 @@ async fn open_and_send(
             }
             Err(e) => return Err(SendError::Other(format!("request failed: {e}"))),
         }
-        match h1::parse_head(buf) {
+        match h1::parse_head(buf.filled()) {
             Ok(Some(head)) => return Ok((conn, head)),
             Ok(None) => {}
             Err(e) => return Err(SendError::Other(format!("request failed: {e}"))),
@@ -844,18 +844,18 @@ async fn open_and_send(
 /// the connection can be pooled; `None` when anything went wrong (the run then opens one later).
 async fn prewarm_one(authority: &str, request: &[u8], limit: Duration) -> Option<h1::Conn> {
     let work = async {
-        let mut buf = Vec::with_capacity(READ_BUF);
+        let mut buf = h1::ReadBuf::with_capacity(READ_BUF);
         let (mut conn, head) = open_and_send(None, authority, request, &mut buf)
             .await
             .ok()?;
         let mut framing = head.framing;
-        let mut fed = feed(&mut framing, &buf[head.len..], &mut |_| {}).ok()?;
+        let mut fed = feed(&mut framing, &buf.filled()[head.len..], &mut |_| {}).ok()?;
         while fed.is_none() {
             buf.clear();
             if conn.read_buf(&mut buf).await.ok()? == 0 {
                 return None;
             }
-            fed = feed(&mut framing, &buf, &mut |_| {}).ok()?;
+            fed = feed(&mut framing, buf.filled(), &mut |_| {}).ok()?;
         }
         (head.keep_alive && fed == Some(false)).then_some(conn)
     };
