@@ -4,9 +4,11 @@
 //! Workers send finished records over a channel to one collector, which drives the progress
 //! display and hands each record to a journal thread: it appends the record to the journal and
 //! flushes whenever it has caught up (a crash keeps what finished), off the runtime's threads
-//! so that serializing and writing never delays a stream's reads. Cancellation
-//! (Ctrl-C) has one path: a `CancellationToken` that stops scheduling and makes in-flight
-//! requests end as `cancelled`; everything measured is still written.
+//! so that serializing and writing never delays a stream's reads. Both channels are bounded: a
+//! journal that falls behind makes finished requests wait to hand over their records, so
+//! memory stays bounded and no record is ever dropped. Cancellation (Ctrl-C) has one path: a
+//! `CancellationToken` that stops scheduling and makes in-flight requests end as `cancelled`;
+//! everything measured is still written.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -202,7 +204,7 @@ struct Ctx {
     origin: Instant,
     keep_text: bool,
     cancel: CancellationToken,
-    records: mpsc::UnboundedSender<RequestRecord>,
+    records: mpsc::Sender<RequestRecord>,
 }
 
 async fn run_one(ctx: &Ctx, job: Job, scheduled_ns: u64, warmup: bool) {
@@ -223,7 +225,9 @@ async fn run_one(ctx: &Ctx, job: Job, scheduled_ns: u64, warmup: bool) {
             &ctx.cancel,
         )
         .await;
-    let _ = ctx.records.send(rec);
+    // Waits while the journal is behind (backpressure, never loss); fails only when the
+    // collector is gone, which it is not while any worker runs.
+    let _ = ctx.records.send(rec).await;
 }
 
 fn now_ns(origin: Instant) -> u64 {
@@ -320,7 +324,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
 
     let origin = cfg.origin.unwrap_or_else(Instant::now);
     let started_at = chrono::Utc::now();
-    let (rec_tx, rec_rx) = mpsc::unbounded_channel();
+    let (rec_tx, rec_rx) = mpsc::channel(RECORD_QUEUE);
     let ctx = Arc::new(Ctx {
         client,
         endpoint: cfg.endpoint,
@@ -663,6 +667,11 @@ fn config_json(cfg: &RunConfig, pre: &Preflight) -> Value {
     })
 }
 
+/// Records that may wait between a worker and the collector, and between the collector and
+/// the journal thread. When the journal falls this far behind, finished requests wait to hand
+/// over their records (the run slows down) rather than memory growing or a record being lost.
+const RECORD_QUEUE: usize = 4096;
+
 /// The journal file and what to do when it can no longer be written.
 struct Journal {
     file: std::fs::File,
@@ -678,14 +687,14 @@ struct Collected {
 }
 
 async fn collect(
-    mut rx: mpsc::UnboundedReceiver<RequestRecord>,
+    mut rx: mpsc::Receiver<RequestRecord>,
     journal: Journal,
     mode: ProgressMode,
     expected: Option<u64>,
     warmup: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<Collected> {
-    let (to_journal, journal_rx) = std::sync::mpsc::channel::<RequestRecord>();
+    let (to_journal, journal_rx) = mpsc::channel::<RequestRecord>(RECORD_QUEUE);
     let writer = std::thread::Builder::new()
         .name("kvbench-journal".into())
         .spawn(move || write_journal(journal, journal_rx))
@@ -701,7 +710,7 @@ async fn collect(
         }
         tokens = tokens.saturating_add(rec.output_tokens());
         done += 1;
-        if to_journal.send(rec).is_err() {
+        if to_journal.send(rec).await.is_err() {
             break;
         }
         progress.update(done, failed, tokens, started.elapsed());
@@ -716,7 +725,7 @@ async fn collect(
 /// Appends each record to the journal as one JSON line, flushing whenever no other record is
 /// waiting; returns the records in arrival order. After a write error (a full disk) nothing
 /// more is written, the run is stopped, and the records are still all kept for the result.
-fn write_journal(journal: Journal, rx: std::sync::mpsc::Receiver<RequestRecord>) -> Collected {
+fn write_journal(journal: Journal, mut rx: mpsc::Receiver<RequestRecord>) -> Collected {
     let mut out = std::io::BufWriter::new(journal.file);
     let mut records = Vec::new();
     let mut error: Option<String> = None;
@@ -729,7 +738,7 @@ fn write_journal(journal: Journal, rx: std::sync::mpsc::Receiver<RequestRecord>)
             journal.on_error.cancel();
         }
     };
-    while let Ok(mut rec) = rx.recv() {
+    while let Some(mut rec) = rx.blocking_recv() {
         loop {
             if error.is_none() {
                 let line = serde_json::to_writer(&mut out, &rec)
