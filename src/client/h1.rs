@@ -173,6 +173,7 @@ impl Conn {
                         guard.clear_ready();
                     }
                     buf.len += n;
+                    buf.full = n == spare;
                     self.rx_realtime_ns = ts;
                     return Ok(n);
                 }
@@ -197,19 +198,31 @@ impl Conn {
 }
 
 /// A read buffer whose memory is all initialised, so that a read fills it through a plain
-/// `&mut [u8]`: the first `len` bytes hold what was read.
+/// `&mut [u8]`: the first `len` bytes hold what was read. Its room is zeroed only as reads
+/// need it (1 KiB at first, doubled when a read fills it, up to [`FULL_ROOM`]), so a stream of
+/// small reads keeps about one page of it resident, as reads into a `Vec`'s uninitialised
+/// capacity did: zeroing all of it up front cost a page per stream in `kvbench selftest`.
 #[derive(Debug, Default)]
 pub struct ReadBuf {
+    /// The initialised memory (its capacity is reserved up front).
     mem: Vec<u8>,
     len: usize,
+    /// The last read filled all the room it was given: more may have been waiting.
+    full: bool,
 }
 
+/// Room zeroed for the first read.
+const FIRST_ROOM: usize = 1024;
+/// Room up to which a read that filled its room doubles the next one's.
+const FULL_ROOM: usize = 8 * 1024;
+
 impl ReadBuf {
-    /// An empty buffer with room for `n` bytes.
+    /// An empty buffer with `n` bytes reserved.
     pub fn with_capacity(n: usize) -> Self {
         Self {
-            mem: vec![0; n],
+            mem: Vec::with_capacity(n),
             len: 0,
+            full: false,
         }
     }
 
@@ -233,10 +246,13 @@ impl ReadBuf {
         self.len = 0;
     }
 
-    /// The room after the bytes read, grown when less than 1 KiB is left.
+    /// The room after the bytes read: the memory doubles (by at least [`FIRST_ROOM`]) when
+    /// none is left, or when the last read filled it and it is under [`FULL_ROOM`].
     fn spare(&mut self) -> &mut [u8] {
-        if self.mem.len() - self.len < 1024 {
-            self.mem.resize(self.mem.len() + 8 * 1024, 0);
+        let room = self.mem.len() - self.len;
+        if room == 0 || (self.full && room < FULL_ROOM) {
+            let more = self.mem.len().max(FIRST_ROOM);
+            self.mem.resize(self.mem.len() + more, 0);
         }
         &mut self.mem[self.len..]
     }
