@@ -547,6 +547,7 @@ impl Client {
             pending: Some(head.len),
             buf,
             payload: Vec::new(),
+            piece: None,
             framing: head.framing,
             keep_alive: head.keep_alive,
             ended: false,
@@ -622,8 +623,10 @@ struct H1Body<'a> {
     buf: h1::ReadBuf,
     /// Where the body starts in `buf`, until that first part has been handed over.
     pending: Option<usize>,
-    /// The last read's payload, framing removed.
+    /// The last read's payload, framing removed, when it came in several pieces.
     payload: Vec<u8>,
+    /// Where in `buf` the last read's payload lies, when it came in one piece.
+    piece: Option<std::ops::Range<usize>>,
     framing: h1::Framing,
     keep_alive: bool,
     /// The framing says the body ended.
@@ -638,13 +641,46 @@ struct H1Body<'a> {
 }
 
 impl H1Body<'_> {
-    /// Passes `buf[start..]` through the framing into `payload`.
+    /// The last read's payload: its piece of `buf`, or the pieces copied together.
+    fn payload(&self) -> &[u8] {
+        match &self.piece {
+            Some(r) => self.buf.filled().get(r.clone()).unwrap_or_default(),
+            None => &self.payload,
+        }
+    }
+
+    /// Passes `buf[start..]` through the framing. The payload of a read is most often one
+    /// piece of `buf` (one HTTP chunk, or a body without chunks): it is then read in place
+    /// (`piece`); only several pieces are copied together into `payload`.
     fn unframe(&mut self, start: usize) -> Then {
         self.payload.clear();
-        let payload = &mut self.payload;
-        let fed = feed(&mut self.framing, &self.buf.filled()[start..], &mut |p| {
-            payload.extend_from_slice(p)
+        let whole = self.buf.filled();
+        let input = &whole[start..];
+        let copy = &mut self.payload;
+        // The first piece as a range of `whole` (feed passes pieces of its input); `None` once
+        // the pieces are copied.
+        let mut first: Option<std::ops::Range<usize>> = Some(0..0);
+        let mut pieces = 0usize;
+        let fed = feed(&mut self.framing, input, &mut |p| {
+            pieces += 1;
+            if pieces == 1 {
+                first = (p.as_ptr() as usize)
+                    .checked_sub(whole.as_ptr() as usize)
+                    .map(|at| at..at + p.len())
+                    .filter(|r| {
+                        whole
+                            .get(r.clone())
+                            .is_some_and(|s| s.as_ptr() == p.as_ptr())
+                    });
+                if first.is_some() {
+                    return;
+                }
+            } else if let Some(r) = first.take() {
+                copy.extend_from_slice(whole.get(r).unwrap_or_default());
+            }
+            copy.extend_from_slice(p);
         });
+        self.piece = first;
         match fed {
             Ok(Some(extra)) => {
                 self.ended = true;
@@ -665,7 +701,7 @@ impl BodySource for H1Body<'_> {
         if let Some(start) = self.pending.take() {
             let then = self.unframe(start);
             return Read {
-                payload: &self.payload,
+                payload: self.payload(),
                 t_ns: self.t_ns,
                 stamp: None,
                 then,
@@ -703,7 +739,7 @@ impl BodySource for H1Body<'_> {
                 self.t_ns = t_ns;
                 let then = self.unframe(0);
                 Read {
-                    payload: &self.payload,
+                    payload: self.payload(),
                     t_ns,
                     stamp: Some(kernel),
                     then,
