@@ -1,6 +1,5 @@
 //! Per-event cost of the client's hot path on a recorded-shape vLLM stream: SSE framing, chunk
-//! decoding (borrowed, as the streaming loop does: the scanner with serde as fallback, and
-//! serde alone; owned, as `decode` returns it), and
+//! decoding (borrowed, as the streaming loop does, and owned, as `decode` returns it), and
 //! both together with timestamp bookkeeping. Run: `cargo bench --bench hot_path`.
 //!
 //! A plain timing loop (no harness): it prints nanoseconds per event, best of five rounds.
@@ -8,7 +7,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use kvbench::client::chunk::{decode, decode_ref, decode_ref_full, EventRef};
+use kvbench::client::chunk::{decode, decode_ref, EventRef};
 use kvbench::client::sse::SseParser;
 
 fn vllm_stream(tokens: usize) -> Vec<u8> {
@@ -76,13 +75,6 @@ fn main() {
             }
         }
     });
-    let serde_only = best_ns_per_event(events * reps, || {
-        for _ in 0..reps {
-            for d in &datas {
-                black_box(decode_ref_full(d));
-            }
-        }
-    });
     let origin = Instant::now();
     let full = best_ns_per_event(events * reps, || {
         for _ in 0..reps {
@@ -104,7 +96,6 @@ fn main() {
     println!("hot path, ns per SSE event (vLLM chat chunks, one read per line, best of 5):");
     println!("  sse framing                 {sse:8.1}");
     println!("  decode (owned strings)      {owned:8.1}");
-    println!("  decode_ref_full (serde)     {serde_only:8.1}");
-    println!("  decode_ref (scanner)        {borrowed:8.1}");
+    println!("  decode_ref (borrowed)       {borrowed:8.1}");
     println!("  sse + decode_ref + timestamp {full:7.1}");
 }

@@ -4,9 +4,11 @@
 //! Workers send finished records over a channel to one collector, which drives the progress
 //! display and hands each record to a journal thread: it appends the record to the journal and
 //! flushes whenever it has caught up (a crash keeps what finished), off the runtime's threads
-//! so that serializing and writing never delays a stream's reads. Cancellation
-//! (Ctrl-C) has one path: a `CancellationToken` that stops scheduling and makes in-flight
-//! requests end as `cancelled`; everything measured is still written.
+//! so that serializing and writing never delays a stream's reads. Both channels are bounded: a
+//! journal that falls behind makes finished requests wait to hand over their records, so
+//! memory stays bounded and no record is ever dropped. Cancellation (Ctrl-C) has one path: a
+//! `CancellationToken` that stops scheduling and makes in-flight requests end as `cancelled`;
+//! everything measured is still written.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -141,7 +143,7 @@ struct Ctx {
     origin: Instant,
     keep_text: bool,
     cancel: CancellationToken,
-    records: mpsc::UnboundedSender<RequestRecord>,
+    records: mpsc::Sender<RequestRecord>,
 }
 
 async fn run_one(ctx: &Ctx, job: Job, scheduled_ns: u64, warmup: bool) {
@@ -162,7 +164,9 @@ async fn run_one(ctx: &Ctx, job: Job, scheduled_ns: u64, warmup: bool) {
             &ctx.cancel,
         )
         .await;
-    let _ = ctx.records.send(rec);
+    // Waits while the journal is behind (backpressure, never loss); fails only when the
+    // collector is gone, which it is not while any worker runs.
+    let _ = ctx.records.send(rec).await;
 }
 
 fn now_ns(origin: Instant) -> u64 {
@@ -182,6 +186,110 @@ pub const JOURNAL_FAILED: &str = "journal_failed";
 
 /// Runs the measurement, writing the journal as requests finish; the caller writes the result.
 pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<RunResult> {
+    let Prepared {
+        base,
+        concurrency,
+        client,
+        tokenizer,
+        workload,
+        pre,
+        journal_file,
+    } = prepare(&cfg, &cancel).await?;
+    // Stops scheduling and in-flight requests: the user's interruption, or a journal that can
+    // no longer be written (what was measured is then kept in memory for the result).
+    let stop = cancel.child_token();
+    let spec = BodySpec {
+        endpoint: cfg.endpoint,
+        model: pre.model.clone(),
+        engine: pre.engine,
+        sampling: cfg.sampling.clone(),
+        no_prompt_cache: cfg.no_prompt_cache,
+    };
+    let job_rx = spawn_producer(&cfg, Arc::new(workload), spec, concurrency);
+
+    let origin = cfg.origin.unwrap_or_else(Instant::now);
+    let started_at = chrono::Utc::now();
+    let (rec_tx, rec_rx) = mpsc::channel(RECORD_QUEUE);
+    let ctx = Arc::new(Ctx {
+        client,
+        endpoint: cfg.endpoint,
+        origin,
+        keep_text: cfg.keep_text,
+        cancel: stop.clone(),
+        records: rec_tx,
+    });
+    let collector = tokio::spawn(collect(
+        rec_rx,
+        Journal {
+            file: journal_file,
+            path: cfg.journal.clone(),
+            on_error: stop.clone(),
+        },
+        cfg.progress,
+        cfg.num_requests,
+        cfg.warmup,
+        cfg.duration,
+    ));
+
+    let mut phases = crate::result::Phases::default();
+    let t_warmup = Instant::now();
+    warm_up(&ctx, &job_rx, cfg.warmup, concurrency).await;
+    if cfg.warmup > 0 {
+        phases.warmup_s = Some(t_warmup.elapsed().as_secs_f64());
+    }
+    let t_quality = Instant::now();
+    let quality = match &cfg.quality {
+        Some(q) => {
+            let q = run_quality(&cfg, q, &base, &pre, tokenizer, origin, &stop).await?;
+            phases.quality_s = Some(t_quality.elapsed().as_secs_f64());
+            Some(q)
+        }
+        None => None,
+    };
+    let t_workload = Instant::now();
+
+    // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
+    // first wave's TTFT: a serving client keeps its connections alive.
+    let prewarm = prewarm_count(&cfg.arrival, cfg.num_requests);
+    ctx.client.prewarm(prewarm, &stop).await;
+    schedule(&cfg, &ctx, &job_rx, &stop).await;
+    drop(job_rx);
+    drop(ctx);
+    let collected = collector.await.context("collector task failed")??;
+    let times = RunTimes {
+        started_at,
+        finished_at: chrono::Utc::now(),
+        workload_start: t_workload,
+    };
+    Ok(run_result(
+        &cfg,
+        &base,
+        &pre,
+        collected,
+        cancel.is_cancelled(),
+        times,
+        quality,
+        phases,
+    ))
+}
+
+/// What the preflight of a run set up: the client, the workload, what the server said, and the
+/// journal file.
+struct Prepared {
+    /// The API base URL.
+    base: String,
+    /// Streams in flight at most (the closed-loop concurrency, or the open-loop cap).
+    concurrency: usize,
+    client: Client,
+    tokenizer: Option<Arc<TokenCounter>>,
+    workload: Workload,
+    pre: Preflight,
+    journal_file: std::fs::File,
+}
+
+/// Everything that can fail before the first request is sent: output paths, the URL, the
+/// client, the tokenizer and workload, the server's preflight, the journal file.
+async fn prepare(cfg: &RunConfig, cancel: &CancellationToken) -> anyhow::Result<Prepared> {
     // Output paths first: one that cannot be written fails before anything is sent, not after
     // the whole run.
     check_writable(&cfg.output, "--output")?;
@@ -217,143 +325,127 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     };
     let journal_file = std::fs::File::create(&cfg.journal)
         .with_context(|| format!("cannot write journal {}", cfg.journal.display()))?;
-    // Stops scheduling and in-flight requests: the user's interruption, or a journal that can
-    // no longer be written (what was measured is then kept in memory for the result).
-    let stop = cancel.child_token();
+    Ok(Prepared {
+        base,
+        concurrency,
+        client,
+        tokenizer,
+        workload,
+        pre,
+        journal_file,
+    })
+}
 
-    let spec = BodySpec {
+/// Starts the producer: a plain thread that builds request bodies ahead of time, in id order.
+fn spawn_producer(
+    cfg: &RunConfig,
+    workload: Arc<Workload>,
+    spec: BodySpec,
+    concurrency: usize,
+) -> Arc<Mutex<mpsc::Receiver<Job>>> {
+    let total_jobs = cfg.num_requests.map(|n| n.saturating_add(cfg.warmup));
+    let (job_tx, job_rx) = mpsc::channel::<Job>(concurrency * 2 + 16);
+    std::thread::spawn(move || {
+        let mut id = 0u64;
+        while total_jobs.is_none_or(|t| id < t) {
+            let (item, prefix) = workload.item(id);
+            let body = serde_json::to_vec(&build_body(&spec, &item, &prefix))
+                .unwrap_or_default()
+                .into();
+            let job = Job {
+                id,
+                body,
+                prompt_tokens_est: item.prompt_tokens_est,
+            };
+            if job_tx.blocking_send(job).is_err() {
+                break;
+            }
+            id += 1;
+        }
+    });
+    Arc::new(Mutex::new(job_rx))
+}
+
+/// Warmup: `warmup` requests in a closed loop of at most `concurrency` streams, excluded from
+/// statistics.
+async fn warm_up(
+    ctx: &Arc<Ctx>,
+    job_rx: &Arc<Mutex<mpsc::Receiver<Job>>>,
+    warmup: u64,
+    concurrency: usize,
+) {
+    if warmup == 0 {
+        return;
+    }
+    let left = Arc::new(AtomicU64::new(warmup));
+    let workers = concurrency.min(usize::try_from(warmup).unwrap_or(usize::MAX));
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (ctx, rx, left) = (ctx.clone(), job_rx.clone(), left.clone());
+        handles.push(tokio::spawn(async move {
+            let take = || {
+                left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            };
+            while !ctx.cancel.is_cancelled() && take() {
+                let Some(job) = next_job(&rx, &ctx.cancel).await else {
+                    break;
+                };
+                let s = now_ns(ctx.origin);
+                run_one(&ctx, job, s, true).await;
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// Quality suites: after warmup, before the performance phase; per-item records go to their
+/// own journal next to the output. They get their own connection pool: a server may close a
+/// connection after an error answer (llama.cpp does for refused images), and such a dead
+/// keep-alive connection must not be handed to the first measured request.
+async fn run_quality(
+    cfg: &RunConfig,
+    q: &crate::quality::QualityConfig,
+    base: &str,
+    pre: &Preflight,
+    tokenizer: Option<Arc<TokenCounter>>,
+    origin: Instant,
+    stop: &CancellationToken,
+) -> anyhow::Result<Value> {
+    let quality_client = Client::new(&ClientOptions {
+        api_base: base.to_owned(),
+        api_key: cfg.api_key.clone(),
+        headers: cfg.headers.clone(),
+        timeout: cfg.timeout,
+        pool_size: 1,
+    })?;
+    let env = crate::quality::run::QualityEnv {
+        client: &quality_client,
         endpoint: cfg.endpoint,
         model: pre.model.clone(),
         engine: pre.engine,
-        sampling: cfg.sampling.clone(),
         no_prompt_cache: cfg.no_prompt_cache,
-    };
-
-    // Producer: builds request bodies ahead of time on a plain thread, in id order.
-    let total_jobs = cfg.num_requests.map(|n| n.saturating_add(cfg.warmup));
-    let (job_tx, job_rx) = mpsc::channel::<Job>(concurrency * 2 + 16);
-    let workload = Arc::new(workload);
-    {
-        let workload = workload.clone();
-        let spec = spec.clone();
-        std::thread::spawn(move || {
-            let mut id = 0u64;
-            while total_jobs.is_none_or(|t| id < t) {
-                let (item, prefix) = workload.item(id);
-                let body = serde_json::to_vec(&build_body(&spec, &item, &prefix))
-                    .unwrap_or_default()
-                    .into();
-                let job = Job {
-                    id,
-                    body,
-                    prompt_tokens_est: item.prompt_tokens_est,
-                };
-                if job_tx.blocking_send(job).is_err() {
-                    break;
-                }
-                id += 1;
-            }
-        });
-    }
-    let job_rx = Arc::new(Mutex::new(job_rx));
-
-    let origin = cfg.origin.unwrap_or_else(Instant::now);
-    let started_at = chrono::Utc::now();
-    let (rec_tx, rec_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(Ctx {
-        client,
-        endpoint: cfg.endpoint,
+        tokenizer,
+        facts: pre.facts.clone(),
         origin,
-        keep_text: cfg.keep_text,
-        cancel: stop.clone(),
-        records: rec_tx,
-    });
-    let expected = cfg.num_requests;
-    let collector = tokio::spawn(collect(
-        rec_rx,
-        Journal {
-            file: journal_file,
-            path: cfg.journal.clone(),
-            on_error: stop.clone(),
-        },
-        cfg.progress,
-        expected,
-        cfg.warmup,
-        cfg.duration,
-    ));
-
-    let mut phases = crate::result::Phases::default();
-    // Warmup: closed loop, excluded from statistics.
-    let t_warmup = Instant::now();
-    if cfg.warmup > 0 {
-        let left = Arc::new(AtomicU64::new(cfg.warmup));
-        let workers = concurrency.min(usize::try_from(cfg.warmup).unwrap_or(usize::MAX));
-        let mut handles = Vec::new();
-        for _ in 0..workers {
-            let (ctx, rx, left) = (ctx.clone(), job_rx.clone(), left.clone());
-            handles.push(tokio::spawn(async move {
-                let take = || {
-                    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok()
-                };
-                while !ctx.cancel.is_cancelled() && take() {
-                    let Some(job) = next_job(&rx, &ctx.cancel).await else {
-                        break;
-                    };
-                    let s = now_ns(ctx.origin);
-                    run_one(&ctx, job, s, true).await;
-                }
-            }));
-        }
-        for h in handles {
-            let _ = h.await;
-        }
-    }
-
-    // Quality suites: after warmup, before the performance phase; per-item records go to their
-    // own journal next to the output. They get their own connection pool: a server may close a
-    // connection after an error answer (llama.cpp does for refused images), and such a dead
-    // keep-alive connection must not be handed to the first measured request.
-    if cfg.warmup > 0 {
-        phases.warmup_s = Some(t_warmup.elapsed().as_secs_f64());
-    }
-    let t_quality = Instant::now();
-    let quality = match &cfg.quality {
-        Some(q) => {
-            let quality_client = Client::new(&ClientOptions {
-                api_base: base.clone(),
-                api_key: cfg.api_key.clone(),
-                headers: cfg.headers.clone(),
-                timeout: cfg.timeout,
-                pool_size: 1,
-            })?;
-            let env = crate::quality::run::QualityEnv {
-                client: &quality_client,
-                endpoint: cfg.endpoint,
-                model: pre.model.clone(),
-                engine: pre.engine,
-                no_prompt_cache: cfg.no_prompt_cache,
-                tokenizer: tokenizer.clone(),
-                facts: pre.facts.clone(),
-                origin,
-                progress: cfg.progress != ProgressMode::Quiet,
-            };
-            let q = crate::quality::run_suites(q, &env, &stop).await?;
-            phases.quality_s = Some(t_quality.elapsed().as_secs_f64());
-            Some(q)
-        }
-        None => None,
+        progress: cfg.progress != ProgressMode::Quiet,
     };
-    let t_workload = Instant::now();
+    crate::quality::run_suites(q, &env, stop).await
+}
 
-    // Open the connection pool before measuring, so TCP (and TLS) set-up is not counted in the
-    // first wave's TTFT: a serving client keeps its connections alive.
-    let prewarm = prewarm_count(&cfg.arrival, cfg.num_requests);
-    ctx.client.prewarm(prewarm, &stop).await;
-
+/// The measured phase: sends the workload under the arrival schedule (closed-loop workers, or
+/// open-loop arrivals on a precomputed timeline) until it is done, the duration is over or the
+/// run stops, and waits for the requests in flight.
+async fn schedule(
+    cfg: &RunConfig,
+    ctx: &Arc<Ctx>,
+    job_rx: &Arc<Mutex<mpsc::Receiver<Job>>>,
+    stop: &CancellationToken,
+) {
     let measure_start = Instant::now();
     let deadline = cfg.duration.map(|d| measure_start + d);
-    let open_loop = matches!(cfg.arrival, Arrival::Open { .. });
     let mut handles = Vec::new();
     match cfg.arrival.clone() {
         Arrival::Closed { concurrency } => {
@@ -395,7 +487,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
                 cfg.duration,
             );
             let sem = max_concurrency.map(|m| Arc::new(Semaphore::new(m)));
-            let base_ns = now_ns(origin);
+            let base_ns = now_ns(ctx.origin);
             for offset in times {
                 let Some(at) = measure_start.checked_add(offset) else {
                     break;
@@ -404,7 +496,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
                     _ = tokio::time::sleep_until(at.into()) => {}
                     _ = stop.cancelled() => break,
                 }
-                let Some(job) = next_job(&job_rx, &stop).await else {
+                let Some(job) = next_job(job_rx, stop).await else {
                     break;
                 };
                 let scheduled = base_ns.saturating_add(offset.as_nanos() as u64);
@@ -431,16 +523,34 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         };
         let _ = tokio::time::timeout(wait, h).await;
     }
-    drop(job_rx);
-    drop(ctx);
+}
+
+/// When a run started and finished (wall clock), and when its workload phase started.
+struct RunTimes {
+    started_at: chrono::DateTime<chrono::Utc>,
+    finished_at: chrono::DateTime<chrono::Utc>,
+    workload_start: Instant,
+}
+
+/// The run's result from what was collected: the records' metrics, the outcome, the server and
+/// the configuration.
+#[allow(clippy::too_many_arguments)]
+fn run_result(
+    cfg: &RunConfig,
+    base: &str,
+    pre: &Preflight,
+    collected: Collected,
+    interrupted: bool,
+    times: RunTimes,
+    quality: Option<Value>,
+    phases: crate::result::Phases,
+) -> RunResult {
     let Collected {
         records,
         journal_error,
-    } = collector.await.context("collector task failed")??;
-    let finished_at = chrono::Utc::now();
-
+    } = collected;
+    let open_loop = matches!(cfg.arrival, Arrival::Open { .. });
     let d = metrics::derive(&records, open_loop);
-    let interrupted = cancel.is_cancelled();
     let outcome = if journal_error.is_some() {
         JOURNAL_FAILED
     } else if interrupted {
@@ -455,8 +565,12 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         Engine::Llamacpp => "llamacpp",
         Engine::Openai | Engine::Auto => "openai",
     };
-    let journal_display = cfg.journal.display().to_string();
-    let result = RunResult {
+    let RunTimes {
+        started_at,
+        finished_at,
+        workload_start,
+    } = times;
+    RunResult {
         schema_version: SCHEMA_VERSION,
         kvbench_version: env!("CARGO_PKG_VERSION").to_owned(),
         arm: cfg.arm.clone(),
@@ -466,7 +580,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         outcome: outcome.to_owned(),
         server: ServerInfo {
             url: redact_url(&cfg.url),
-            api_base: redact_url(&base),
+            api_base: redact_url(base),
             model: pre.model.clone(),
             engine: engine_name.to_owned(),
             version: pre.version.clone(),
@@ -474,7 +588,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
             startup_s: None,
             facts: pre.facts.clone(),
         },
-        config: config_json(&cfg, &pre),
+        config: config_json(cfg, pre),
         requests: d.requests,
         errors: d.errors,
         anomalies: d.anomalies,
@@ -486,7 +600,7 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         warnings: Vec::new(),
         server_metrics: None,
         quality,
-        journal: Some(journal_display),
+        journal: Some(cfg.journal.display().to_string()),
         goodput: metrics::goodput(&records, &cfg.slo, d.duration_s),
         failure: journal_error.map(|message| crate::server::Failure {
             kind: JOURNAL_FAILED.to_owned(),
@@ -494,11 +608,10 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
             log_tail: String::new(),
         }),
         phases: crate::result::Phases {
-            workload_s: Some(t_workload.elapsed().as_secs_f64()),
+            workload_s: Some(workload_start.elapsed().as_secs_f64()),
             ..phases
         },
-    };
-    Ok(result)
+    }
 }
 
 /// Connections opened before measuring: the closed-loop concurrency, the open-loop cap, or 16;
@@ -604,6 +717,11 @@ fn config_json(cfg: &RunConfig, pre: &Preflight) -> Value {
     })
 }
 
+/// Records that may wait between a worker and the collector, and between the collector and
+/// the journal thread. When the journal falls this far behind, finished requests wait to hand
+/// over their records (the run slows down) rather than memory growing or a record being lost.
+const RECORD_QUEUE: usize = 4096;
+
 /// The journal file and what to do when it can no longer be written.
 struct Journal {
     file: std::fs::File,
@@ -619,14 +737,14 @@ struct Collected {
 }
 
 async fn collect(
-    mut rx: mpsc::UnboundedReceiver<RequestRecord>,
+    mut rx: mpsc::Receiver<RequestRecord>,
     journal: Journal,
     mode: ProgressMode,
     expected: Option<u64>,
     warmup: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<Collected> {
-    let (to_journal, journal_rx) = std::sync::mpsc::channel::<RequestRecord>();
+    let (to_journal, journal_rx) = mpsc::channel::<RequestRecord>(RECORD_QUEUE);
     let writer = std::thread::Builder::new()
         .name("kvbench-journal".into())
         .spawn(move || write_journal(journal, journal_rx))
@@ -642,7 +760,7 @@ async fn collect(
         }
         tokens = tokens.saturating_add(rec.output_tokens());
         done += 1;
-        if to_journal.send(rec).is_err() {
+        if to_journal.send(rec).await.is_err() {
             break;
         }
         progress.update(done, failed, tokens, started.elapsed());
@@ -657,7 +775,7 @@ async fn collect(
 /// Appends each record to the journal as one JSON line, flushing whenever no other record is
 /// waiting; returns the records in arrival order. After a write error (a full disk) nothing
 /// more is written, the run is stopped, and the records are still all kept for the result.
-fn write_journal(journal: Journal, rx: std::sync::mpsc::Receiver<RequestRecord>) -> Collected {
+fn write_journal(journal: Journal, mut rx: mpsc::Receiver<RequestRecord>) -> Collected {
     let mut out = std::io::BufWriter::new(journal.file);
     let mut records = Vec::new();
     let mut error: Option<String> = None;
@@ -670,7 +788,7 @@ fn write_journal(journal: Journal, rx: std::sync::mpsc::Receiver<RequestRecord>)
             journal.on_error.cancel();
         }
     };
-    while let Ok(mut rec) = rx.recv() {
+    while let Some(mut rec) = rx.blocking_recv() {
         loop {
             if error.is_none() {
                 let line = serde_json::to_writer(&mut out, &rec)

@@ -18,7 +18,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvbench::client::chunk::{decode_ref, decode_ref_full, EventRef};
+use kvbench::client::chunk::{decode_ref, EventRef};
 use kvbench::client::h1::{parse_head, Chunked};
 use kvbench::client::sse::SseParser;
 use kvbench::logscan::{self, Catalog, Scanner};
@@ -234,11 +234,8 @@ fn fuzz_sse_parser_and_chunk_decoder() {
             }
             for data in &whole.0 {
                 prop_assert!(data.len() <= limit, "an event over the limit was delivered");
-                // The fast scanner and the full decoder agree on every event.
-                let fast = decode_ref(data);
-                let full = decode_ref_full(data);
-                prop_assert_eq!(&fast, &full, "{}", String::from_utf8_lossy(data));
-                tally.add(match &fast {
+                let event = decode_ref(data);
+                tally.add(match &event {
                     EventRef::Done => "done",
                     EventRef::Error(_) => "error events",
                     EventRef::Malformed => "malformed events",
@@ -247,7 +244,7 @@ fn fuzz_sse_parser_and_chunk_decoder() {
                     }
                     EventRef::Chunk(_) => "other chunks",
                 });
-                if let EventRef::Chunk(c) = fast {
+                if let EventRef::Chunk(c) = event {
                     prop_assert!(c.content.as_deref().is_none_or(|s| !s.is_empty()));
                     prop_assert!(c.reasoning.as_deref().is_none_or(|s| !s.is_empty()));
                     let _ = c.into_owned();

@@ -130,9 +130,12 @@ impl Conn {
         let conn = tokio::net::TcpStream::connect(authority).await?;
         conn.set_nodelay(true)?;
         let std = conn.into_std()?;
-        enable_rx_timestamps(std::os::fd::AsRawFd::as_raw_fd(&std));
+        enable_rx_timestamps(&std);
+        // Not tokio's TcpStream: a `recvmsg` through its `try_io` cannot tell the reactor that
+        // a short read emptied the socket, which would cost one more system call per read.
         // SAFETY: the std::net::TcpStream owns its descriptor, which stays open and the same
-        // until the stream (inside the AsyncFd) is dropped.
+        // until the stream (inside the AsyncFd) is dropped. (No safe constructor exists: tokio
+        // deprecated `AsyncFd::new` as unsound.)
         let fd = unsafe { AsyncFd::register(std) }.map_err(io::Error::from)?;
         Ok(Self {
             fd,
@@ -155,22 +158,22 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads what has arrived into the spare capacity of `buf` (growing it when full); `0` at
-    /// the end of the stream. Sets [`Conn::rx_realtime_ns`].
-    pub async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(8 * 1024);
-        }
+    /// Reads what has arrived after the bytes `buf` holds (growing it when nearly full); `0`
+    /// at the end of the stream. Sets [`Conn::rx_realtime_ns`].
+    pub async fn read_buf(&mut self, buf: &mut ReadBuf) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
-            let spare = buf.capacity() - buf.len();
-            match guard.try_io(|s| recv_stamped(s.get_ref(), buf)) {
+            let dst = buf.spare();
+            let spare = dst.len();
+            match guard.try_io(|s| recvmsg_stamped(std::os::fd::AsRawFd::as_raw_fd(s), dst)) {
                 Ok(Ok((n, ts))) => {
                     // A short read emptied the socket: wait for the reactor's next event
                     // instead of a read that would only say so (as tokio's own TcpStream does).
                     if n > 0 && n < spare {
                         guard.clear_ready();
                     }
+                    buf.len += n;
+                    buf.full = n == spare;
                     self.rx_realtime_ns = ts;
                     return Ok(n);
                 }
@@ -194,91 +197,112 @@ impl Conn {
     }
 }
 
+/// A read buffer whose memory is all initialised, so that a read fills it through a plain
+/// `&mut [u8]`: the first `len` bytes hold what was read. Its room is zeroed only as reads
+/// need it (1 KiB at first, doubled when a read fills it, up to [`FULL_ROOM`]), so a stream of
+/// small reads keeps about one page of it resident, as reads into a `Vec`'s uninitialised
+/// capacity did: zeroing all of it up front cost a page per stream in `kvbench selftest`.
+#[derive(Debug, Default)]
+pub struct ReadBuf {
+    /// The initialised memory (its capacity is reserved up front).
+    mem: Vec<u8>,
+    len: usize,
+    /// The last read filled all the room it was given: more may have been waiting.
+    full: bool,
+}
+
+/// Room zeroed for the first read.
+const FIRST_ROOM: usize = 1024;
+/// Room up to which a read that filled its room doubles the next one's.
+const FULL_ROOM: usize = 8 * 1024;
+
+impl ReadBuf {
+    /// An empty buffer with `n` bytes reserved.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            mem: Vec::with_capacity(n),
+            len: 0,
+            full: false,
+        }
+    }
+
+    /// The bytes read so far.
+    pub fn filled(&self) -> &[u8] {
+        &self.mem[..self.len]
+    }
+
+    /// How many bytes were read so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was read since the last [`ReadBuf::clear`].
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets what was read (the memory is kept for the next read).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The room after the bytes read: the memory doubles (by at least [`FIRST_ROOM`]) when
+    /// none is left, or when the last read filled it and it is under [`FULL_ROOM`].
+    fn spare(&mut self) -> &mut [u8] {
+        let room = self.mem.len() - self.len;
+        if room == 0 || (self.full && room < FULL_ROOM) {
+            let more = self.mem.len().max(FIRST_ROOM);
+            self.mem.resize(self.mem.len() + more, 0);
+        }
+        &mut self.mem[self.len..]
+    }
+}
+
 /// Asks the kernel to stamp each received packet (`SO_TIMESTAMPNS`); Linux only. A failure
 /// only means no timestamps: reads then fall back to the time of the read.
 #[cfg(target_os = "linux")]
-pub(crate) fn enable_rx_timestamps(fd: std::os::fd::RawFd) {
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt reads an int from the pointer we pass, with its size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+pub(crate) fn enable_rx_timestamps(sock: &impl std::os::fd::AsFd) {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimestampns};
+    let _ = setsockopt(sock, ReceiveTimestampns, &true);
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn enable_rx_timestamps(_fd: std::os::fd::RawFd) {}
+pub(crate) fn enable_rx_timestamps(_sock: &impl std::os::fd::AsFd) {}
 
-/// `recvmsg` into the spare capacity of `buf`, with the kernel's receive timestamp.
-fn recv_stamped(
-    sock: &std::net::TcpStream,
-    buf: &mut Vec<u8>,
-) -> io::Result<(usize, Option<i128>)> {
-    use std::os::fd::AsRawFd;
-    let (n, ts) = recvmsg_stamped(sock.as_raw_fd(), buf.spare_capacity_mut())?;
-    // SAFETY: recvmsg initialised the first `n` bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + n) };
-    Ok((n, ts))
-}
+/// Room for the control messages of one read (a timestamp, and any other the kernel adds),
+/// aligned as the `cmsghdr` read from it must be.
+#[cfg(target_os = "linux")]
+#[repr(C, align(8))]
+struct ControlBuf([u8; 128]);
 
-/// One `recvmsg` on a non-blocking socket into `dst`: the bytes read (the first `n` of `dst`
-/// are then initialised) and the kernel's receive time of the last of them (`CLOCK_REALTIME`,
-/// ns), when it gave one.
+/// One `recvmsg` on a non-blocking socket into `dst`: the bytes read (the first `n` of
+/// `dst`) and the kernel's receive time of the last of them (`CLOCK_REALTIME`, ns), when it
+/// gave one.
 #[cfg(target_os = "linux")]
 pub(crate) fn recvmsg_stamped(
     fd: std::os::fd::RawFd,
-    dst: &mut [std::mem::MaybeUninit<u8>],
+    dst: &mut [u8],
 ) -> io::Result<(usize, Option<i128>)> {
-    let mut iov = libc::iovec {
-        iov_base: dst.as_mut_ptr().cast(),
-        iov_len: dst.len(),
-    };
-    // Room for a few control messages, aligned for cmsghdr.
-    let mut control = [0u64; 16];
-    // SAFETY: msghdr is plain data; zeroed is its documented initial state.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: the iovec points at `dst.len()` writable bytes, the control buffer at
-    // `msg_controllen` bytes; both outlive the call.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut control = ControlBuf([0; 128]);
+    let mut iov = [io::IoSliceMut::new(dst)];
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut control.0), MsgFlags::empty())?;
     let mut ts = None;
-    // SAFETY: the CMSG_* helpers walk the control buffer the kernel filled, within
-    // `msg_controllen`; the timestamp is read unaligned from its message's data.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let t: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                ts = Some(t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmTimestampns(t) = c {
+            ts = Some(t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128);
         }
     }
-    Ok((n as usize, ts))
+    Ok((msg.bytes, ts))
 }
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn recvmsg_stamped(
     fd: std::os::fd::RawFd,
-    dst: &mut [std::mem::MaybeUninit<u8>],
+    dst: &mut [u8],
 ) -> io::Result<(usize, Option<i128>)> {
-    // SAFETY: recv writes at most `dst.len()` bytes into `dst`.
-    let n = unsafe { libc::recv(fd, dst.as_mut_ptr().cast(), dst.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((n as usize, None))
+    let n = nix::sys::socket::recv(fd, dst, nix::sys::socket::MsgFlags::empty())?;
+    Ok((n, None))
 }
 
 /// Idle keep-alive connections, most recently used last.
@@ -682,7 +706,7 @@ mod tests {
         peer.write_all(b"data: x\n\n").await.unwrap();
         // Let the bytes wait in the socket: the timestamp must not be the read's.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut buf = Vec::new();
+        let mut buf = ReadBuf::default();
         assert_eq!(conn.read_buf(&mut buf).await.unwrap(), 9);
         let after = real();
         let t = conn.rx_realtime_ns().expect("a receive timestamp on Linux");

@@ -11,19 +11,20 @@ pub mod chunk;
 pub mod h1;
 pub mod request;
 pub mod sse;
+mod stream;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::record::{ErrorKind, RequestRecord};
-use chunk::EventRef;
-use sse::SseParser;
+use stream::{fail, BodySource, Read, StreamState, Then};
+
+pub use stream::MAX_PLAUSIBLE_TOKENS;
 
 /// Which OpenAI endpoint to call.
 #[derive(
@@ -184,7 +185,7 @@ struct Fast {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Initial read buffer of a streaming request: several events per read when they queue up.
 const READ_BUF: usize = 8 * 1024;
-use body::{ERROR_BODY_LIMIT, MAX_JSON_BODY, MAX_TEXT_BYTES, MAX_TOKEN_EVENTS};
+use body::{ERROR_BODY_LIMIT, MAX_JSON_BODY};
 
 impl Client {
     /// Builds the client; fails on an invalid header.
@@ -386,16 +387,30 @@ impl Client {
             Endpoint::Chat => "chat/completions",
             Endpoint::Completions => "completions",
         };
-        let state = StreamState {
-            keep_text,
-            logprobs,
-            ..StreamState::default()
-        };
-        if let Some(fast) = &self.fast {
-            self.stream_h1(fast, path, &body, rec, origin, state, cancel)
-                .await;
-            return;
+        let state = StreamState::new(keep_text, logprobs);
+        match &self.fast {
+            Some(fast) => {
+                self.stream_h1(fast, path, &body, rec, origin, state, cancel)
+                    .await
+            }
+            None => {
+                self.stream_reqwest(path, body, rec, origin, state, cancel)
+                    .await
+            }
         }
+    }
+
+    /// [`Client::stream_inner`] through reqwest: sends the request, then reads the response
+    /// with [`stream::read_response`].
+    async fn stream_reqwest(
+        &self,
+        path: &str,
+        body: bytes::Bytes,
+        rec: &mut RequestRecord,
+        origin: Instant,
+        state: StreamState<'_>,
+        cancel: &CancellationToken,
+    ) {
         let url = self.url(path);
         let now_ns = || origin.elapsed().as_nanos() as u64;
         // A pooled keep-alive connection may have been closed by the server just before it is
@@ -442,97 +457,45 @@ impl Client {
         };
         rec.first_byte_ns = Some(now_ns());
         rec.note_instant(false);
-        let status = resp.status();
-        rec.status = Some(status.as_u16());
-        if !status.is_success() {
-            let location = resp
-                .headers()
-                .get(reqwest::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = tokio::select! {
-                b = body::read_prefix(resp, ERROR_BODY_LIMIT, Duration::from_secs(5)) => Some(b),
-                _ = cancel.cancelled() => None,
-            };
-            rec.end_ns = now_ns();
-            let msg = redirect_note(status.as_u16(), location.as_deref()).unwrap_or_else(|| {
-                body.as_deref()
-                    .map(error_message_from_body)
-                    .unwrap_or_default()
-            });
-            fail(
-                rec,
-                ErrorKind::HttpStatus,
-                &format!("HTTP {}: {}", status.as_u16(), msg),
-            );
-            return;
-        }
-
-        let mut state = state;
-        let mut parser = SseParser::new();
-        let mut stream = resp.bytes_stream();
-        // One cancellation future for the whole stream: creating one per read would register
-        // and unregister a waiter on the token (a lock each) for every network read.
-        let cancelled = cancel.cancelled();
-        tokio::pin!(cancelled);
-        loop {
-            let next = tokio::select! {
-                n = stream.next() => n,
-                _ = &mut cancelled => {
-                    state.abort(rec, now_ns(), ErrorKind::Cancelled, "interrupted while streaming");
-                    return;
-                }
-            };
-            match next {
-                Some(Ok(bytes)) => {
-                    let t = now_ns();
-                    parser.push(&bytes, &mut |data| state.on_event(data, t, rec));
-                    if parser.too_large() {
-                        state.abort(rec, t, ErrorKind::ResponseTooLarge, &event_too_large());
-                        return;
-                    }
-                    if state.stop {
-                        break;
-                    }
-                }
-                Some(Err(e)) => {
-                    let kind = if e.is_timeout() {
-                        ErrorKind::Timeout
-                    } else {
-                        ErrorKind::StreamReset
-                    };
-                    state.abort(rec, now_ns(), kind, &describe_reqwest(&e));
-                    return;
-                }
-                None => break,
-            }
-        }
-        conclude(rec, &mut state, &mut parser, now_ns());
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let source = ReqwestBody {
+            resp,
+            origin,
+            // One cancellation future for the whole stream: creating one per read would
+            // register and unregister a waiter on the token (a lock each) for every read.
+            cancelled: Box::pin(cancel.cancelled()),
+            last: bytes::Bytes::new(),
+        };
+        stream::read_response(status, location.as_deref(), source, rec, state, origin).await;
     }
 
-    /// [`Client::stream_inner`] on the lean HTTP/1.1 path.
+    /// [`Client::stream_inner`] on the lean HTTP/1.1 path: sends the request, then reads the
+    /// response with [`stream::read_response`].
     #[allow(clippy::too_many_arguments)]
-    async fn stream_h1(
+    async fn stream_h1<'a>(
         &self,
-        fast: &Fast,
+        fast: &'a Fast,
         path: &str,
         body: &[u8],
         rec: &mut RequestRecord,
         origin: Instant,
-        mut state: StreamState<'_>,
-        cancel: &CancellationToken,
+        state: StreamState<'_>,
+        cancel: &'a CancellationToken,
     ) {
         let now_ns = || origin.elapsed().as_nanos() as u64;
         let request = fast.target.request(path, body);
-        let cancelled = cancel.cancelled();
-        tokio::pin!(cancelled);
-        let deadline = tokio::time::sleep(self.timeout);
-        tokio::pin!(deadline);
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+        let mut cancelled = Box::pin(cancel.cancelled());
+        let mut deadline = Box::pin(tokio::time::sleep(self.timeout));
+        let mut buf = h1::ReadBuf::with_capacity(READ_BUF);
         // As on the reqwest path: a pooled connection the server has closed meanwhile is
         // replaced (at most MAX_STALE_RETRIES times, each counted), timed from the last send.
         let mut attempt = 0;
-        let (mut conn, head, t_head) = loop {
+        let (conn, head, t_head) = loop {
             rec.sent_ns = now_ns();
             deadline
                 .as_mut()
@@ -542,7 +505,8 @@ impl Client {
             let sent = open_and_send(pooled, &fast.target.authority, &request, &mut buf);
             match guard(sent, deadline.as_mut(), cancelled.as_mut()).await {
                 Guarded::Done(Ok((conn, head))) => {
-                    let t = arrival_ns(&conn, now_ns(), rec.sent_ns, rec);
+                    let (t, kernel) = arrival_ns(&conn, now_ns(), rec.sent_ns);
+                    rec.note_instant(kernel);
                     break (conn, head, t);
                 }
                 Guarded::Done(Err(SendError::Stale(_)))
@@ -577,132 +541,255 @@ impl Client {
             }
         };
         rec.first_byte_ns = Some(t_head);
-        rec.status = Some(head.status);
-        let mut framing = head.framing;
-        let mut keep_alive = head.keep_alive;
-        if !(200..300).contains(&head.status) {
-            let mut error_body = Vec::new();
-            let keep = |body: &mut Vec<u8>, p: &[u8]| {
-                let room = ERROR_BODY_LIMIT.saturating_sub(body.len());
-                body.extend_from_slice(&p[..p.len().min(room)]);
-            };
-            let fed = feed(&mut framing, &buf[head.len..], &mut |p| {
-                keep(&mut error_body, p)
-            });
-            let mut ended = !matches!(fed, Ok(None));
-            let limit = tokio::time::sleep(Duration::from_secs(5));
-            tokio::pin!(limit);
-            while !ended && error_body.len() < ERROR_BODY_LIMIT {
-                buf.clear();
-                match guard(conn.read_buf(&mut buf), limit.as_mut(), cancelled.as_mut()).await {
-                    Guarded::Done(Ok(n)) if n > 0 => {
-                        let fed = feed(&mut framing, &buf, &mut |p| keep(&mut error_body, p));
-                        ended = !matches!(fed, Ok(None));
-                    }
-                    _ => break,
-                }
-            }
-            rec.end_ns = now_ns();
-            let msg = redirect_note(head.status, head.location.as_deref())
-                .unwrap_or_else(|| error_message_from_body(&error_body));
-            fail(
-                rec,
-                ErrorKind::HttpStatus,
-                &format!("HTTP {}: {}", head.status, msg),
-            );
-            return;
-        }
+        let source = H1Body {
+            conn,
+            pool: &fast.pool,
+            pending: Some(head.len),
+            buf,
+            payload: Vec::new(),
+            piece: None,
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            ended: false,
+            t_ns: t_head,
+            origin,
+            cancel,
+            cancelled,
+            deadline,
+        };
+        let location = head.location;
+        stream::read_response(head.status, location.as_deref(), source, rec, state, origin).await;
+    }
+}
 
-        let mut parser = SseParser::new();
-        let mut ended = false;
-        let mut input_start = head.len;
-        let mut t = t_head;
-        loop {
-            let fed = feed(&mut framing, &buf[input_start..], &mut |p| {
-                parser.push(p, &mut |data| state.on_event(data, t, rec))
-            });
-            if parser.too_large() {
-                state.abort(
-                    rec,
-                    now_ns(),
-                    ErrorKind::ResponseTooLarge,
-                    &event_too_large(),
-                );
-                return;
+/// A response body read through reqwest: each chunk hyper hands over, timed when it is handed
+/// over.
+struct ReqwestBody<'a> {
+    resp: reqwest::Response,
+    origin: Instant,
+    cancelled: Pin<Box<WaitForCancellationFuture<'a>>>,
+    /// The last chunk read (the payload of the last [`stream::Read`]).
+    last: bytes::Bytes,
+}
+
+impl BodySource for ReqwestBody<'_> {
+    async fn read(&mut self) -> Read<'_> {
+        let next = tokio::select! {
+            n = self.resp.chunk() => n,
+            _ = &mut self.cancelled => {
+                return Read::failed(ErrorKind::Cancelled, "interrupted while streaming");
             }
-            match fed {
-                Ok(Some(extra)) => {
-                    ended = true;
-                    keep_alive &= !extra;
+        };
+        match next {
+            Ok(Some(bytes)) => {
+                let t_ns = self.origin.elapsed().as_nanos() as u64;
+                self.last = bytes;
+                Read {
+                    payload: &self.last,
+                    t_ns,
+                    stamp: None,
+                    then: Then::More,
                 }
-                Ok(None) => {}
-                Err(msg) => {
-                    let msg = format!("response body failed: {msg}");
-                    state.abort(rec, now_ns(), ErrorKind::StreamReset, &msg);
-                    return;
-                }
             }
-            if ended || state.stop {
-                break;
-            }
-            // A flood of data keeps the read below always ready: look at cancellation and the
-            // deadline here too (cheap), not only when the read waits.
-            if cancel.is_cancelled() || deadline.is_elapsed() {
-                let (kind, msg) = if cancel.is_cancelled() {
-                    (ErrorKind::Cancelled, "interrupted while streaming")
+            Ok(None) => Read::bare(Then::End),
+            Err(e) => {
+                let kind = if e.is_timeout() {
+                    ErrorKind::Timeout
                 } else {
-                    (ErrorKind::Timeout, "timed out")
+                    ErrorKind::StreamReset
                 };
-                state.abort(rec, now_ns(), kind, msg);
-                return;
+                Read::failed(kind, describe_reqwest(&e))
             }
-            buf.clear();
-            input_start = 0;
+        }
+    }
+
+    async fn error_body(mut self) -> Option<Vec<u8>> {
+        tokio::select! {
+            b = body::read_prefix(self.resp, ERROR_BODY_LIMIT, stream::ERROR_BODY_WITHIN) => Some(b),
+            _ = &mut self.cancelled => None,
+        }
+    }
+
+    fn finish(self, _stopped: bool) {}
+}
+
+/// A response body read on the lean HTTP/1.1 path: each read's bytes, timed by the kernel's
+/// receive timestamp, through the body's framing.
+struct H1Body<'a> {
+    conn: h1::Conn,
+    /// Where the connection goes back when the body was read to its end.
+    pool: &'a h1::Pool,
+    /// The last read (at first: the response head and what followed it).
+    buf: h1::ReadBuf,
+    /// Where the body starts in `buf`, until that first part has been handed over.
+    pending: Option<usize>,
+    /// The last read's payload, framing removed, when it came in several pieces.
+    payload: Vec<u8>,
+    /// Where in `buf` the last read's payload lies, when it came in one piece.
+    piece: Option<std::ops::Range<usize>>,
+    framing: h1::Framing,
+    keep_alive: bool,
+    /// The framing says the body ended.
+    ended: bool,
+    /// The last read's instant.
+    t_ns: u64,
+    origin: Instant,
+    cancel: &'a CancellationToken,
+    cancelled: Pin<Box<WaitForCancellationFuture<'a>>>,
+    /// The request's time limit.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl H1Body<'_> {
+    /// The last read's payload: its piece of `buf`, or the pieces copied together.
+    fn payload(&self) -> &[u8] {
+        match &self.piece {
+            Some(r) => self.buf.filled().get(r.clone()).unwrap_or_default(),
+            None => &self.payload,
+        }
+    }
+
+    /// Passes `buf[start..]` through the framing. The payload of a read is most often one
+    /// piece of `buf` (one HTTP chunk, or a body without chunks): it is then read in place
+    /// (`piece`); only several pieces are copied together into `payload`.
+    fn unframe(&mut self, start: usize) -> Then {
+        self.payload.clear();
+        let whole = self.buf.filled();
+        let input = &whole[start..];
+        let copy = &mut self.payload;
+        // The first piece as a range of `whole` (feed passes pieces of its input); `None` once
+        // the pieces are copied.
+        let mut first: Option<std::ops::Range<usize>> = Some(0..0);
+        let mut pieces = 0usize;
+        let fed = feed(&mut self.framing, input, &mut |p| {
+            pieces += 1;
+            if pieces == 1 {
+                first = (p.as_ptr() as usize)
+                    .checked_sub(whole.as_ptr() as usize)
+                    .map(|at| at..at + p.len())
+                    .filter(|r| {
+                        whole
+                            .get(r.clone())
+                            .is_some_and(|s| s.as_ptr() == p.as_ptr())
+                    });
+                if first.is_some() {
+                    return;
+                }
+            } else if let Some(r) = first.take() {
+                copy.extend_from_slice(whole.get(r).unwrap_or_default());
+            }
+            copy.extend_from_slice(p);
+        });
+        self.piece = first;
+        match fed {
+            Ok(Some(extra)) => {
+                self.ended = true;
+                self.keep_alive &= !extra;
+                Then::End
+            }
+            Ok(None) => Then::More,
+            Err(msg) => Then::Fail(
+                ErrorKind::StreamReset,
+                format!("response body failed: {msg}"),
+            ),
+        }
+    }
+}
+
+impl BodySource for H1Body<'_> {
+    async fn read(&mut self) -> Read<'_> {
+        if let Some(start) = self.pending.take() {
+            let then = self.unframe(start);
+            return Read {
+                payload: self.payload(),
+                t_ns: self.t_ns,
+                stamp: None,
+                then,
+            };
+        }
+        // A flood of data keeps the read below always ready: look at cancellation and the
+        // deadline here too (cheap), not only when the read waits.
+        if self.cancel.is_cancelled() {
+            return Read::failed(ErrorKind::Cancelled, "interrupted while streaming");
+        }
+        if self.deadline.is_elapsed() {
+            return Read::failed(ErrorKind::Timeout, "timed out");
+        }
+        self.buf.clear();
+        let read = guard(
+            self.conn.read_buf(&mut self.buf),
+            self.deadline.as_mut(),
+            self.cancelled.as_mut(),
+        )
+        .await;
+        match read {
+            Guarded::Done(Ok(0)) => {
+                if matches!(self.framing, h1::Framing::Close) {
+                    self.keep_alive = false;
+                    return Read::bare(Then::End);
+                }
+                Read::failed(
+                    ErrorKind::StreamReset,
+                    "response body failed: the connection closed before the response ended",
+                )
+            }
+            Guarded::Done(Ok(_)) => {
+                let read_ns = self.origin.elapsed().as_nanos() as u64;
+                let (t_ns, kernel) = arrival_ns(&self.conn, read_ns, self.t_ns);
+                self.t_ns = t_ns;
+                let then = self.unframe(0);
+                Read {
+                    payload: self.payload(),
+                    t_ns,
+                    stamp: Some(kernel),
+                    then,
+                }
+            }
+            Guarded::Done(Err(e)) => {
+                Read::failed(ErrorKind::StreamReset, format!("response body failed: {e}"))
+            }
+            Guarded::TimedOut => Read::failed(ErrorKind::Timeout, "timed out"),
+            Guarded::Cancelled => Read::failed(ErrorKind::Cancelled, "interrupted while streaming"),
+        }
+    }
+
+    async fn error_body(mut self) -> Option<Vec<u8>> {
+        let mut error_body = Vec::new();
+        let keep = |body: &mut Vec<u8>, p: &[u8]| {
+            let room = ERROR_BODY_LIMIT.saturating_sub(body.len());
+            body.extend_from_slice(&p[..p.len().min(room)]);
+        };
+        let start = self.pending.take().unwrap_or(self.buf.len());
+        let fed = feed(&mut self.framing, &self.buf.filled()[start..], &mut |p| {
+            keep(&mut error_body, p)
+        });
+        let mut ended = !matches!(fed, Ok(None));
+        let limit = tokio::time::sleep(stream::ERROR_BODY_WITHIN);
+        tokio::pin!(limit);
+        while !ended && error_body.len() < ERROR_BODY_LIMIT {
+            self.buf.clear();
             let read = guard(
-                conn.read_buf(&mut buf),
-                deadline.as_mut(),
-                cancelled.as_mut(),
-            )
-            .await;
-            match read {
-                Guarded::Done(Ok(0)) => {
-                    if matches!(framing, h1::Framing::Close) {
-                        keep_alive = false;
-                        break;
-                    }
-                    state.abort(
-                        rec,
-                        now_ns(),
-                        ErrorKind::StreamReset,
-                        "response body failed: the connection closed before the response ended",
-                    );
-                    return;
+                self.conn.read_buf(&mut self.buf),
+                limit.as_mut(),
+                self.cancelled.as_mut(),
+            );
+            match read.await {
+                Guarded::Done(Ok(n)) if n > 0 => {
+                    let fed = feed(&mut self.framing, self.buf.filled(), &mut |p| {
+                        keep(&mut error_body, p)
+                    });
+                    ended = !matches!(fed, Ok(None));
                 }
-                Guarded::Done(Ok(_)) => t = arrival_ns(&conn, now_ns(), t, rec),
-                Guarded::Done(Err(e)) => {
-                    let msg = format!("response body failed: {e}");
-                    state.abort(rec, now_ns(), ErrorKind::StreamReset, &msg);
-                    return;
-                }
-                Guarded::TimedOut => {
-                    state.abort(rec, now_ns(), ErrorKind::Timeout, "timed out");
-                    return;
-                }
-                Guarded::Cancelled => {
-                    state.abort(
-                        rec,
-                        now_ns(),
-                        ErrorKind::Cancelled,
-                        "interrupted while streaming",
-                    );
-                    return;
-                }
+                _ => break,
             }
         }
-        if ended && keep_alive && !state.stop {
-            fast.pool.put(conn);
+        Some(error_body)
+    }
+
+    fn finish(self, stopped: bool) {
+        if self.ended && self.keep_alive && !stopped {
+            self.pool.put(self.conn);
         }
-        conclude(rec, &mut state, &mut parser, now_ns());
     }
 }
 
@@ -710,12 +797,11 @@ impl Client {
 /// read's own instant `read_ns` moved back by how long before it the kernel stamped their
 /// arrival ([`h1::Conn::rx_realtime_ns`]; that interval is measured on the realtime clock, so
 /// its slewing does not matter). Without a timestamp, or with an implausible one (before
-/// `floor_ns`, or after the read: the realtime clock was stepped), the read's instant. Notes
-/// which of the two it was in `rec` ([`RequestRecord::note_instant`]).
-fn arrival_ns(conn: &h1::Conn, read_ns: u64, floor_ns: u64, rec: &mut RequestRecord) -> u64 {
+/// `floor_ns`, or after the read: the realtime clock was stepped), the read's instant. Also
+/// says which of the two it was (`true`: the kernel's; see [`RequestRecord::note_instant`]).
+fn arrival_ns(conn: &h1::Conn, read_ns: u64, floor_ns: u64) -> (u64, bool) {
     let Some(kernel) = conn.rx_realtime_ns() else {
-        rec.note_instant(false);
-        return read_ns;
+        return (read_ns, false);
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -724,11 +810,10 @@ fn arrival_ns(conn: &h1::Conn, read_ns: u64, floor_ns: u64, rec: &mut RequestRec
     let age = now - kernel;
     let t = read_ns as i128 - age;
     let plausible = age >= 0 && t >= floor_ns as i128;
-    rec.note_instant(plausible);
     if plausible {
-        t as u64
+        (t as u64, true)
     } else {
-        read_ns
+        (read_ns, false)
     }
 }
 
@@ -747,7 +832,7 @@ async fn open_and_send(
     pooled: Option<h1::Conn>,
     authority: &str,
     request: &[u8],
-    buf: &mut Vec<u8>,
+    buf: &mut h1::ReadBuf,
 ) -> Result<(h1::Conn, h1::Head), SendError> {
     let mut conn = match pooled {
         Some(c) => c,
@@ -783,7 +868,7 @@ async fn open_and_send(
             }
             Err(e) => return Err(SendError::Other(format!("request failed: {e}"))),
         }
-        match h1::parse_head(buf) {
+        match h1::parse_head(buf.filled()) {
             Ok(Some(head)) => return Ok((conn, head)),
             Ok(None) => {}
             Err(e) => return Err(SendError::Other(format!("request failed: {e}"))),
@@ -795,18 +880,18 @@ async fn open_and_send(
 /// the connection can be pooled; `None` when anything went wrong (the run then opens one later).
 async fn prewarm_one(authority: &str, request: &[u8], limit: Duration) -> Option<h1::Conn> {
     let work = async {
-        let mut buf = Vec::with_capacity(READ_BUF);
+        let mut buf = h1::ReadBuf::with_capacity(READ_BUF);
         let (mut conn, head) = open_and_send(None, authority, request, &mut buf)
             .await
             .ok()?;
         let mut framing = head.framing;
-        let mut fed = feed(&mut framing, &buf[head.len..], &mut |_| {}).ok()?;
+        let mut fed = feed(&mut framing, &buf.filled()[head.len..], &mut |_| {}).ok()?;
         while fed.is_none() {
             buf.clear();
             if conn.read_buf(&mut buf).await.ok()? == 0 {
                 return None;
             }
-            fed = feed(&mut framing, &buf, &mut |_| {}).ok()?;
+            fed = feed(&mut framing, buf.filled(), &mut |_| {}).ok()?;
         }
         (head.keep_alive && fed == Some(false)).then_some(conn)
     };
@@ -864,43 +949,6 @@ async fn guard<T>(
     }
 }
 
-/// The end of a stream that was read to its end (or stopped at an error event): the pending
-/// event, the end instant, and the checks on what the stream held.
-fn conclude(rec: &mut RequestRecord, state: &mut StreamState, parser: &mut SseParser, t: u64) {
-    {
-        if !state.stop {
-            parser.finish(&mut |data| state.on_event(data, t, rec));
-        }
-        rec.end_ns = t;
-        state.finish_into(rec);
-        if rec.error.is_some() {
-            return;
-        }
-        if !state.saw_done {
-            if state.valid_chunks == 0 {
-                let what = if parser.total_bytes() == 0 {
-                    "empty response body".to_owned()
-                } else {
-                    "the response is not an SSE stream of JSON chunks".to_owned()
-                };
-                fail(rec, ErrorKind::InvalidResponse, &what);
-                return;
-            } else if rec.finish_reason.is_none() {
-                fail(
-                    rec,
-                    ErrorKind::Incomplete,
-                    "the stream ended without [DONE] and without a finish reason",
-                );
-                return;
-            }
-            rec.note("missing_done");
-        }
-        if rec.chunk_ns.is_empty() {
-            rec.note("no_tokens");
-        }
-    }
-}
-
 /// Sends retried after hitting a connection the server had closed (each dead pooled connection
 /// is discarded when found, so a few retries exhaust them).
 const MAX_STALE_RETRIES: u32 = 3;
@@ -916,145 +964,6 @@ fn is_stale_connection(e: &reqwest::Error) -> bool {
     d.contains("connection closed before message completed")
         || (d.contains("SendRequest")
             && (d.contains("Connection reset by peer") || d.contains("Broken pipe")))
-}
-
-/// Why a stream ended as `response_too_large`: a line or event over its cap.
-fn event_too_large() -> String {
-    format!(
-        "response_too_large: an SSE line or event is larger than {}",
-        body::size(body::MAX_EVENT_BYTES)
-    )
-}
-
-fn too_many_tokens() -> String {
-    format!("response_too_large: more than {MAX_TOKEN_EVENTS} token events in one response")
-}
-
-fn too_much_text() -> String {
-    format!(
-        "response_too_large: more than {} of text in one response",
-        body::size(MAX_TEXT_BYTES)
-    )
-}
-
-/// Token counts above this in a server's `usage` are not believed (no request has four billion
-/// tokens); summing such values over a run would wrap the totals.
-pub const MAX_PLAUSIBLE_TOKENS: u64 = 1 << 32;
-
-/// `usage` when every count in it is plausible.
-fn plausible(u: chunk::Usage) -> Option<chunk::Usage> {
-    let ok = |n: Option<u64>| n.is_none_or(|n| n <= MAX_PLAUSIBLE_TOKENS);
-    (ok(u.prompt_tokens) && ok(u.completion_tokens) && ok(u.reasoning_tokens)).then_some(u)
-}
-
-fn fail(rec: &mut RequestRecord, kind: ErrorKind, msg: &str) {
-    rec.error = Some(kind);
-    let mut m: String = msg.chars().take(300).collect();
-    if m.is_empty() {
-        m = kind.key(rec.status);
-    }
-    rec.error_message = Some(m);
-}
-
-/// Per-stream parsing state, applied to the record as events arrive.
-#[derive(Default)]
-struct StreamState<'a> {
-    keep_text: bool,
-    /// Where to collect log-probabilities, when asked.
-    logprobs: Option<&'a mut Vec<chunk::TokenLogprob>>,
-    saw_done: bool,
-    stop: bool,
-    valid_chunks: u32,
-    content: String,
-    reasoning: String,
-}
-
-impl StreamState<'_> {
-    fn on_event(&mut self, data: &[u8], t: u64, rec: &mut RequestRecord) {
-        if self.stop || self.saw_done {
-            return;
-        }
-        match chunk::decode_ref(data) {
-            EventRef::Done => self.saw_done = true,
-            EventRef::Malformed => rec.note("malformed_chunk"),
-            EventRef::Error(msg) => {
-                fail(rec, ErrorKind::StreamError, &msg);
-                self.stop = true;
-            }
-            EventRef::Chunk(c) => {
-                self.valid_chunks = self.valid_chunks.saturating_add(1);
-                let has_answer = c.content.is_some();
-                let has_reasoning = c.reasoning.is_some();
-                if has_answer || has_reasoning {
-                    if rec.chunk_ns.len() >= MAX_TOKEN_EVENTS {
-                        fail(rec, ErrorKind::ResponseTooLarge, &too_many_tokens());
-                        self.stop = true;
-                        return;
-                    }
-                    if rec.first_token_ns.is_none() {
-                        rec.first_token_ns = Some(t);
-                    }
-                    if has_answer && rec.first_answer_ns.is_none() {
-                        rec.first_answer_ns = Some(t);
-                    }
-                    rec.chunk_ns.push(t);
-                    if has_reasoning && !has_answer {
-                        rec.reasoning_chunks += 1;
-                    }
-                }
-                if self.keep_text {
-                    let more = c.content.as_ref().map_or(0, |s| s.len())
-                        + c.reasoning.as_ref().map_or(0, |s| s.len());
-                    if self.content.len() + self.reasoning.len() + more > MAX_TEXT_BYTES {
-                        fail(rec, ErrorKind::ResponseTooLarge, &too_much_text());
-                        self.stop = true;
-                        return;
-                    }
-                    if let Some(s) = &c.content {
-                        self.content.push_str(s);
-                    }
-                    if let Some(s) = &c.reasoning {
-                        self.reasoning.push_str(s);
-                    }
-                }
-                if let (Some(out), Some(lp)) = (self.logprobs.as_deref_mut(), &c.logprobs) {
-                    if out.len() >= MAX_TOKEN_EVENTS {
-                        fail(rec, ErrorKind::ResponseTooLarge, &too_many_tokens());
-                        self.stop = true;
-                        return;
-                    }
-                    out.extend(chunk::parse_logprobs(lp));
-                }
-                if let Some(f) = c.finish_reason {
-                    rec.finish_reason = Some(f.into_owned());
-                }
-                match c.usage.map(plausible) {
-                    Some(Some(u)) => rec.usage = Some(u),
-                    Some(None) => rec.note("implausible_usage"),
-                    None => {}
-                }
-            }
-        }
-    }
-
-    /// Ends the record early at `t`: keeps what was received and records the error, unless an
-    /// error event from the server already did.
-    fn abort(&mut self, rec: &mut RequestRecord, t: u64, kind: ErrorKind, msg: &str) {
-        rec.end_ns = t;
-        self.finish_into(rec);
-        if rec.error.is_none() {
-            fail(rec, kind, msg);
-        }
-    }
-
-    fn finish_into(&mut self, rec: &mut RequestRecord) {
-        if self.keep_text {
-            rec.output_text = Some(std::mem::take(&mut self.content));
-            if !self.reasoning.is_empty() {
-                rec.reasoning_text = Some(std::mem::take(&mut self.reasoning));
-            }
-        }
-    }
 }
 
 /// A short, secret-free description of a reqwest error (its source chain, without the URL's

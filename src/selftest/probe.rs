@@ -42,49 +42,38 @@ pub fn cpu_seconds() -> Option<f64> {
 
 /// User and system (kernel) CPU time of this process (all threads), seconds.
 pub fn cpu_times() -> Option<(f64, f64)> {
-    // SAFETY: getrusage only writes into the zeroed struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    if rc != 0 {
-        return None;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Some((tv(ru.ru_utime), tv(ru.ru_stime)))
+    use nix::sys::resource::{getrusage, UsageWho};
+    let ru = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Some((tv(ru.user_time()), tv(ru.system_time())))
 }
 
 /// The machine's monotonic clock (`CLOCK_MONOTONIC`, shared by all processes; Rust's
 /// `Instant` reads the same clock on Linux), nanoseconds; `None` where it cannot be read.
 pub fn monotonic_ns() -> Option<u64> {
-    // SAFETY: clock_gettime only writes into the zeroed struct we pass.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (rc == 0 && cfg!(target_os = "linux"))
-        .then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    use nix::time::{clock_gettime, ClockId};
+    let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).ok()?;
+    cfg!(target_os = "linux").then(|| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
 }
 
 /// Resident memory of this process, bytes (`/proc/self/statm`).
 pub fn rss_bytes() -> Option<u64> {
+    use nix::unistd::{sysconf, SysconfVar};
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let page = sysconf(SysconfVar::PAGE_SIZE).ok()??;
     (page > 0).then(|| pages * page as u64)
 }
 
 /// Raises the soft open-file limit to at least `want` (up to the hard limit); a client with
 /// many streams needs one descriptor per connection.
 pub fn raise_fd_limit(want: u64) {
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        let want = want as libc::rlim_t;
-        if lim.rlim_cur < want {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < want {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard);
     }
 }
 

@@ -300,7 +300,7 @@ impl Listener for StampedListener {
             match self.0.accept().await {
                 Ok((tcp, _)) => {
                     let _ = tcp.set_nodelay(true);
-                    crate::client::h1::enable_rx_timestamps(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+                    crate::client::h1::enable_rx_timestamps(&tcp);
                     let last = LastRx::new();
                     return (
                         StampedStream {
@@ -339,16 +339,12 @@ impl tokio::io::AsyncRead for StampedStream {
                 return Poll::Ready(Err(e));
             }
             let fd = std::os::fd::AsRawFd::as_raw_fd(&this.tcp);
-            // SAFETY: recvmsg only writes into the unfilled part, and we mark as initialised
-            // exactly the bytes it reports.
-            let unfilled = unsafe { buf.unfilled_mut() };
+            let unfilled = buf.initialize_unfilled();
             let read = this.tcp.try_io(tokio::io::Interest::READABLE, || {
                 crate::client::h1::recvmsg_stamped(fd, unfilled)
             });
             match read {
                 Ok((n, ts)) => {
-                    // SAFETY: the first `n` unfilled bytes were written by recvmsg.
-                    unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     if let Some(t) = ts {
                         this.last.0.store(t as i64, Ordering::Relaxed);
