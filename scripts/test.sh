@@ -4,7 +4,10 @@
 #   1. installs the real engines the end-to-end tests use (llama.cpp llama-server, vLLM on CPU,
 #      SmolLM2-135M), cached under ~/.cache/kvbench, so repeated runs are fast;
 #   2. cargo fmt --check, clippy with -D warnings, and every test (unit, integration against the
-#      in-process test server, end-to-end against the real engines).
+#      in-process test server, end-to-end against the real engines);
+#   3. both install paths of the README (scripts/wheel.sh --check): the wheel users `pip install`,
+#      packaged from the debug build the tests just made, installed into a fresh venv and run
+#      against kvbench's own test server; and `cargo install --path . --locked`.
 #
 # Environment:
 #   KVBENCH_ENGINES=all|llamacpp|none   which engines to set up (default: all)
@@ -53,4 +56,16 @@ step "cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --locked --no-fail-fast -- --test-threads="${KVBENCH_TEST_THREADS:-2}"
+# `--profile dev` reuses the debug build `cargo test` just made, where a release build would take
+# 10 minutes (about 4 minutes cold, seconds warm: see scripts/wheel.sh). Skipped only outside CI,
+# and only when maturin cannot be installed.
+step "install: the wheel into a fresh venv, and cargo install (scripts/wheel.sh --profile dev --check)"
+wheel_rc=0
+scripts/wheel.sh --profile dev --check >/dev/null || wheel_rc=$?
+if [ "$wheel_rc" -eq 3 ] && [ "${CI:-}" != true ]; then
+    echo "wheel check SKIPPED: maturin could not be installed (see above); CI always runs it" >&2
+elif [ "$wheel_rc" -ne 0 ]; then
+    echo "wheel check failed (scripts/wheel.sh exit $wheel_rc)" >&2
+    exit "$wheel_rc"
+fi
 echo "all checks passed in $(( $(date +%s) - t0 )) s" >&2
