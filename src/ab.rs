@@ -532,7 +532,9 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
             report_run(&plan.name, &run, a.quiet);
             // A run cut short by an interruption stays on disk; when the arm already has a
             // complete run, the comparison rests on the complete ones.
-            if (run.result.interrupted || run.result.outcome == "interrupted") && have > 0 {
+            if (run.result.interrupted || run.result.outcome == crate::result::Outcome::Interrupted)
+                && have > 0
+            {
                 if !a.quiet {
                     eprintln!(
                         "kvbench: arm {:?}: the interrupted run is kept in {} but left out of the comparison",

@@ -17,8 +17,8 @@ use crate::config::{RunConfig, RunSettings};
 use crate::experiment::{apply_changes, flag_value, ArmPlan, LaunchSpec};
 use crate::logscan::Catalog;
 use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
-use crate::result::Failure;
 use crate::result::{write_json, RunResult, ServerInfo, SCHEMA_VERSION};
+use crate::result::{Failure, FailureKind, Outcome};
 use crate::runner;
 use crate::server::engine_cache::EngineCache;
 pub use crate::server::secret_name;
@@ -177,7 +177,7 @@ pub fn dry_run(plan: &ArmPlan, opts: &ArmOptions) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn empty_result(plan: &ArmPlan, url: &str, outcome: &str) -> RunResult {
+fn empty_result(plan: &ArmPlan, url: &str, outcome: Outcome) -> RunResult {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     RunResult {
         schema_version: SCHEMA_VERSION,
@@ -185,8 +185,8 @@ fn empty_result(plan: &ArmPlan, url: &str, outcome: &str) -> RunResult {
         arm: Some(plan.name.clone()),
         started_at: now.clone(),
         finished_at: now,
-        interrupted: outcome == "interrupted",
-        outcome: outcome.to_owned(),
+        interrupted: outcome == Outcome::Interrupted,
+        outcome,
         server: ServerInfo {
             url: runner::redact_url(url),
             ..ServerInfo::default()
@@ -322,7 +322,7 @@ pub async fn run_arm(
     let launched = match server::launch(plan, &files, &opts.catalog, cancel).await {
         Ok(l) => l,
         Err(e) => {
-            let mut r = empty_result(plan, &plan.url, &e.failure.kind);
+            let mut r = empty_result(plan, &plan.url, Outcome::Failed(e.failure.kind.clone()));
             let report = ServerLog::read(&files.log).scan(&opts.catalog);
             r.warnings = report.warnings.clone();
             r.server.launch_args = Some(e.launch_args.clone());
@@ -376,22 +376,20 @@ pub async fn run_arm(
     let mut r = match measured {
         Ok(r) => r,
         Err(e) => {
-            let mut r = empty_result(plan, &url, "crashed");
+            let mut r = empty_result(plan, &url, Outcome::Failed(FailureKind::Crashed));
             r.failure = Some(Failure {
                 kind: if cancel.is_cancelled() {
-                    "interrupted"
+                    FailureKind::Interrupted
                 } else {
-                    "crashed"
-                }
-                .into(),
+                    FailureKind::Crashed
+                },
                 message: format!("{e:#}"),
                 log_tail: log.tail(40),
             });
             r.outcome = r
                 .failure
                 .as_ref()
-                .map(|f| f.kind.clone())
-                .unwrap_or_default();
+                .map_or(Outcome::Ok, |f| Outcome::Failed(f.kind.clone()));
             r
         }
     };
@@ -400,7 +398,8 @@ pub async fn run_arm(
             &opts.catalog,
             format!("the server exited during the run ({status})"),
         );
-        r.outcome = kind.clone();
+        let kind = FailureKind::from(kind);
+        r.outcome = Outcome::Failed(kind.clone());
         r.failure = Some(Failure {
             kind,
             message,
@@ -572,7 +571,7 @@ mod tests {
         let args = s(&["vllm", "serve", "m", "--api-key", "sk-secret-1", "--x=1"]);
         let secrets = secret_values(&plan, &args);
         assert_eq!(secrets, s(&["sk-secret-1", "hf_abcdef123"]));
-        let mut r = empty_result(&plan, "http://h", "ok");
+        let mut r = empty_result(&plan, "http://h", Outcome::Ok);
         r.server.launch_args = Some(args);
         r.server.facts.insert(
             "non_default_args".into(),

@@ -226,7 +226,7 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
                 .and_then(|v| v.as_str())
                 .unwrap_or("?")
         );
-        if f.kind == "interrupted" {
+        if f.kind == result::FailureKind::Interrupted {
             eprintln!("kvbench: {message}");
             return Ok(ExitCode::from(EXIT_INTERRUPTED));
         }
@@ -276,7 +276,7 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(EXIT_INTERRUPTED));
             }
-            if result.outcome == "all_failed" {
+            if result.outcome == result::Outcome::AllFailed {
                 let errs: Vec<String> = result
                     .errors
                     .iter()

@@ -64,8 +64,8 @@ pub struct RunResult {
     pub finished_at: String,
     /// Whether the run was interrupted (Ctrl-C) before its end.
     pub interrupted: bool,
-    /// `ok`, or why the run could not measure (`interrupted`, `all_failed`).
-    pub outcome: String,
+    /// `ok`, or why the run could not measure (`interrupted`, `all_failed`, a failure kind).
+    pub outcome: Outcome,
     /// The server.
     pub server: ServerInfo,
     /// The workload as run (secrets removed).
@@ -108,13 +108,185 @@ pub struct RunResult {
 /// `failure`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Failure {
-    /// `unsupported_argument`, `unsupported_setting`, `unsupported_hardware`, `out_of_memory`,
-    /// `startup_timeout`, `crashed`, `launch_error` or `interrupted`.
-    pub kind: String,
+    /// What went wrong.
+    pub kind: FailureKind,
     /// The log line (or error) that tells why.
     pub message: String,
     /// The last lines of the server's log.
     pub log_tail: String,
+}
+
+/// Why an arm's server could not be measured, or a run stopped short. A warnings catalog may
+/// name kinds of its own (`[[failure]] kind = ...`): those are `Other`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum FailureKind {
+    /// The server refused a command-line argument (e.g. a removed `--calculate-kv-scales`).
+    UnsupportedArgument,
+    /// The server accepts the option but not with this model or checkpoint.
+    UnsupportedSetting,
+    /// The setting is not available on this hardware.
+    UnsupportedHardware,
+    /// Out of memory.
+    OutOfMemory,
+    /// Not healthy within the start-up timeout.
+    StartupTimeout,
+    /// The server exited.
+    Crashed,
+    /// The server could not be started at all.
+    LaunchError,
+    /// Stopped by a signal.
+    Interrupted,
+    /// The per-request journal could not be written.
+    JournalFailed,
+    /// A kind from a user's catalog.
+    Other(String),
+}
+
+impl FailureKind {
+    /// The name used in JSON and the catalog.
+    pub fn as_str(&self) -> &str {
+        match self {
+            FailureKind::UnsupportedArgument => "unsupported_argument",
+            FailureKind::UnsupportedSetting => "unsupported_setting",
+            FailureKind::UnsupportedHardware => "unsupported_hardware",
+            FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::StartupTimeout => "startup_timeout",
+            FailureKind::Crashed => "crashed",
+            FailureKind::LaunchError => "launch_error",
+            FailureKind::Interrupted => "interrupted",
+            FailureKind::JournalFailed => "journal_failed",
+            FailureKind::Other(s) => s,
+        }
+    }
+}
+
+impl From<String> for FailureKind {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "unsupported_argument" => FailureKind::UnsupportedArgument,
+            "unsupported_setting" => FailureKind::UnsupportedSetting,
+            "unsupported_hardware" => FailureKind::UnsupportedHardware,
+            "out_of_memory" => FailureKind::OutOfMemory,
+            "startup_timeout" => FailureKind::StartupTimeout,
+            "crashed" => FailureKind::Crashed,
+            "launch_error" => FailureKind::LaunchError,
+            "interrupted" => FailureKind::Interrupted,
+            "journal_failed" => FailureKind::JournalFailed,
+            _ => FailureKind::Other(s),
+        }
+    }
+}
+
+impl From<&str> for FailureKind {
+    fn from(s: &str) -> Self {
+        FailureKind::from(s.to_owned())
+    }
+}
+
+impl From<FailureKind> for String {
+    fn from(k: FailureKind) -> String {
+        k.as_str().to_owned()
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for FailureKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl schemars::JsonSchema for FailureKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FailureKind".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "unsupported_argument, unsupported_setting, unsupported_hardware, out_of_memory, startup_timeout, crashed, launch_error, interrupted, journal_failed, or a kind from a user's catalog",
+        })
+    }
+}
+
+/// What became of a run: `ok`, `interrupted`, `all_failed` (every request failed), or the
+/// failure kind of a server that could not be measured.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum Outcome {
+    /// Measured.
+    #[default]
+    Ok,
+    /// Stopped by a signal before the end.
+    Interrupted,
+    /// Every measured request failed.
+    AllFailed,
+    /// The server could not be measured (or the journal not written).
+    Failed(FailureKind),
+}
+
+impl Outcome {
+    /// The name used in JSON.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Interrupted => "interrupted",
+            Outcome::AllFailed => "all_failed",
+            Outcome::Failed(k) => k.as_str(),
+        }
+    }
+}
+
+impl From<String> for Outcome {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "ok" => Outcome::Ok,
+            "interrupted" => Outcome::Interrupted,
+            "all_failed" => Outcome::AllFailed,
+            _ => Outcome::Failed(FailureKind::from(s)),
+        }
+    }
+}
+
+impl From<&str> for Outcome {
+    fn from(s: &str) -> Self {
+        Outcome::from(s.to_owned())
+    }
+}
+
+impl From<Outcome> for String {
+    fn from(o: Outcome) -> String {
+        o.as_str().to_owned()
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Outcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl schemars::JsonSchema for Outcome {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Outcome".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "ok, interrupted, all_failed, or a failure kind",
+        })
+    }
 }
 
 /// What `/metrics` said over one run (docs/metrics.md): counter deltas from before to after

@@ -27,7 +27,7 @@ use crate::client::{api_base, Client, ClientOptions, Endpoint, Engine};
 pub use crate::config::{ProgressMode, RunConfig};
 use crate::metrics;
 use crate::record::RequestRecord;
-use crate::result::{write_json, RunResult, ServerInfo, SCHEMA_VERSION};
+use crate::result::{write_json, FailureKind, Outcome, RunResult, ServerInfo, SCHEMA_VERSION};
 use crate::workload::arrivals::{timeline, Arrival};
 use crate::workload::{TokenCounter, Workload};
 
@@ -180,9 +180,6 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
     write_json(&output, &result)?;
     Ok(result)
 }
-
-/// The `failure.kind` (and `outcome`) of a run stopped because its journal could not be written.
-pub const JOURNAL_FAILED: &str = "journal_failed";
 
 /// Runs the measurement, writing the journal as requests finish; the caller writes the result.
 pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<RunResult> {
@@ -552,13 +549,13 @@ fn run_result(
     let open_loop = matches!(cfg.arrival, Arrival::Open { .. });
     let d = metrics::derive(&records, open_loop);
     let outcome = if journal_error.is_some() {
-        JOURNAL_FAILED
+        Outcome::Failed(FailureKind::JournalFailed)
     } else if interrupted {
-        "interrupted"
+        Outcome::Interrupted
     } else if d.requests.total > 0 && d.requests.completed == 0 {
-        "all_failed"
+        Outcome::AllFailed
     } else {
-        "ok"
+        Outcome::Ok
     };
     let engine_name = match pre.engine {
         Engine::Vllm => "vllm",
@@ -577,7 +574,7 @@ fn run_result(
         started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         finished_at: finished_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         interrupted,
-        outcome: outcome.to_owned(),
+        outcome,
         server: ServerInfo {
             url: redact_url(&cfg.url),
             api_base: redact_url(base),
@@ -603,7 +600,7 @@ fn run_result(
         journal: Some(cfg.journal.display().to_string()),
         goodput: metrics::goodput(&records, &cfg.slo, d.duration_s),
         failure: journal_error.map(|message| crate::server::Failure {
-            kind: JOURNAL_FAILED.to_owned(),
+            kind: FailureKind::JournalFailed,
             message,
             log_tail: String::new(),
         }),

@@ -132,7 +132,7 @@ fn synthetic_run(
         started_at: String::new(),
         finished_at: String::new(),
         interrupted: false,
-        outcome: "ok".into(),
+        outcome: crate::result::Outcome::Ok,
         server: ServerInfo::default(),
         config: json!({}),
         requests: RequestCounts {

@@ -605,7 +605,31 @@ fn an_interrupted_adaptive_run_keeps_the_complete_runs_in_the_comparison() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(7));
+    // Interrupt once each arm has a complete run (a loaded machine makes the first round slow,
+    // and a fixed wait could land in it), then a little into the next run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let complete = |arm: &str| {
+        if !out.is_dir() {
+            return 0;
+        }
+        files(&out, &format!("benchmark_drift_{arm}_"), ".json")
+            .iter()
+            .filter(|p| {
+                std::fs::read_to_string(p)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                    .is_some_and(|v| v["outcome"] == "ok")
+            })
+            .count()
+    };
+    while complete("a") < 1 || complete("b") < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no complete run of each arm in 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

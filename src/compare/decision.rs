@@ -261,8 +261,8 @@ fn failure_reason(a: &ArmRuns) -> String {
     let (kind, msg) = r
         .failure
         .as_ref()
-        .map(|f| (f.kind.clone(), f.message.clone()))
-        .unwrap_or_else(|| (r.outcome.clone(), String::new()));
+        .map(|f| (f.kind.to_string(), f.message.clone()))
+        .unwrap_or_else(|| (r.outcome.to_string(), String::new()));
     let mut s = format!("arm {:?} did not run: {kind}", a.name);
     if !msg.is_empty() {
         s += &format!(" ({msg})");

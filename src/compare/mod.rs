@@ -17,7 +17,7 @@ use crate::logscan::Catalog;
 use crate::metrics::{samples, Samples};
 use crate::quality::ItemRecord;
 use crate::record::RequestRecord;
-use crate::result::RunResult;
+use crate::result::{Outcome, RunResult};
 use crate::stats::{
     bootstrap_change_pct, mean_of_refs, per_run_log_var_from_ci, percentile_of_refs, LogChange,
     Summary,
@@ -54,11 +54,11 @@ pub struct ArmRuns {
 impl ArmRuns {
     /// Whether every run of the arm measured something (`outcome` ok).
     pub fn ok(&self) -> bool {
-        !self.results.is_empty() && self.results.iter().all(|r| r.outcome == "ok")
+        !self.results.is_empty() && self.results.iter().all(|r| r.outcome == Outcome::Ok)
     }
 
     fn first_failure(&self) -> Option<&RunResult> {
-        self.results.iter().find(|r| r.outcome != "ok")
+        self.results.iter().find(|r| r.outcome != Outcome::Ok)
     }
 
     /// All per-request samples pooled over repeats.
@@ -779,10 +779,7 @@ fn arm_summary(a: &ArmRuns) -> ArmSummary {
     }
     ArmSummary {
         name: a.name.clone(),
-        outcome: a
-            .first_failure()
-            .map(|r| r.outcome.clone())
-            .unwrap_or_else(|| "ok".into()),
+        outcome: a.first_failure().map_or(Outcome::Ok, |r| r.outcome.clone()),
         failure: a.first_failure().and_then(|r| r.failure.clone()),
         results: a.paths.iter().map(|p| p.display().to_string()).collect(),
         repeats: a.results.len(),

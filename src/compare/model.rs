@@ -153,7 +153,7 @@ pub struct ArmSummary {
     /// Arm name.
     pub name: String,
     /// `ok`, or the first failed run's outcome (a failure kind, `interrupted`, `all_failed`).
-    pub outcome: String,
+    pub outcome: crate::result::Outcome,
     /// The first failed run's failure.
     pub failure: Option<crate::server::Failure>,
     /// Result files.

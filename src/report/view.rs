@@ -605,7 +605,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn is_ok(arm: &ArmSummary) -> bool {
-        matches!(arm.outcome.as_str(), "ok" | "") && arm.failure.is_none()
+        arm.outcome == crate::result::Outcome::Ok && arm.failure.is_none()
     }
 
     fn role(&self, name: &str) -> &'static str {
@@ -746,11 +746,7 @@ fn glance_section(c: &Comparison, ctx: &Ctx) -> Section {
         let arm_cell = if ok {
             format!("{name} ({})", ctx.role(name))
         } else {
-            format!(
-                "{name} ({}): {}",
-                ctx.role(name),
-                text_o(nonempty(&arm.outcome))
-            )
+            format!("{name} ({}): {}", ctx.role(name), arm.outcome)
         };
         let mut row = vec![
             Cell::code(arm_cell).class(if ok { "" } else { "flag" }),
@@ -992,7 +988,7 @@ fn arms_section(ctx: &Ctx) -> Section {
         t.rows.push(vec![
             Cell::code(name.clone()),
             Cell::plain(ctx.role(name)),
-            Cell::plain(text_o(nonempty(&arm.outcome))).class(if ok { "ok" } else { "flag" }),
+            Cell::plain(arm.outcome.to_string()).class(if ok { "ok" } else { "flag" }),
             Cell::plain(requests),
             Cell::plain(errors),
             Cell::plain(fmt_u(arm.repeats as u64)),
@@ -1014,8 +1010,7 @@ fn arms_section(ctx: &Ctx) -> Section {
         blocks.push(Block::Para {
             text: format!(
                 "{name} failed ({}): {}",
-                f.map(|f| f.kind.clone())
-                    .unwrap_or_else(|| text_o(nonempty(&arm.outcome))),
+                f.map_or_else(|| arm.outcome.to_string(), |f| f.kind.to_string()),
                 f.and_then(|f| nonempty(&f.message)).unwrap_or("no message")
             ),
             class: "flag".into(),
