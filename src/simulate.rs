@@ -451,7 +451,7 @@ mod tests {
             sigma_run_pct: 5.0,
         };
         let d = Design::Adaptive {
-            max_runs: crate::ab::DEFAULT_MAX_RUNS,
+            max_runs: crate::config::DEFAULT_MAX_RUNS,
         };
         rates(sc, d, &Policy::default(), 300, 7).unwrap()
     }
