@@ -361,33 +361,38 @@ fn effort(
     }
 }
 
-/// `kvbench ab`.
-pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
+/// An experiment ready to run: its arms, the decision's policy and roles, where files go.
+struct Setup {
+    exp: experiment::Experiment,
+    policy: Policy,
+    baseline: String,
+    reference: Option<String>,
+    out_dir: PathBuf,
+    opts: ArmOptions,
+}
+
+/// Reads the experiment and the options into a [`Setup`]; every mistake is one line.
+fn setup(a: &AbArgs) -> anyhow::Result<Setup> {
     let exp = experiment::load(&a.experiment)?;
     let policy = match (&a.policy, &exp.decision) {
         (Some(p), _) => Policy::from_file(p)?,
         (None, Some(t)) => Policy::from_table(t, &a.experiment.display().to_string())?,
         (None, None) => Policy::default(),
     };
+    let from_decision = |key: &str| {
+        exp.decision
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
     let baseline = a
         .baseline
         .clone()
-        .or_else(|| {
-            exp.decision
-                .as_ref()
-                .and_then(|d| d.get("baseline"))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        })
+        .or_else(|| from_decision("baseline"))
         .unwrap_or_else(|| exp.arms[0].name.clone());
     exp.arm(&baseline)?;
-    let reference = a.reference.clone().or_else(|| {
-        exp.decision
-            .as_ref()
-            .and_then(|d| d.get("reference"))
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    });
+    let reference = a.reference.clone().or_else(|| from_decision("reference"));
     if let Some(r) = &reference {
         exp.arm(r)?;
         if *r == baseline {
@@ -413,11 +418,257 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         catalog: Arc::new(catalog(a.catalog.as_deref())?),
         quiet: a.quiet,
     };
-    if a.dry_run {
-        for plan in &exp.arms {
-            print!("{}", arm::dry_run_redacted(plan, &opts)?);
+    Ok(Setup {
+        exp,
+        policy,
+        baseline,
+        reference,
+        out_dir,
+        opts,
+    })
+}
+
+/// What the rounds produced.
+struct Runs {
+    /// (arm, result file) of every run in the comparison.
+    paths: Vec<(String, PathBuf)>,
+    /// Arms with a failed run.
+    failed: Vec<String>,
+    /// The adaptive rounds.
+    rounds: Vec<Round>,
+    stopped: Stopped,
+}
+
+impl Setup {
+    /// The comparison of the runs so far (see [`compare_paths`]).
+    fn compare_now(
+        &self,
+        paths: &[(String, PathBuf)],
+        policy: &Policy,
+    ) -> anyhow::Result<Option<Comparison>> {
+        compare_paths(
+            paths,
+            &self.exp,
+            &self.baseline,
+            self.reference.as_deref(),
+            policy,
+            &self.opts,
+        )
+    }
+
+    /// The arms of round `round` (0-based) in order: every arm first; in adaptive rounds after
+    /// the first, the baseline and the candidates whose verdict is still open (the reference
+    /// arm is for quality, whose items repeat identically, so it runs once). The baseline
+    /// first (its quality answers pair the candidates'); then interleaved: A B, then B A, ...,
+    /// so a drift over time touches every arm alike.
+    fn round_plans(
+        &self,
+        round: u32,
+        design: Design,
+        open: Option<&[String]>,
+    ) -> Vec<&experiment::ArmPlan> {
+        let mut plans: Vec<&experiment::ArmPlan> = self
+            .exp
+            .arms
+            .iter()
+            .filter(|p| match (&design, open) {
+                (Design::Adaptive { .. }, Some(open)) => {
+                    p.name == self.baseline || open.contains(&p.name)
+                }
+                _ => true,
+            })
+            .collect();
+        plans.sort_by_key(|p| p.name != self.baseline);
+        if round % 2 == 1 {
+            plans.reverse();
         }
-        println!("then: compare against {baseline:?} and write comparison, Markdown and HTML reports in {}", out_dir.display());
+        plans
+    }
+
+    /// Runs the rounds of `design` until it stops (see [`Stopped`]).
+    async fn run_rounds(
+        &self,
+        a: &AbArgs,
+        design: Design,
+        cancel: &CancellationToken,
+        started: std::time::Instant,
+    ) -> anyhow::Result<Runs> {
+        let mut runs = Runs {
+            paths: Vec::new(),
+            failed: Vec::new(),
+            rounds: Vec::new(),
+            stopped: Stopped::MaxRuns,
+        };
+        if a.resume {
+            for plan in &self.exp.arms {
+                for p in existing_results(&self.out_dir, &self.exp.name, &plan.name)
+                    .into_iter()
+                    .take(design.max_runs() as usize)
+                {
+                    runs.paths.push((plan.name.clone(), p));
+                }
+            }
+        }
+        let mut comparison: Option<Comparison> = None;
+        let mut last_round_s = 0.0;
+        let mut baseline_quality: Option<String> = None;
+        for round in 0..design.max_runs() {
+            if cancel.is_cancelled() {
+                runs.stopped = Stopped::Interrupted;
+                break;
+            }
+            let open: Option<Vec<String>> = comparison.as_ref().map(Comparison::open_candidates);
+            if let (
+                Design::Adaptive {
+                    budget: Some(b), ..
+                },
+                true,
+            ) = (design, round > 0)
+            {
+                if started.elapsed().as_secs_f64() + last_round_s > b.as_secs_f64() {
+                    runs.stopped = Stopped::Budget;
+                    break;
+                }
+            }
+            let plans = self.round_plans(round, design, open.as_deref());
+            let round_start = std::time::Instant::now();
+            if !a.quiet && design.max_runs() > 1 {
+                eprintln!("kvbench: round {}/{}", round + 1, design.max_runs());
+            }
+            for plan in plans {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                self.run_one(
+                    a,
+                    plan,
+                    round,
+                    design,
+                    cancel,
+                    &mut baseline_quality,
+                    &mut runs,
+                )
+                .await?;
+            }
+            last_round_s = round_start.elapsed().as_secs_f64();
+            if let Design::Adaptive { .. } = design {
+                let Some(c) = self.compare_now(&runs.paths, &self.policy)? else {
+                    break;
+                };
+                runs.rounds.push(Round::of(
+                    round + 1,
+                    &c,
+                    runs_per_arm(&runs.paths),
+                    started.elapsed().as_secs_f64(),
+                ));
+                let settled = c.settled;
+                if !a.quiet {
+                    eprintln!(
+                        "kvbench: after round {}: {}{}",
+                        round + 1,
+                        c.decision.unwrap_or_default(),
+                        if settled { ", settled" } else { ", still open" }
+                    );
+                }
+                comparison = Some(c);
+                if settled {
+                    runs.stopped = Stopped::Decided;
+                    break;
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            runs.stopped = Stopped::Interrupted;
+        }
+        if let Design::Fixed { .. } = design {
+            if runs.stopped != Stopped::Interrupted {
+                runs.stopped = Stopped::Fixed;
+            }
+        }
+        Ok(runs)
+    }
+
+    /// One run of one arm in round `round`, added to `runs` (or kept out of the comparison when
+    /// it was cut short and the arm has a complete run).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_one(
+        &self,
+        a: &AbArgs,
+        plan: &experiment::ArmPlan,
+        round: u32,
+        design: Design,
+        cancel: &CancellationToken,
+        baseline_quality: &mut Option<String>,
+        runs: &mut Runs,
+    ) -> anyhow::Result<()> {
+        let have = runs.paths.iter().filter(|(n, _)| *n == plan.name).count() as u32;
+        if have > round {
+            if !a.quiet {
+                eprintln!(
+                    "kvbench: arm {:?}: kept from an earlier run (--resume)",
+                    plan.name
+                );
+            }
+            return Ok(());
+        }
+        // Quality items are the same in every round and answers at temperature 0 repeat:
+        // adaptive rounds after the first measure speed only.
+        let mut plan = plan.clone();
+        if round > 0 && matches!(design, Design::Adaptive { .. }) {
+            plan.settings = plan.settings.without_quality();
+        }
+        // Adaptive: a candidate's quality suites stop once its paired items show a drop
+        // beyond doubt against the baseline's answers (docs/decision.md).
+        if let (Design::Adaptive { .. }, Some(j)) = (design, &*baseline_quality) {
+            if plan.name != self.baseline && !plan.settings.quality.is_empty() {
+                plan.settings.quality_paired_with = Some(j.into());
+            }
+        }
+        let run = arm::run_arm(&plan, &self.opts, cancel).await?;
+        if plan.name == self.baseline && round == 0 {
+            *baseline_quality = run
+                .result
+                .quality
+                .as_ref()
+                .and_then(|q| q.get("journal"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+        }
+        report_run(&plan.name, &run, a.quiet);
+        // A run cut short by an interruption stays on disk; when the arm already has a
+        // complete run, the comparison rests on the complete ones.
+        if (run.result.interrupted || run.result.outcome == crate::result::Outcome::Interrupted)
+            && have > 0
+        {
+            if !a.quiet {
+                eprintln!(
+                    "kvbench: arm {:?}: the interrupted run is kept in {} but left out of the comparison",
+                    plan.name,
+                    run.path.display()
+                );
+            }
+            return Ok(());
+        }
+        if run.result.failure.is_some() {
+            runs.failed.push(plan.name.clone());
+        }
+        runs.paths.push((plan.name.clone(), run.path));
+        Ok(())
+    }
+}
+
+/// `kvbench ab`.
+pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
+    let s = setup(a)?;
+    if a.dry_run {
+        for plan in &s.exp.arms {
+            print!("{}", arm::dry_run_redacted(plan, &s.opts)?);
+        }
+        println!(
+            "then: compare against {:?} and write comparison, Markdown and HTML reports in {}",
+            s.baseline,
+            s.out_dir.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let cancel = CancellationToken::new();
@@ -431,187 +682,53 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
             budget: a.budget,
         },
     };
-    let mut paths: Vec<(String, PathBuf)> = Vec::new();
-    let mut failed = Vec::new();
-    if a.resume {
-        for plan in &exp.arms {
-            for p in existing_results(&out_dir, &exp.name, &plan.name)
-                .into_iter()
-                .take(design.max_runs() as usize)
-            {
-                paths.push((plan.name.clone(), p));
-            }
-        }
-    }
-    let compare_now = |paths: &[(String, PathBuf)], policy: &Policy| {
-        compare_paths(paths, &exp, &baseline, reference.as_deref(), policy, &opts)
-    };
-    let mut rounds: Vec<Round> = Vec::new();
-    let mut comparison: Option<Comparison> = None;
-    let mut last_round_s = 0.0;
-    let mut stopped = Stopped::MaxRuns;
-    let mut baseline_quality: Option<String> = None;
-    for round in 0..design.max_runs() {
-        if cancel.is_cancelled() {
-            stopped = Stopped::Interrupted;
-            break;
-        }
-        // Which arms run this round: every arm first; in adaptive rounds after the first, the
-        // baseline and the candidates whose verdict is still open (the reference arm is for
-        // quality, whose items repeat identically, so it runs once).
-        let open: Option<Vec<String>> = comparison.as_ref().map(Comparison::open_candidates);
-        if let (
-            Design::Adaptive {
-                budget: Some(b), ..
-            },
-            true,
-        ) = (design, round > 0)
-        {
-            if started.elapsed().as_secs_f64() + last_round_s > b.as_secs_f64() {
-                stopped = Stopped::Budget;
-                break;
-            }
-        }
-        let mut plans: Vec<&experiment::ArmPlan> = exp
-            .arms
-            .iter()
-            .filter(|p| match (&design, &open) {
-                (Design::Adaptive { .. }, Some(open)) => {
-                    p.name == baseline || open.contains(&p.name)
-                }
-                _ => true,
-            })
-            .collect();
-        // The baseline first (its quality answers pair the candidates'); then interleave:
-        // A B, then B A, ...: a drift over time touches every arm alike.
-        plans.sort_by_key(|p| p.name != baseline);
-        if round % 2 == 1 {
-            plans.reverse();
-        }
-        let round_start = std::time::Instant::now();
-        if !a.quiet && design.max_runs() > 1 {
-            eprintln!("kvbench: round {}/{}", round + 1, design.max_runs());
-        }
-        for plan in plans {
-            if cancel.is_cancelled() {
-                break;
-            }
-            let have = paths.iter().filter(|(n, _)| *n == plan.name).count() as u32;
-            if have > round {
-                if !a.quiet {
-                    eprintln!(
-                        "kvbench: arm {:?}: kept from an earlier run (--resume)",
-                        plan.name
-                    );
-                }
-                continue;
-            }
-            // Quality items are the same in every round and answers at temperature 0 repeat:
-            // adaptive rounds after the first measure speed only.
-            let mut plan = plan.clone();
-            if round > 0 && matches!(design, Design::Adaptive { .. }) {
-                plan.settings = plan.settings.without_quality();
-            }
-            // Adaptive: a candidate's quality suites stop once its paired items show a drop
-            // beyond doubt against the baseline's answers (docs/decision.md).
-            if let (Design::Adaptive { .. }, Some(j)) = (design, &baseline_quality) {
-                if plan.name != baseline && !plan.settings.quality.is_empty() {
-                    plan.settings.quality_paired_with = Some(j.into());
-                }
-            }
-            let run = arm::run_arm(&plan, &opts, &cancel).await?;
-            if plan.name == baseline && round == 0 {
-                baseline_quality = run
-                    .result
-                    .quality
-                    .as_ref()
-                    .and_then(|q| q.get("journal"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-            }
-            report_run(&plan.name, &run, a.quiet);
-            // A run cut short by an interruption stays on disk; when the arm already has a
-            // complete run, the comparison rests on the complete ones.
-            if (run.result.interrupted || run.result.outcome == crate::result::Outcome::Interrupted)
-                && have > 0
-            {
-                if !a.quiet {
-                    eprintln!(
-                        "kvbench: arm {:?}: the interrupted run is kept in {} but left out of the comparison",
-                        plan.name,
-                        run.path.display()
-                    );
-                }
-                continue;
-            }
-            if run.result.failure.is_some() {
-                failed.push(plan.name.clone());
-            }
-            paths.push((plan.name.clone(), run.path));
-        }
-        last_round_s = round_start.elapsed().as_secs_f64();
-        if let Design::Adaptive { .. } = design {
-            let Some(c) = compare_now(&paths, &policy)? else {
-                break;
-            };
-            rounds.push(Round::of(
-                round + 1,
-                &c,
-                runs_per_arm(&paths),
-                started.elapsed().as_secs_f64(),
-            ));
-            let settled = c.settled;
-            if !a.quiet {
-                eprintln!(
-                    "kvbench: after round {}: {}{}",
-                    round + 1,
-                    c.decision.unwrap_or_default(),
-                    if settled { ", settled" } else { ", still open" }
-                );
-            }
-            comparison = Some(c);
-            if settled {
-                stopped = Stopped::Decided;
-                break;
-            }
-        }
-    }
-    if cancel.is_cancelled() {
-        stopped = Stopped::Interrupted;
-    }
-    if let Design::Fixed { .. } = design {
-        if stopped != Stopped::Interrupted {
-            stopped = Stopped::Fixed;
-        }
-    }
-    let names: std::collections::BTreeSet<&String> = paths.iter().map(|(n, _)| n).collect();
-    if names.len() < 2 || !names.contains(&baseline) {
+    let runs = s.run_rounds(a, design, &cancel, started).await?;
+    finish(a, &s, design, runs, &cancel, started)
+}
+
+/// The final comparison, its files and the verdict block; the exit code.
+fn finish(
+    a: &AbArgs,
+    s: &Setup,
+    design: Design,
+    runs: Runs,
+    cancel: &CancellationToken,
+    started: std::time::Instant,
+) -> anyhow::Result<ExitCode> {
+    let names: std::collections::BTreeSet<&String> = runs.paths.iter().map(|(n, _)| n).collect();
+    if names.len() < 2 || !names.contains(&s.baseline) {
         if cancel.is_cancelled() {
             eprintln!(
                 "kvbench: interrupted before two arms were measured; results so far are in {}",
-                out_dir.display()
+                s.out_dir.display()
             );
             return Ok(ExitCode::from(crate::EXIT_INTERRUPTED));
         }
         anyhow::bail!(
             "fewer than two arms (or no baseline) produced a result in {}",
-            out_dir.display()
+            s.out_dir.display()
         );
     }
     // The final comparison. An adaptive design that ran out of runs or time with a speed
     // criterion open takes its cautious side (docs/decision.md, "Adaptive runs").
     let policy = Policy {
         final_look: matches!(design, Design::Adaptive { .. })
-            && matches!(stopped, Stopped::MaxRuns | Stopped::Budget),
-        ..policy
+            && matches!(runs.stopped, Stopped::MaxRuns | Stopped::Budget),
+        ..s.policy.clone()
     };
-    let mut c = match compare_now(&paths, &policy)? {
+    let mut c = match s.compare_now(&runs.paths, &policy)? {
         Some(c) => c,
-        None => anyhow::bail!("no comparison could be made in {}", out_dir.display()),
+        None => anyhow::bail!("no comparison could be made in {}", s.out_dir.display()),
     };
-    c.effort = Some(effort(&design, stopped, &paths, rounds, started));
+    c.effort = Some(effort(
+        &design,
+        runs.stopped,
+        &runs.paths,
+        runs.rounds,
+        started,
+    ));
     let ts = chrono::Local::now().format("%Y%m%d_%H%M%S");
-    let stem = out_dir.join(format!("comparison_{}_{ts}", exp.name));
+    let stem = s.out_dir.join(format!("comparison_{}_{ts}", s.exp.name));
     // Not `with_extension`: a dotted experiment name (`v1.2`) would lose the time stamp.
     let json_path = PathBuf::from(format!("{}.json", stem.display()));
     let md = PathBuf::from(format!("{}.md", stem.display()));
@@ -625,10 +742,10 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
     if cancel.is_cancelled() {
         return Ok(ExitCode::from(crate::EXIT_INTERRUPTED));
     }
-    if !failed.is_empty() {
+    if !runs.failed.is_empty() {
         eprintln!(
             "kvbench: arm(s) failed: {} (see the comparison)",
-            failed.join(", ")
+            runs.failed.join(", ")
         );
         return Ok(ExitCode::from(EXIT_ARM_FAILED));
     }
