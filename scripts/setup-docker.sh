@@ -154,12 +154,13 @@ if [[ -z $(running_pid) ]]; then
     rm -f -- "$SOCK" "$PIDFILE"
     mkdir -p "$DIR/data" "$DIR/exec"
     log "starting dockerd (data under $DIR; log: $DLOG)"
-    # setsid: out of this shell's job control and session, so it outlives the script.
+    # setsid: out of this shell's job control and session, so it outlives the script. None of
+    # the script's descriptors stay open in it (fd 3 would keep `$(setup-docker.sh)` waiting).
     setsid dockerd \
         --iptables=false --ip-forward=false \
         --data-root "$DIR/data" --exec-root "$DIR/exec" \
         --pidfile "$PIDFILE" --host "unix://$SOCK" \
-        >>"$DLOG" 2>&1 </dev/null &
+        >>"$DLOG" 2>&1 </dev/null 3>&- &
     disown
     ready=
     for ((i = 0; i < 300; i++)); do
