@@ -13,6 +13,7 @@
 #   KVBENCH_ENGINES=all|llamacpp|none   which engines to set up (default: all)
 #   CI=true                             end-to-end tests fail, instead of skipping, when an
 #                                       engine they need is missing
+#   KVBENCH_DOCKER_SETUP=0              skip scripts/setup-docker.sh (the compose tests then skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,9 +30,28 @@ if [ "$engines" != none ]; then
     printf '%s\n' "$out" | grep -E '^[A-Z0-9_]+=' >&2
     echo "engines ready after $(( $(date +%s) - t0 )) s" >&2
 fi
+# A private dockerd, Compose v2 and a llama-server image for tests/compose.rs (needs llama.cpp).
+if [ "$engines" != none ] && [ "${KVBENCH_DOCKER_SETUP:-1}" != 0 ]; then
+    step "setting up docker (scripts/setup-docker.sh; stop it with: scripts/setup-docker.sh stop)"
+    t1=$(date +%s)
+    if out=$(scripts/setup-docker.sh); then
+        eval "$(printf '%s\n' "$out" | grep -E '^[A-Z0-9_]+=')"
+        export DOCKER_HOST DOCKER_CONFIG KVBENCH_DOCKER KVBENCH_LLAMA_IMAGE
+        echo "docker ready after $(( $(date +%s) - t1 )) s" >&2
+        # CI leaves no daemon behind; on a developer's machine it stays up for the next run.
+        [ "${CI:-}" != true ] || trap 'scripts/setup-docker.sh stop >/dev/null 2>&1 || true' EXIT
+    elif [ "${CI:-}" = true ]; then
+        exit 1
+    else
+        echo "docker set-up failed: the compose tests will skip" >&2
+    fi
+fi
 if [ "${CI:-}" = true ]; then
     export KVBENCH_REQUIRE_ENGINES="${KVBENCH_REQUIRE_ENGINES:-$engines}"
     export KVBENCH_REQUIRE_CHROMIUM="${KVBENCH_REQUIRE_CHROMIUM:-1}"
+    if [ "$engines" != none ] && [ "${KVBENCH_DOCKER_SETUP:-1}" != 0 ]; then
+        export KVBENCH_REQUIRE_DOCKER="${KVBENCH_REQUIRE_DOCKER:-1}"
+    fi
 fi
 
 # Headless Chromium checks the HTML report (tests/report.rs): Debian's package, installed once.

@@ -305,7 +305,8 @@ fn a_second_signal_kills_a_compose_service_that_is_slow_to_stop() {
     let lines: Vec<&str> = recorded.lines().collect();
     let stop = lines.iter().position(|l| l.ends_with(" stop vllm"));
     let kill = lines.iter().position(|l| l.ends_with(" kill vllm"));
-    let rm = lines.iter().position(|l| l.ends_with(" rm -f vllm"));
+    // The service was not running before (`ps -q` printed nothing): its anonymous volumes go too.
+    let rm = lines.iter().position(|l| l.ends_with(" rm -f -v vllm"));
     assert!(
         stop < kill && kill < rm && stop.is_some(),
         "stop, then kill, then rm: {lines:#?}"

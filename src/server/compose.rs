@@ -9,8 +9,13 @@
 //! (`HF_TOKEN`, `*_API_KEY`, ...; [`crate::server::secret_name`]) is written by name only, and
 //! its value reaches the container by reference, from the environment of the `docker compose`
 //! commands kvbench runs. The override is written readable by its owner only (0600).
+//!
+//! When the service was not running before, teardown also removes what `up` created for the
+//! project and `rm` leaves behind: the project's networks and named volumes that did not exist
+//! before the arm (found by compose's `com.docker.compose.project` label), and the container's
+//! anonymous volumes (`rm -f -v`). Those that existed before are the user's and stay.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +42,9 @@ pub struct ComposeRun {
     /// The override's text.
     pub override_text: String,
     was_running: bool,
+    /// The project's networks and volumes before the arm, when they could be listed (the
+    /// service was not running and the project's name is known).
+    before: Option<ProjectResources>,
     /// Secret environment values, given to the commands that use the override (never written).
     secret_env: BTreeMap<String, String>,
 }
@@ -97,17 +105,67 @@ pub fn override_yaml(
     s
 }
 
-/// The service's current command from `docker compose config --format json`.
-fn service_command(
-    docker: &str,
-    user_only: &[String],
-    service: &str,
-) -> anyhow::Result<Vec<String>> {
+/// The resolved compose file, from `docker compose config --format json`.
+fn compose_config(docker: &str, user_only: &[String]) -> anyhow::Result<Value> {
     let mut args = user_only.to_vec();
     args.extend(["config".into(), "--format".into(), "json".into()]);
     let text = run(docker, &args, &BTreeMap::new())?;
-    let v: Value = serde_json::from_str(&text)
-        .context("`docker compose config --format json` did not print JSON")?;
+    serde_json::from_str(&text).context("`docker compose config --format json` did not print JSON")
+}
+
+/// A compose project's networks and volumes, by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ProjectResources {
+    project: String,
+    networks: BTreeSet<String>,
+    volumes: BTreeSet<String>,
+}
+
+impl ProjectResources {
+    /// Lists them through compose's project label; `None` if docker cannot.
+    fn list(docker: &str, project: &str) -> Option<Self> {
+        let label = format!("label=com.docker.compose.project={project}");
+        let ls = |kind: &str| -> Option<BTreeSet<String>> {
+            let args: Vec<String> = [kind, "ls", "--filter", &label, "--format", "{{.Name}}"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let out = run(docker, &args, &BTreeMap::new()).ok()?;
+            Some(
+                out.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        };
+        Some(Self {
+            project: project.to_owned(),
+            networks: ls("network")?,
+            volumes: ls("volume")?,
+        })
+    }
+
+    /// Removes the networks and volumes that are in `now` but were not in `self`.
+    fn remove_new(&self, docker: &str, now: &Self) {
+        for (kind, before, after) in [
+            ("network", &self.networks, &now.networks),
+            ("volume", &self.volumes, &now.volumes),
+        ] {
+            for name in after.difference(before) {
+                let _ = run(
+                    docker,
+                    &[kind.to_owned(), "rm".to_owned(), name.clone()],
+                    &BTreeMap::new(),
+                );
+            }
+        }
+    }
+}
+
+/// The service's current command in the resolved compose file.
+fn service_command(config: &Value, service: &str) -> anyhow::Result<Vec<String>> {
+    let v = config;
     let svc = v
         .pointer(&format!("/services/{service}"))
         .ok_or_else(|| anyhow::anyhow!("the compose file has no service {service:?}"))?;
@@ -141,10 +199,23 @@ impl ComposeRun {
             user_only.extend(["-p".to_owned(), p.clone()]);
         }
         user_only.extend(["-f".to_owned(), file.display().to_string()]);
+        // Needed for the command unless the experiment gives it; otherwise only for the
+        // project's name (cleanup), so a failure is not fatal there.
+        let config = match base_args {
+            Some(_) => compose_config(&docker, &user_only).ok(),
+            None => Some(compose_config(&docker, &user_only)?),
+        };
         let base = match base_args {
             Some(a) => a.clone(),
-            None => service_command(&docker, &user_only, service)?,
+            None => service_command(config.as_ref().unwrap_or(&Value::Null), service)?,
         };
+        let project_name = project.clone().or_else(|| {
+            config
+                .as_ref()
+                .and_then(|c| c.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
         let service_args: Vec<String> = apply_changes(&base, &plan.changes)
             .into_iter()
             .map(|a| match port {
@@ -171,6 +242,10 @@ impl ComposeRun {
         let was_running = run(&docker, &ps, &BTreeMap::new())
             .map(|o| !o.trim().is_empty())
             .unwrap_or(false);
+        let before = match (&project_name, was_running) {
+            (Some(p), false) => ProjectResources::list(&docker, p),
+            _ => None,
+        };
         Ok(Self {
             docker,
             user_only,
@@ -180,6 +255,7 @@ impl ComposeRun {
             override_path: files.compose_override.clone(),
             override_text,
             was_running,
+            before,
             secret_env,
         })
     }
@@ -224,6 +300,16 @@ impl ComposeRun {
         }
     }
 
+    /// `rm -f SERVICE`, with `-v` (its anonymous volumes) when the container was kvbench's own:
+    /// a running user's container may have handed its anonymous volumes on to the arm's.
+    fn rm_args(&self) -> Vec<&str> {
+        if self.was_running {
+            vec!["rm", "-f", self.service.as_str()]
+        } else {
+            vec!["rm", "-f", "-v", self.service.as_str()]
+        }
+    }
+
     fn cmd(&self, base: &[String], rest: &[&str]) -> Vec<String> {
         let mut v = base.to_vec();
         v.extend(rest.iter().map(|s| s.to_string()));
@@ -237,7 +323,7 @@ impl ComposeRun {
             self.cmd(&self.with_override, &["up", "-d", "--force-recreate", s]),
             self.cmd(&self.with_override, &["logs", "-f", "--no-color", s]),
             self.cmd(&self.with_override, &["stop", s]),
-            self.cmd(&self.with_override, &["rm", "-f", s]),
+            self.cmd(&self.with_override, &self.rm_args()),
         ];
         if self.was_running {
             v.push(self.cmd(&self.user_only, &["up", "-d", s]));
@@ -265,15 +351,44 @@ impl ComposeRun {
         .with_context(|| format!("cannot follow logs with {}", self.docker))
     }
 
+    /// The arm's container state (`exited 1`, `dead`) if it has stopped; `None` while it runs, or
+    /// if compose cannot tell.
+    pub fn exited(&self) -> Option<String> {
+        let s = self.service.as_str();
+        let out = run(
+            &self.docker,
+            &self.cmd(
+                &self.with_override,
+                &["ps", "-a", "--format", "{{.State}} {{.ExitCode}}", s],
+            ),
+            &self.secret_env,
+        )
+        .ok()?;
+        let line = out.lines().next()?.trim();
+        let state = line.split_whitespace().next()?;
+        matches!(state, "exited" | "dead").then(|| match state {
+            "exited" => format!(
+                "exit status: {}",
+                line.split_whitespace().nth(1).unwrap_or("?")
+            ),
+            _ => state.to_owned(),
+        })
+    }
+
     /// Stops and removes the arm's container; restores the user's service if it was running.
     pub fn teardown(&self) {
         let s = self.service.as_str();
         self.stop();
         let _ = run(
             &self.docker,
-            &self.cmd(&self.with_override, &["rm", "-f", s]),
+            &self.cmd(&self.with_override, &self.rm_args()),
             &self.secret_env,
         );
+        if let Some(before) = &self.before {
+            if let Some(now) = ProjectResources::list(&self.docker, &before.project) {
+                before.remove_new(&self.docker, &now);
+            }
+        }
         if self.was_running {
             let _ = run(
                 &self.docker,

@@ -397,7 +397,11 @@ pub async fn launch(
             .groups
             .iter_mut()
             .find(|(_, role)| *role == "server" || (*role == "logs" && launched.compose.is_some()))
-            .and_then(|(c, _)| c.try_wait().ok().flatten());
+            .and_then(|(c, _)| c.try_wait().ok().flatten())
+            .map(|status| status.to_string())
+            // `docker compose logs -f` keeps following a service whose container has exited,
+            // so the container's own state is asked too.
+            .or_else(|| launched.compose.as_ref().and_then(|c| c.exited()));
         if let Some(status) = exited {
             if is_process_server || !healthy(&http, &url).await {
                 let (kind, message) = ServerLog::read(&files.log).classify(
