@@ -404,10 +404,22 @@ pub async fn launch(
             .or_else(|| launched.compose.as_ref().and_then(|c| c.exited()));
         if let Some(status) = exited {
             if is_process_server || !healthy(&http, &url).await {
-                let (kind, message) = ServerLog::read(&files.log).classify(
-                    catalog,
-                    format!("the server exited ({status}) before it was healthy"),
-                );
+                let why = format!("the server exited ({status}) before it was healthy");
+                let (mut kind, mut message) =
+                    ServerLog::read(&files.log).classify(catalog, why.clone());
+                // A container's last lines reach the log through `docker compose logs -f`,
+                // which may still be writing them when compose reports the exit: read again
+                // for up to 3 s before settling for an unexplained crash.
+                if launched.compose.is_some() {
+                    for _ in 0..10 {
+                        if kind != "crashed" {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        (kind, message) =
+                            ServerLog::read(&files.log).classify(catalog, why.clone());
+                    }
+                }
                 let args = launched.launch_args.clone();
                 let e = fail(&kind, message, &args);
                 launched.shutdown().await;
