@@ -240,7 +240,8 @@ fn pct(x: f64) -> String {
     format!("{x:+.1} %")
 }
 
-fn label(key: &str) -> String {
+/// A metric key as people say it: "TTFT p50" for `ttft_ms.p50`, "output throughput".
+pub(crate) fn label(key: &str) -> String {
     match key {
         "output_tok_per_s" => "output throughput".into(),
         "requests_per_s" => "request throughput".into(),

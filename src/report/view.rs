@@ -800,19 +800,14 @@ fn glance_section(c: &Comparison, ctx: &Ctx) -> Section {
     }
 }
 
-/// "TTFT p50" for `ttft_ms.p50`, "output tok/s" for `output_tok_per_s`.
+/// "TTFT p50" for `ttft_ms.p50`, "output tok/s" for `output_tok_per_s` (the decision's
+/// labels, with throughputs in their units to fit the chart).
 fn short_metric(key: &str) -> String {
     match key {
         "output_tok_per_s" => "output tok/s".into(),
         "requests_per_s" => "requests/s".into(),
         "total_tok_per_s" => "total tok/s".into(),
-        k => match k.split_once('.') {
-            Some((m, p)) => format!(
-                "{} {p}",
-                m.trim_end_matches("_ms").replace('_', " ").to_uppercase()
-            ),
-            None => k.into(),
-        },
+        k => crate::compare::decision::label(k),
     }
 }
 
