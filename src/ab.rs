@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::arm::{self, ArmOptions};
 use crate::cli::{AbArgs, CompareArgs};
 use crate::compare::{self, Comparison, DesignKind, Effort, Policy, Round, Stopped};
+use crate::executor::{Executor, Job};
 use crate::experiment;
 use crate::logscan::{Catalog, DEFAULT_CATALOG};
 use crate::output::printable;
@@ -369,6 +370,7 @@ struct Setup {
     reference: Option<String>,
     out_dir: PathBuf,
     opts: ArmOptions,
+    executor: Executor,
 }
 
 /// Reads the experiment and the options into a [`Setup`]; every mistake is one line.
@@ -418,6 +420,7 @@ fn setup(a: &AbArgs) -> anyhow::Result<Setup> {
         catalog: Arc::new(catalog(a.catalog.as_deref())?),
         quiet: a.quiet,
     };
+    let executor = Executor::resolve(&exp, a.on.as_deref(), a.gpus.as_deref())?;
     Ok(Setup {
         exp,
         policy,
@@ -425,6 +428,7 @@ fn setup(a: &AbArgs) -> anyhow::Result<Setup> {
         reference,
         out_dir,
         opts,
+        executor,
     })
 }
 
@@ -535,20 +539,25 @@ impl Setup {
             if !a.quiet && design.max_runs() > 1 {
                 eprintln!("kvbench: round {}/{}", round + 1, design.max_runs());
             }
-            for plan in plans {
-                if cancel.is_cancelled() {
-                    break;
+            if self.executor.is_local() {
+                for plan in plans {
+                    if cancel.is_cancelled() {
+                        break;
+                    }
+                    self.run_one(
+                        a,
+                        plan,
+                        round,
+                        design,
+                        cancel,
+                        &mut baseline_quality,
+                        &mut runs,
+                    )
+                    .await?;
                 }
-                self.run_one(
-                    a,
-                    plan,
-                    round,
-                    design,
-                    cancel,
-                    &mut baseline_quality,
-                    &mut runs,
-                )
-                .await?;
+            } else {
+                self.run_parallel(a, &plans, round, design, cancel, &mut runs)
+                    .await?;
             }
             last_round_s = round_start.elapsed().as_secs_f64();
             if let Design::Adaptive { .. } = design {
@@ -634,7 +643,64 @@ impl Setup {
                 .and_then(Value::as_str)
                 .map(str::to_owned);
         }
-        report_run(&plan.name, &run, a.quiet);
+        self.accept(a, &plan.name, run, have, runs);
+        Ok(())
+    }
+
+    /// Runs the arms of round `round` at the same time on a parallel executor (`local-gpus`,
+    /// `ray`): one job per arm. Their quality items cannot pair with the baseline's answers
+    /// of the same round, so every candidate runs its suites in full in the first round.
+    async fn run_parallel(
+        &self,
+        a: &AbArgs,
+        plans: &[&experiment::ArmPlan],
+        round: u32,
+        design: Design,
+        cancel: &CancellationToken,
+        runs: &mut Runs,
+    ) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.out_dir)
+            .with_context(|| format!("cannot create {}", self.out_dir.display()))?;
+        let mut jobs = Vec::new();
+        let mut have = std::collections::BTreeMap::new();
+        for plan in plans {
+            let n = runs.paths.iter().filter(|(n, _)| *n == plan.name).count() as u32;
+            if n > round {
+                if !a.quiet {
+                    eprintln!(
+                        "kvbench: arm {:?}: kept from an earlier run (--resume)",
+                        plan.name
+                    );
+                }
+                continue;
+            }
+            have.insert(plan.name.clone(), n);
+            let (result, _, _) = arm::arm_paths(plan, &self.opts);
+            let speed_only = round > 0 && matches!(design, Design::Adaptive { .. });
+            jobs.push(Job::new(plan, result, speed_only));
+        }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        for (job, result) in self
+            .executor
+            .run_round(&self.exp, jobs, round, cancel, a.quiet)
+            .await?
+        {
+            let have = have.get(&job.arm).copied().unwrap_or(0);
+            let run = arm::ArmRun {
+                result,
+                path: job.result,
+            };
+            self.accept(a, &job.arm, run, have, runs);
+        }
+        Ok(())
+    }
+
+    /// Adds a finished run of arm `name` (which had `have` runs before) to `runs`, or keeps it
+    /// out of the comparison when it was cut short and the arm has a complete run.
+    fn accept(&self, a: &AbArgs, name: &str, run: arm::ArmRun, have: u32, runs: &mut Runs) {
+        report_run(name, &run, a.quiet);
         // A run cut short by an interruption stays on disk; when the arm already has a
         // complete run, the comparison rests on the complete ones.
         if (run.result.interrupted || run.result.outcome == crate::result::Outcome::Interrupted)
@@ -642,18 +708,16 @@ impl Setup {
         {
             if !a.quiet {
                 eprintln!(
-                    "kvbench: arm {:?}: the interrupted run is kept in {} but left out of the comparison",
-                    plan.name,
+                    "kvbench: arm {name:?}: the interrupted run is kept in {} but left out of the comparison",
                     run.path.display()
                 );
             }
-            return Ok(());
+            return;
         }
         if run.result.failure.is_some() {
-            runs.failed.push(plan.name.clone());
+            runs.failed.push(name.to_owned());
         }
-        runs.paths.push((plan.name.clone(), run.path));
-        Ok(())
+        runs.paths.push((name.to_owned(), run.path));
     }
 }
 

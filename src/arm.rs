@@ -202,6 +202,7 @@ fn empty_result(plan: &ArmPlan, url: &str, outcome: Outcome) -> RunResult {
         duration_s: None,
         goodput: None,
         phases: crate::result::Phases::default(),
+        placement: None,
         warnings: Vec::new(),
         server_metrics: None,
         quality: None,

@@ -148,6 +148,22 @@ pub struct RunArgs {
     /// Warnings catalog (TOML) replacing the embedded one; see docs/experiment.md.
     #[arg(long, requires = "config")]
     pub catalog: Option<PathBuf>,
+    /// With --config: measure speed only, without the arm's quality suites (what `ab`'s
+    /// adaptive rounds after the first do).
+    #[arg(long, requires = "config")]
+    pub speed_only: bool,
+    /// With --config: the executor that started this run (recorded as the result's
+    /// `placement`; set by `kvbench ab --on ...`).
+    #[arg(long, requires = "config", hide = true, value_parser = ["local-gpus", "ray"])]
+    pub executor: Option<String>,
+    /// With --config: the executor's id of this job (recorded in `placement`).
+    #[arg(long, requires = "executor", hide = true)]
+    pub job_id: Option<String>,
+    /// With --config: print the result JSON as one line on stdout, prefixed by
+    /// `kvbench-result-json: ` (how a Ray job's result reaches a machine that does not share
+    /// the results directory).
+    #[arg(long, requires = "config", hide = true)]
+    pub print_result: bool,
 
     /// What to measure and how (also an experiment's `[workload]` and `[quality]`).
     #[command(flatten)]
@@ -243,9 +259,23 @@ pub struct AbArgs {
     /// (apply < monitor < inconclusive < keep), so a CI job can gate a change on it.
     #[arg(long, value_enum, value_name = "VERDICT")]
     pub fail_on: Option<FailOn>,
+    /// Where the arms run (docs/scale.md): `local` (here, one after another; the default),
+    /// `local-gpus` (at the same time on disjoint GPU sets of this machine, see --gpus) or
+    /// `ray://HOST:8265` (as jobs on a Ray cluster, through its dashboard's Jobs API)
+    /// [default: the experiment's [executor] table, else local].
+    #[arg(long, value_name = "EXECUTOR", value_parser = parse_on)]
+    pub on: Option<String>,
+    /// Devices for `--on local-gpus` (implied by --gpus alone): each arm gets a set of
+    /// `[server] gpus` of them through CUDA_VISIBLE_DEVICES, and the sets swap between rounds.
+    #[arg(long, value_name = "IDS")]
+    pub gpus: Option<String>,
     /// No progress display.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+fn parse_on(s: &str) -> Result<String, String> {
+    crate::executor::parse_on(s).map(|_| s.to_owned())
 }
 
 /// `--fail-on`: the mildest verdict that fails the command.

@@ -55,6 +55,7 @@ pub struct RawServer {
     log_command: Option<Vec<String>>,
     metrics_interval: Option<String>,
     engine_cache: Option<bool>,
+    gpus: Option<u32>,
 }
 
 impl RawServer {
@@ -78,7 +79,8 @@ impl RawServer {
             log_file,
             log_command,
             metrics_interval,
-            engine_cache
+            engine_cache,
+            gpus
         );
         // Environment tables merge key by key (the arm wins).
         if let (Some(base), Some(arm)) = (&self.env, &over.env) {
@@ -130,6 +132,8 @@ struct RawExperiment {
     quality: Option<Spanned<toml::Table>>,
     #[serde(default)]
     decision: Option<toml::Table>,
+    #[serde(default)]
+    executor: Option<crate::executor::ExecutorTable>,
     arms: Vec<Spanned<RawArm>>,
 }
 
@@ -214,6 +218,9 @@ pub struct ArmPlan {
     /// The `[workload]` table as `kvbench run` flags, for people and records (dry runs, the
     /// `config` of a result whose server did not start); never parsed again.
     pub workload_args: Vec<String>,
+    /// GPUs the arm's server needs (`[server] gpus`, default 1): the size of its device set on
+    /// the `local-gpus` executor and its GPU (or `gpu_resource`) request on Ray.
+    pub gpus: u32,
 }
 
 /// A parsed experiment.
@@ -227,6 +234,8 @@ pub struct Experiment {
     pub arms: Vec<ArmPlan>,
     /// `[decision]` policy table, if any.
     pub decision: Option<toml::Table>,
+    /// `[executor]` table, if any (`kvbench ab --on` overrides it).
+    pub executor: Option<crate::executor::ExecutorTable>,
     /// The file it came from.
     pub path: PathBuf,
 }
@@ -466,6 +475,7 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
             engine_cache: server.engine_cache.unwrap_or(true),
             settings,
             workload_args,
+            gpus: server.gpus.unwrap_or(1),
         });
     }
     Ok(Experiment {
@@ -473,6 +483,7 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
         description: raw.description,
         arms,
         decision: raw.decision,
+        executor: raw.executor,
         path: path.to_owned(),
     })
 }

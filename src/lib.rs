@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod compare;
 pub mod config;
+pub mod executor;
 pub mod experiment;
 pub mod logscan;
 pub mod metrics;
@@ -173,7 +174,11 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--config needs --arm NAME");
     };
     let exp = experiment::load(&config)?;
-    let plan = exp.arm(&arm_name)?;
+    let mut plan = exp.arm(&arm_name)?.clone();
+    if args.speed_only {
+        plan.settings = plan.settings.without_quality();
+    }
+    let plan = &plan;
     let catalog = match &args.catalog {
         Some(p) => std::sync::Arc::new(logscan::Catalog::from_file(p)?),
         None => std::sync::Arc::new(logscan::Catalog::parse(
@@ -196,7 +201,26 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
     }
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
-    let run = arm::run_arm(plan, &opts, &cancel).await?;
+    let mut run = arm::run_arm(plan, &opts, &cancel).await?;
+    if let Some(executor) = &args.executor {
+        run.result.placement = Some(result::Placement {
+            executor: executor.clone(),
+            job_id: args.job_id.clone(),
+            devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+            host: nix::unistd::gethostname()
+                .ok()
+                .map(|h| h.to_string_lossy().into_owned()),
+            gathered_from: None,
+        });
+        result::write_json(&run.path, &run.result)?;
+    }
+    if args.print_result {
+        println!(
+            "{}{}",
+            executor::ray::RESULT_MARKER,
+            serde_json::to_string(&run.result)?
+        );
+    }
     let r = &run.result;
     if !args.settings.quiet && r.failure.is_none() {
         print!("{}", output::summary(r));

@@ -102,6 +102,27 @@ pub struct RunResult {
     /// Seconds spent in each phase of the run (what a verdict cost; `effort` in comparisons).
     #[serde(default)]
     pub phases: Phases,
+    /// Where the run ran when an executor other than `local` ran it (docs/scale.md), else
+    /// `null`.
+    #[serde(default)]
+    pub placement: Option<Placement>,
+}
+
+/// Where a run ran: the executor, its job and the devices the server saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Placement {
+    /// The executor that ran it: `local-gpus` or `ray`.
+    pub executor: String,
+    /// The executor's id of the job (the Ray submission id; a local job's own id).
+    pub job_id: Option<String>,
+    /// `CUDA_VISIBLE_DEVICES` as the run saw it (the device set), else `null`.
+    pub devices: Option<String>,
+    /// The host name of the machine that ran it, else `null`.
+    pub host: Option<String>,
+    /// How the result reached the machine that compares: `shared_path` (the job wrote it where
+    /// `kvbench ab` reads) or `job_log` (printed by the job, copied from its log); `null` when
+    /// written by the job itself.
+    pub gathered_from: Option<String>,
 }
 
 /// Why an arm did not get a healthy server, or why a run stopped short (the result's
@@ -139,6 +160,9 @@ pub enum FailureKind {
     Interrupted,
     /// The per-request journal could not be written.
     JournalFailed,
+    /// The executor's job ended without a result (the job failed to start, was stopped, or
+    /// its node was lost; its log says why).
+    ExecutorFailed,
     /// A kind from a user's catalog.
     Other(String),
 }
@@ -156,6 +180,7 @@ impl FailureKind {
             FailureKind::LaunchError => "launch_error",
             FailureKind::Interrupted => "interrupted",
             FailureKind::JournalFailed => "journal_failed",
+            FailureKind::ExecutorFailed => "executor_failed",
             FailureKind::Other(s) => s,
         }
     }
@@ -173,6 +198,7 @@ impl From<String> for FailureKind {
             "launch_error" => FailureKind::LaunchError,
             "interrupted" => FailureKind::Interrupted,
             "journal_failed" => FailureKind::JournalFailed,
+            "executor_failed" => FailureKind::ExecutorFailed,
             _ => FailureKind::Other(s),
         }
     }
@@ -209,7 +235,7 @@ impl schemars::JsonSchema for FailureKind {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "unsupported_argument, unsupported_setting, unsupported_hardware, out_of_memory, startup_timeout, crashed, launch_error, interrupted, journal_failed, or a kind from a user's catalog",
+            "description": "unsupported_argument, unsupported_setting, unsupported_hardware, out_of_memory, startup_timeout, crashed, launch_error, interrupted, journal_failed, executor_failed, or a kind from a user's catalog",
         })
     }
 }

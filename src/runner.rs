@@ -608,6 +608,7 @@ fn run_result(
             workload_s: Some(workload_start.elapsed().as_secs_f64()),
             ..phases
         },
+        placement: None,
     }
 }
 

@@ -165,6 +165,7 @@ fn synthetic_run(
         failure: None,
         goodput: None,
         phases: Default::default(),
+        placement: None,
     };
     (r, s)
 }

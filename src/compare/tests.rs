@@ -55,6 +55,7 @@ fn arm(name: &str, scale: f64, ids: &[&str], calculate: bool, quality: Option<f6
         interrupted: false,
         goodput: None,
         phases: Default::default(),
+        placement: None,
         outcome: "ok".into(),
         server: ServerInfo {
             facts,
