@@ -399,8 +399,18 @@ pub async fn run_arm(
             &opts.catalog,
             format!("the server exited during the run ({status})"),
         );
-        let kind = FailureKind::from(kind);
-        r.outcome = Outcome::Failed(kind.clone());
+        // Stopped from outside while kvbench was being stopped too (a Ray job's stop signals
+        // the job's every process): the run was interrupted, the server did not crash.
+        let kind = if cancel.is_cancelled() && kind == "crashed" {
+            FailureKind::Interrupted
+        } else {
+            FailureKind::from(kind)
+        };
+        r.outcome = if kind == FailureKind::Interrupted {
+            Outcome::Interrupted
+        } else {
+            Outcome::Failed(kind.clone())
+        };
         r.failure = Some(Failure {
             kind,
             message,

@@ -5,7 +5,7 @@
 pub mod decision;
 pub mod model;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -25,8 +25,8 @@ use crate::stats::{
 pub use decision::{Policy, Verdict};
 pub use model::{
     AgreementSummary, ArmGoodput, ArmSummary, ArmThroughput, Candidate, Comparison, DesignKind,
-    Distributions, Effort, ReferenceArm, ReferenceSection, RequestTotals, Round, ServerSummary,
-    Stopped, ValueCi,
+    Distributions, Effort, Execution, ReferenceArm, ReferenceSection, RequestTotals, Round,
+    ServerSummary, Stopped, ValueCi,
 };
 
 /// Version of the comparison schema.
@@ -947,6 +947,60 @@ pub(crate) fn compare_keys(
         // Set by `kvbench compare --rescan-logs`.
         logs_rescanned: false,
         effort: None,
+        execution: execution(arms),
+    })
+}
+
+/// Where the runs ran, when any run has a placement (an executor other than `local`).
+fn execution(arms: &[ArmRuns]) -> Option<Execution> {
+    let placements = || {
+        arms.iter()
+            .flat_map(|a| a.results.iter().map(|r| &r.placement))
+    };
+    if placements().all(|p| p.is_none()) {
+        return None;
+    }
+    let executors: BTreeSet<String> = placements()
+        .map(|p| {
+            p.as_ref()
+                .map_or("local".to_owned(), |p| p.executor.clone())
+        })
+        .collect();
+    let mut device_sets: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+    for a in arms {
+        for r in &a.results {
+            if let Some(d) = r.placement.as_ref().and_then(|p| p.devices.clone()) {
+                *device_sets
+                    .entry(a.name.clone())
+                    .or_default()
+                    .entry(d)
+                    .or_default() += 1;
+            }
+        }
+    }
+    let all: BTreeSet<&String> = device_sets.values().flat_map(BTreeMap::keys).collect();
+    let balanced = (!all.is_empty()).then(|| {
+        let counts: BTreeSet<u32> = arms
+            .iter()
+            .flat_map(|a| {
+                let m = device_sets.get(&a.name);
+                all.iter()
+                    .map(move |d| m.and_then(|m| m.get(*d)).copied().unwrap_or(0))
+            })
+            .collect();
+        counts.len() == 1
+    });
+    let note = match balanced {
+        Some(true) if all.len() > 1 => "every arm ran equally often on every device set (a balanced crossover): a GPU-to-GPU difference cancels in each change and shows in the runs' spread, which the intervals are drawn from".to_owned(),
+        Some(true) => "every run used the same device set: GPU-to-GPU differences do not enter".to_owned(),
+        Some(false) => "the arms did not run equally often on every device set: a GPU-to-GPU difference can shift a change by part of that difference; an even number of rounds (--repeat 2, 4, ...) balances two sets".to_owned(),
+        None => "the device sets were not recorded (the scheduler placed the runs): GPU-to-GPU differences are part of the runs' spread, and average out only over several runs per arm".to_owned(),
+    };
+    Some(Execution {
+        executors: executors.into_iter().collect(),
+        device_sets,
+        balanced,
+        note,
     })
 }
 

@@ -60,6 +60,25 @@ pub struct Comparison {
     /// What the verdict cost (`kvbench ab` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effort: Option<Effort>,
+    /// Where the runs ran, when an executor other than `local` ran any (docs/scale.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution: Option<Execution>,
+}
+
+/// Where the runs ran (from the results' `placement`), and whether the device sets were
+/// balanced across arms (docs/decision.md, "Arms at the same time").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct Execution {
+    /// The executors that ran the runs (`local` for runs without a placement).
+    pub executors: Vec<String>,
+    /// Per arm, runs per device set (`CUDA_VISIBLE_DEVICES`); empty where none was recorded.
+    pub device_sets: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Whether every arm ran equally often on every device set (a balanced crossover); `null`
+    /// when no device sets were recorded.
+    pub balanced: Option<bool>,
+    /// What this means for the intervals, in a sentence.
+    pub note: String,
 }
 
 impl Comparison {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod engine;
+pub mod exec;
 
 use std::net::SocketAddr;
 use std::path::Path;
