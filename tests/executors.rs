@@ -22,6 +22,9 @@ fn ab(exp: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> std::proc
         .unwrap()
 }
 
+/// (arm, device set, time span) of one run.
+type Placed = (String, String, (f64, f64));
+
 #[test]
 fn arms_run_at_once_on_disjoint_device_sets_swapped_between_rounds() {
     let dir = tempfile::tempdir().unwrap();
@@ -34,7 +37,7 @@ fn arms_run_at_once_on_disjoint_device_sets_swapped_between_rounds() {
     let rs = results(&out);
     assert_eq!(rs.len(), 4, "{err}");
     // Per round (file stamps sort by start), each arm's device set.
-    let mut by_round: Vec<Vec<(String, String, (f64, f64))>> = vec![Vec::new(), Vec::new()];
+    let mut by_round: Vec<Vec<Placed>> = vec![Vec::new(), Vec::new()];
     for arm in ["a", "b"] {
         let mine: Vec<_> = rs.iter().filter(|(_, r)| r["arm"] == arm).collect();
         assert_eq!(mine.len(), 2);
