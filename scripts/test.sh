@@ -14,6 +14,7 @@
 #   CI=true                             end-to-end tests fail, instead of skipping, when an
 #                                       engine they need is missing
 #   KVBENCH_DOCKER_SETUP=0              skip scripts/setup-docker.sh (the compose tests then skip)
+#   KVBENCH_RAY_SETUP=0                 skip scripts/setup-ray.sh (the Ray tests then skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +45,25 @@ if [ "$engines" != none ] && [ "${KVBENCH_DOCKER_SETUP:-1}" != 0 ]; then
         exit 1
     else
         echo "docker set-up failed: the compose tests will skip" >&2
+    fi
+fi
+# A two-node Ray cluster on this machine for tests/ray.rs (`kvbench ab --on ray://...`).
+if [ "${KVBENCH_RAY_SETUP:-1}" != 0 ]; then
+    step "setting up a Ray cluster (scripts/setup-ray.sh; stop it with: scripts/setup-ray.sh stop)"
+    t1=$(date +%s)
+    if out=$(scripts/setup-ray.sh); then
+        eval "$(printf '%s\n' "$out" | grep -E '^RAY_ADDRESS=')"
+        export RAY_ADDRESS
+        echo "ray ready after $(( $(date +%s) - t1 )) s" >&2
+        if [ "${CI:-}" = true ]; then
+            # CI leaves no cluster behind (nor daemon: the docker trap is replaced by both).
+            trap 'scripts/setup-ray.sh stop >/dev/null 2>&1 || true; scripts/setup-docker.sh stop >/dev/null 2>&1 || true' EXIT
+            export KVBENCH_REQUIRE_RAY="${KVBENCH_REQUIRE_RAY:-1}"
+        fi
+    elif [ "${CI:-}" = true ]; then
+        exit 1
+    else
+        echo "ray set-up failed: the Ray tests will skip" >&2
     fi
 fi
 if [ "${CI:-}" = true ]; then
