@@ -186,3 +186,23 @@ fn ctrl_c_stops_every_job_and_leaves_no_server() {
         assert!(r["requests"]["completed"].as_u64().unwrap() > 0, "{r}");
     }
 }
+
+#[test]
+fn an_adaptive_design_runs_its_rounds_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = marker("adaptive");
+    let exp = experiment(dir.path(), &["a", "b"], 30, &m, "");
+    let out = dir.path().join("out");
+    let o = ab(&exp, &out, &["--gpus", "0,1", "--max-runs", "3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let c = comparison(&out);
+    let rounds = c["effort"]["rounds"].as_array().unwrap();
+    assert!(!rounds.is_empty(), "{}", c["effort"]);
+    let rs = results(&out);
+    assert!(rs.len() >= 2, "{err}");
+    assert!(rs
+        .iter()
+        .all(|(_, r)| r["placement"]["executor"] == "local-gpus"));
+    assert_eq!(err.matches("started on GPUs").count(), rs.len(), "{err}");
+}

@@ -365,3 +365,41 @@ fn a_result_the_results_directory_does_not_hold_is_gathered_from_the_job_log() {
     let c = comparison(&out);
     assert!(c["decision"].is_string(), "{c}");
 }
+
+#[test]
+fn a_job_no_node_can_hold_fails_at_once_instead_of_waiting_for_ever() {
+    let Some(addr) = ray() else { return };
+    let _g = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let m = marker("ray-nogpu");
+    // No gpu_resource: each arm asks for one GPU, which no node of this cluster has.
+    let exp = experiment(dir.path(), &["a", "b"], 10, &m, "");
+    let out = dir.path().join("out");
+    let t0 = Instant::now();
+    let o = ab(&exp, &out, &["--on", &on(&addr), "--repeat", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{err}");
+    assert!(submitted(&err).is_empty(), "{err}");
+    assert!(err.contains("no node of the cluster has 1 GPU"), "{err}");
+}
+
+#[test]
+fn an_adaptive_design_runs_its_rounds_as_sets_of_jobs() {
+    let Some(addr) = ray() else { return };
+    let _g = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let m = marker("ray-adaptive");
+    let exp = experiment(dir.path(), &["a", "b"], 20, &m, EXECUTOR);
+    let out = dir.path().join("out");
+    let o = ab(&exp, &out, &["--on", &on(&addr), "--max-runs", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let c = comparison(&out);
+    let rounds = c["effort"]["rounds"].as_array().unwrap();
+    assert!(!rounds.is_empty(), "{}", c["effort"]);
+    // Every run of the experiment went through a job.
+    let rs = results(&out);
+    assert_eq!(submitted(&err).len(), rs.len(), "{err}");
+    assert!(rs.iter().all(|(_, r)| r["placement"]["executor"] == "ray"));
+}

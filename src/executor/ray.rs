@@ -97,6 +97,28 @@ impl RayClient {
         Self::answer(resp, &what).await
     }
 
+    /// The resources of each live node (`/nodes?view=summary`), or `None` when this dashboard
+    /// does not answer it (the check it serves is then skipped).
+    pub async fn node_resources(&self) -> Option<Vec<BTreeMap<String, f64>>> {
+        let resp = self
+            .http
+            .get(format!("{}/nodes?view=summary", self.base))
+            .send()
+            .await
+            .ok()?;
+        let v = Self::answer(resp, "Ray nodes").await.ok()?;
+        let nodes = v.pointer("/data/summary")?.as_array()?;
+        Some(
+            nodes
+                .iter()
+                .filter(|n| n.pointer("/raylet/state").and_then(Value::as_str) == Some("ALIVE"))
+                .filter_map(|n| {
+                    serde_json::from_value(n.pointer("/raylet/resourcesTotal")?.clone()).ok()
+                })
+                .collect(),
+        )
+    }
+
     /// Submits a job.
     pub async fn submit(&self, body: &Value) -> anyhow::Result<()> {
         let resp = self
@@ -228,12 +250,31 @@ pub async fn run_jobs(
     let client = RayClient::new(base)?;
     client.version().await?;
     let env = job_env(exp, &e.env);
+    let nodes = client.node_resources().await;
     let mut ends = Vec::new();
     let mut live: Vec<(Job, String)> = Vec::new();
     for job in jobs {
         if cancel.is_cancelled() {
             ends.push(ended(&job, Some("not submitted: interrupted".into())));
             continue;
+        }
+        // Ray keeps a job no node can hold PENDING for ever: say so instead.
+        if let (Some(nodes), true) = (&nodes, job.gpus > 0) {
+            let name = e.gpu_resource.as_deref().unwrap_or("GPU");
+            let most = nodes
+                .iter()
+                .map(|n| n.get(name).copied().unwrap_or(0.0))
+                .fold(0.0, f64::max);
+            if most < f64::from(job.gpus) {
+                ends.push(ended(
+                    &job,
+                    Some(format!(
+                        "no node of the cluster has {} {name} (the most on one node: {most}); set [server] gpus, or [executor] gpu_resource to the resource that stands for GPUs",
+                        job.gpus
+                    )),
+                ));
+                continue;
+            }
         }
         match client.submit(&submission(e, exp, &job, &env)).await {
             Ok(()) => {
