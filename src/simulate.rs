@@ -492,3 +492,64 @@ mod tests {
         assert!(r.keep < 0.8, "{r:?}");
     }
 }
+
+/// How runs are placed on two device sets whose speeds differ (the `local-gpus` executor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placing {
+    /// Every run on one set (the `local` executor: one GPU set, runs one after another).
+    OneSet,
+    /// Each arm always on its own set (arms at once, never swapped).
+    Fixed,
+    /// Arms at once, sets swapped every round (what `local-gpus` does).
+    Crossover,
+}
+
+/// Coverage of the 95 % interval of the `runs` method when arms run on two device sets whose
+/// speeds differ by `gpu_gap_pct`: the share of `experiments` simulated experiments (true
+/// change +10 %, run-to-run drift `sigma_run_pct`, `runs` runs per arm, the policy's prior)
+/// whose interval holds the true change, and the mean absolute error of the estimate in
+/// percentage points. docs/decision.md ("Arms at the same time") shows the table.
+pub fn crossover_coverage(
+    placing: Placing,
+    gpu_gap_pct: f64,
+    sigma_run_pct: f64,
+    runs: usize,
+    experiments: usize,
+    seed: u64,
+) -> (f64, f64) {
+    let policy = Policy::default();
+    let truth = 0.10_f64.ln_1p();
+    let gap = (gpu_gap_pct / 100.0).ln_1p();
+    let sigma = sigma_run_pct / 100.0;
+    let prior = (policy.run_drift_pct / 100.0).powi(2);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut covered, mut abs_err) = (0usize, 0.0);
+    for _ in 0..experiments {
+        let mut a = Vec::with_capacity(runs);
+        let mut b = Vec::with_capacity(runs);
+        for r in 0..runs {
+            let (set_a, set_b) = match placing {
+                Placing::OneSet => (0, 0),
+                Placing::Fixed => (0, 1),
+                Placing::Crossover => (r % 2, (r + 1) % 2),
+            };
+            let speed = |set: usize| if set == 1 { gap } else { 0.0 };
+            a.push((speed(set_a) + sigma * normal(&mut rng)).exp());
+            b.push((truth + speed(set_b) + sigma * normal(&mut rng)).exp());
+        }
+        let Some(c) = crate::stats::LogChange::from_runs(&a, &b, prior, policy.run_drift_prior_df)
+        else {
+            continue;
+        };
+        let (lo, hi) = c.interval_pct(0.95);
+        if lo <= 10.0 && 10.0 <= hi {
+            covered += 1;
+        }
+        abs_err += (c.change_pct() - 10.0).abs();
+    }
+    (
+        covered as f64 / experiments as f64,
+        abs_err / experiments as f64,
+    )
+}
