@@ -292,7 +292,9 @@ async fn compose_ab_two_arms_leave_the_users_file_and_nothing_else() {
     let port = free_port();
     let s = setup(
         &d,
-        &compose_file(&d, port, &command_list(&d, &["-ctk", "f16"])),
+        // `-lv 4`: llama.cpp logs its KV cache types only at debug verbosity (its /props
+        // does not report them), and config_check reads them from the log.
+        &compose_file(&d, port, &command_list(&d, &["-ctk", "f16", "-lv", "4"])),
         &experiment(
             port,
             "120s",
@@ -338,6 +340,12 @@ async fn compose_ab_two_arms_leave_the_users_file_and_nothing_else() {
         let args = v["server"]["launch_args"].as_array().unwrap();
         let at = args.iter().position(|a| a == "-ctk").unwrap();
         assert_eq!(args[at + 1], ctk, "{arm}: {args:?}");
+        // What llama.cpp really ran, read from the container's log (lines prefixed by compose).
+        let check = &v["server"]["facts"]["config_check"];
+        assert_eq!(check["requested"]["cache_type_k"], ctk, "{arm}: {check}");
+        assert_eq!(check["effective"]["cache_type_k"], ctk, "{arm}: {check}");
+        assert_eq!(check["effective"]["cache_type_v"], "f16", "{arm}: {check}");
+        assert_eq!(check["mismatches"], serde_json::json!([]), "{arm}: {check}");
     }
 }
 
@@ -456,4 +464,83 @@ async fn compose_command_string_and_entrypoint_both_work() {
         assert!(!ov.contains("entrypoint"), "{shape}: {ov}");
         drop(s.dir);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_compose_arm_leaves_nothing_behind() {
+    let Some(d) = docker() else { return };
+    let _guard = ENGINE_LOCK.lock().await;
+    let port = free_port();
+    let s = setup(
+        &d,
+        &compose_file(&d, port, &command_list(&d, &[])),
+        &experiment(
+            port,
+            "120s",
+            "[[arms]]\nname = \"f16\"\n[[arms]]\nname = \"q8_0\"\nset = { \"-ctk\" = \"q8_0\" }\n",
+        )
+        .replace("num_requests = 3", "num_requests = 100000"),
+    );
+    let user_bytes = bytes(&s.compose);
+    let mut child = Command::new(BIN)
+        .arg("ab")
+        .arg(&s.exp)
+        .args(["--out-dir", &s.out.display().to_string(), "--repeat", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read stderr until the first arm is healthy, then let it measure a moment.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let t0 = std::time::Instant::now();
+    let mut seen = String::new();
+    while !seen.contains("healthy after") {
+        match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(l) => seen.push_str(&(l + "\n")),
+            Err(_) => assert!(t0.elapsed().as_secs() < 150, "never healthy: {seen}"),
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    while let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+        seen.push_str(&(l + "\n"));
+    }
+    let left = d.leftovers(&s.project);
+    d.down(&s.compose);
+    assert!(
+        left.is_empty(),
+        "left behind after Ctrl-C: {left:?}\n{seen}"
+    );
+    assert_eq!(bytes(&s.compose), user_bytes);
+    assert_eq!(status.code(), Some(130), "{seen}");
+    // The interrupted arm's result holds what it measured; the second arm never started.
+    let (v, _) = result(&s.out, "f16");
+    assert_eq!(v["interrupted"], true, "{v:#}");
+    assert!(v["requests"]["completed"].as_u64().unwrap() > 0, "{v:#}");
+    assert!(
+        !std::fs::read_dir(&s.out).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("_q8_0_")),
+        "{seen}"
+    );
 }
