@@ -544,3 +544,53 @@ async fn ctrl_c_during_a_compose_arm_leaves_nothing_behind() {
         "{seen}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_was_running_is_brought_back_with_the_users_own_command() {
+    let Some(d) = docker() else { return };
+    let _guard = ENGINE_LOCK.lock().await;
+    let port = free_port();
+    let s = setup(
+        &d,
+        &compose_file(&d, port, &command_list(&d, &["-ctk", "f16"])),
+        &experiment(
+            port,
+            "120s",
+            "[[arms]]\nname = \"q8\"\nset = { \"-ctk\" = \"q8_0\" }\n",
+        ),
+    );
+    let file = s.compose.display().to_string();
+    // The user's service, up before kvbench runs.
+    d.out(&["compose", "-f", &file, "up", "-d", "llama"]);
+    let command = |d: &Docker| {
+        let id = d.out(&["compose", "-f", &file, "ps", "-q", "llama"]);
+        let id = id.trim();
+        assert!(!id.is_empty(), "the service is not running");
+        d.out(&["inspect", "--format", "{{json .Config.Cmd}}", id])
+    };
+    let before = command(&d);
+    assert!(before.contains("\"f16\""), "{before}");
+    let o = run_arm(&s, "q8").await;
+    let after = command(&d);
+    let state = d.out(&[
+        "compose",
+        "-f",
+        &file,
+        "ps",
+        "--format",
+        "{{.State}}",
+        "llama",
+    ]);
+    d.down(&s.compose);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (v, _) = result(&s.out, "q8");
+    assert_eq!(v["outcome"], "ok", "{v:#}");
+    let args = v["server"]["launch_args"].as_array().unwrap();
+    assert!(
+        args.iter().any(|a| a == "q8_0"),
+        "the arm ran q8_0: {args:?}"
+    );
+    // Back with the user's own command, running.
+    assert_eq!(after, before);
+    assert_eq!(state.trim(), "running", "{state}");
+}
