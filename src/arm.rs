@@ -203,6 +203,7 @@ fn empty_result(plan: &ArmPlan, url: &str, outcome: Outcome) -> RunResult {
         goodput: None,
         phases: crate::result::Phases::default(),
         placement: None,
+        capacity: None,
         warnings: Vec::new(),
         server_metrics: None,
         quality: None,
@@ -360,10 +361,20 @@ pub async fn run_arm(
     let scraper = scrape::Scraper::start(&launched.url, plan.metrics_interval).await;
     let cache_config = scraper.before().and_then(scrape::cache_config);
     let props = llamacpp_props(&launched.url).await;
+    let sweep_cfg = cfg.clone();
     let measured = runner::measure(cfg, cancel.clone()).await;
     let server_metrics = scraper.finish().await;
     let mut launched = launched;
     let died = launched.server_exited();
+    // The load sweep, against the same server, once the workload ran to its end. A server that
+    // dies during the sweep ends it (its levels say so); the workload's outcome stands.
+    let capacity = match (&sweep_cfg.sweep, &measured) {
+        (Some(sweep), Ok(r)) if !r.interrupted && !cancel.is_cancelled() && died.is_none() => Some(
+            crate::capacity::run(&sweep_cfg, sweep, plan.metrics_interval, cancel, opts.quiet)
+                .await,
+        ),
+        _ => None,
+    };
     let startup_s = launched.startup_s;
     let launch_args = launched.launch_args.clone();
     let url = launched.url.clone();
@@ -460,6 +471,7 @@ pub async fn run_arm(
     r.server.facts.extend(facts);
     r.warnings = report.warnings.clone();
     r.server_metrics = server_metrics;
+    r.capacity = capacity;
     scrub(&mut r, &secret_values(plan, &launch_args));
     write_json(&output, &r)?;
     Ok(ArmRun {

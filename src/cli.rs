@@ -120,6 +120,8 @@ const CONFIG_CONFLICTS: &[&str] = &[
     "api_key_env",
     "headers",
     "slo",
+    "sweep",
+    "knee_share",
     "timeout",
     "journal",
 ];

@@ -159,6 +159,14 @@ pub(crate) fn concurrency(s: &str) -> Result<usize, String> {
     positive_at_most(s, MAX_CONCURRENCY as u64).map(|n| n as usize)
 }
 
+/// A share in (0, 1].
+pub(crate) fn share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("{s:?}: expected a share in (0, 1], e.g. 0.99")),
+    }
+}
+
 pub(crate) fn positive_f64(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
@@ -168,6 +176,7 @@ pub(crate) fn positive_f64(s: &str) -> Result<f64, String> {
 
 /// Defaults shared by the flags and the experiment tables.
 mod defaults {
+    pub const KNEE_SHARE: &str = "0.99";
     pub const INPUT_LEN: u32 = 512;
     pub const MAX_TOKENS: u32 = 128;
     pub const TOP_P: f64 = 1.0;
@@ -295,6 +304,17 @@ pub struct RunSettings {
     #[arg(long = "slo", value_name = "METRIC=MS", value_delimiter = ',', value_parser = crate::metrics::parse_slo_target)]
     #[serde(rename = "slo", deserialize_with = "from_toml::slo")]
     pub slo: Vec<(String, f64)>,
+    /// A load sweep after the workload, BY=LEVELS with BY concurrency or request_rate and the
+    /// levels lowest first (e.g. concurrency=1,8,32,128): the same server is measured again at
+    /// each level, and the result gets `capacity` with the knee, the highest level whose
+    /// goodput share stays at or above --knee-share (needs --slo; docs/metrics.md#capacity).
+    #[arg(long, value_name = "BY=LEVELS", value_parser = crate::capacity::parse_sweep)]
+    #[serde(deserialize_with = "from_toml::sweep")]
+    pub sweep: Option<crate::capacity::Sweep>,
+    /// The goodput share (0..1) a sweep level must keep to count as within capacity.
+    #[arg(long, value_parser = share, default_value = defaults::KNEE_SHARE)]
+    #[serde(deserialize_with = "from_toml::share")]
+    pub knee_share: f64,
     /// Per-request time limit.
     #[arg(long, value_parser = parse_duration, default_value = defaults::TIMEOUT)]
     #[serde(deserialize_with = "from_toml::duration")]
@@ -386,6 +406,8 @@ impl Default for RunSettings {
             api_key_env: None,
             headers: Vec::new(),
             slo: Vec::new(),
+            sweep: None,
+            knee_share: share(defaults::KNEE_SHARE).expect("valid default"),
             timeout: parse_duration(defaults::TIMEOUT).expect("valid default"),
             output: None,
             journal: None,
@@ -728,6 +750,44 @@ mod from_toml {
     pub fn slo<'de, D: Deserializer<'de>>(d: D) -> R<'de, D, Vec<(String, f64)>> {
         list(d, true, crate::metrics::parse_slo_target)
     }
+    /// `sweep = { concurrency = [1, 8, 32] }`, or the flag's text `"concurrency=1,8,32"`.
+    pub fn sweep<'de, D: Deserializer<'de>>(d: D) -> R<'de, D, Option<crate::capacity::Sweep>> {
+        let v = toml::Value::deserialize(d)?;
+        let text = match &v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Table(t) if t.len() == 1 => {
+                let (by, levels) = t.iter().next().expect("one entry");
+                let items = match levels {
+                    toml::Value::Array(a) => a
+                        .iter()
+                        .map(|x| match x {
+                            toml::Value::Integer(n) => Ok(n.to_string()),
+                            toml::Value::Float(f) => Ok(f.to_string()),
+                            other => Err(format!("{other} is not a number")),
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(serde::de::Error::custom)?,
+                    _ => {
+                        return Err(serde::de::Error::custom(format!(
+                            "`{by}` needs a list of levels, e.g. {by} = [1, 8, 32]"
+                        )))
+                    }
+                };
+                format!("{by}={}", items.join(","))
+            }
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "expected a table such as { concurrency = [1, 8, 32] }",
+                ))
+            }
+        };
+        crate::capacity::parse_sweep(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+    pub fn share<'de, D: Deserializer<'de>>(d: D) -> R<'de, D, f64> {
+        one(d, super::share)
+    }
     pub fn suites<'de, D: Deserializer<'de>>(d: D) -> R<'de, D, Vec<SuiteSpec>> {
         list(d, true, parse_from::<SuiteSpec>)
     }
@@ -780,6 +840,9 @@ impl RunSettings {
         for (metric, ms) in &self.slo {
             slo.set(metric, *ms)
                 .map_err(|e| anyhow::anyhow!("--slo: {e}"))?;
+        }
+        if self.sweep.is_some() && slo.is_empty() {
+            bail!("--sweep needs latency targets (--slo ttft_ms=2000,...): the knee is the highest load whose goodput share stays at or above --knee-share");
         }
         let api_key = match &self.api_key_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
@@ -897,6 +960,8 @@ impl RunSettings {
             api_key,
             headers: self.headers.clone(),
             slo,
+            sweep: self.sweep.clone(),
+            knee_share: self.knee_share,
             timeout: self.timeout,
             output,
             journal,
@@ -1010,6 +1075,10 @@ pub struct RunConfig {
     pub headers: Vec<(String, String)>,
     /// Latency targets for goodput (empty: none).
     pub slo: crate::metrics::Slo,
+    /// A load sweep after the workload (`arm` runs it; docs/metrics.md#capacity).
+    pub sweep: Option<crate::capacity::Sweep>,
+    /// The goodput share a sweep level must keep.
+    pub knee_share: f64,
     /// Per-request time limit.
     pub timeout: Duration,
     /// Result JSON path (`-` = stdout).

@@ -4,6 +4,7 @@
 
 pub mod ab;
 pub mod arm;
+pub mod capacity;
 pub mod cli;
 pub mod client;
 pub mod compare;

@@ -106,6 +106,10 @@ pub struct RunResult {
     /// `null`.
     #[serde(default)]
     pub placement: Option<Placement>,
+    /// The load sweep after the workload (`--sweep`), with its knee, else `null`
+    /// (docs/metrics.md#capacity).
+    #[serde(default)]
+    pub capacity: Option<crate::capacity::Capacity>,
 }
 
 /// Where a run ran: the executor, its job and the devices the server saw.

@@ -176,7 +176,20 @@ fn now_ns(origin: Instant) -> u64 {
 /// Runs the measurement and writes the result JSON (the journal is written as requests finish).
 pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<RunResult> {
     let output = cfg.output.clone();
-    let result = measure(cfg, cancel).await?;
+    let sweep_cfg = cfg.clone();
+    let mut result = measure(cfg, cancel.clone()).await?;
+    if let (Some(sweep), false) = (&sweep_cfg.sweep, result.interrupted) {
+        result.capacity = Some(
+            crate::capacity::run(
+                &sweep_cfg,
+                sweep,
+                Duration::from_secs(1),
+                &cancel,
+                sweep_cfg.progress == ProgressMode::Quiet,
+            )
+            .await,
+        );
+    }
     write_json(&output, &result)?;
     Ok(result)
 }
@@ -609,6 +622,7 @@ fn run_result(
             ..phases
         },
         placement: None,
+        capacity: None,
     }
 }
 

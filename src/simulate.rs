@@ -166,6 +166,7 @@ fn synthetic_run(
         goodput: None,
         phases: Default::default(),
         placement: None,
+        capacity: None,
     };
     (r, s)
 }

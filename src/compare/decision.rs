@@ -59,6 +59,15 @@ pub struct Policy {
     /// key): open speed criteria then take the cautious verdict of `cap_within_confidence_pct`.
     #[serde(skip)]
     pub final_look: bool,
+    /// The capacity criterion (off unless set; docs/decision.md#capacity): `apply` when the
+    /// knee of a load sweep (`--sweep`, the highest load within the latency targets) rises by
+    /// at least this many percent, `keep` when it falls by as much.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_gain_pct: Option<f64>,
+    /// With the capacity criterion met: a speed regression up to this many percent is
+    /// tolerated (light-load latency paid for capacity) [default: monitor_max_regression_pct].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_tolerated_regression_pct: Option<f64>,
 }
 
 impl Default for Policy {
@@ -79,6 +88,8 @@ impl Default for Policy {
             settle_beyond_confidence_pct: 90.0,
             cap_within_confidence_pct: 65.0,
             final_look: false,
+            capacity_gain_pct: None,
+            capacity_tolerated_regression_pct: None,
         }
     }
 }
@@ -134,6 +145,19 @@ impl Policy {
         ] {
             if !(50.0..100.0).contains(&v) {
                 anyhow::bail!("{origin}: {k} must be at least 50 and below 100 (got {v})");
+            }
+        }
+        for (k, v) in [
+            ("capacity_gain_pct", self.capacity_gain_pct),
+            (
+                "capacity_tolerated_regression_pct",
+                self.capacity_tolerated_regression_pct,
+            ),
+        ] {
+            if let Some(v) = v {
+                if !(v > 0.0 && v.is_finite()) {
+                    anyhow::bail!("{origin}: {k} must be a positive number (got {v})");
+                }
             }
         }
         if !(self.run_drift_pct >= 0.0 && self.run_drift_pct < 100.0) {
@@ -523,6 +547,13 @@ pub fn decide(
     for key in &policy.regression_metrics {
         recs.push(speed_criterion(key, deltas.get(key), policy));
     }
+    if let Some(gain) = policy.capacity_gain_pct {
+        let c = capacity_criterion(base, cand, gain);
+        if c.verdict == Verdict::Apply && c.evidence["dividend"] == json!(true) {
+            tolerate_for_capacity(&mut recs, deltas, policy);
+        }
+        recs.push(c);
+    }
     recs.extend(quality_criteria(quality, policy));
     let last = overall_criterion(base, cand, &recs);
     let (verdict, settled) = (last.verdict, last.settled);
@@ -531,6 +562,101 @@ pub fn decide(
         verdict,
         recommendations: recs,
         settled,
+    }
+}
+
+/// The knee of an arm's sweeps: the smallest of its runs' knees (`None` when a run had no
+/// sweep or no knee), and how many runs had a sweep.
+fn arm_knee(a: &ArmRuns) -> (Option<f64>, usize) {
+    let caps: Vec<&crate::capacity::Capacity> = a
+        .results
+        .iter()
+        .filter_map(|r| r.capacity.as_ref())
+        .collect();
+    let knee = caps
+        .iter()
+        .map(|c| c.knee)
+        .try_fold(f64::INFINITY, |m, k| k.map(|k| m.min(k)))
+        .filter(|m| m.is_finite());
+    (knee, caps.len())
+}
+
+/// `capacity`: the knee's change (docs/decision.md#capacity). Settled: more runs of a sweep
+/// move a knee by a level at most, and the criterion reads the smallest knee of the runs.
+fn capacity_criterion(base: &ArmRuns, cand: &ArmRuns, gain: f64) -> Recommendation {
+    let ((kb, nb), (kc, nc)) = (arm_knee(base), arm_knee(cand));
+    let by = cand
+        .results
+        .iter()
+        .chain(&base.results)
+        .find_map(|r| r.capacity.as_ref().map(|c| c.by.as_str()))
+        .unwrap_or("load");
+    let ev = |change: Option<f64>, dividend: bool| {
+        json!({"by": by, "baseline_knee": kb, "candidate_knee": kc, "change_pct": change,
+               "gain_pct": gain, "dividend": dividend})
+    };
+    let (verdict, reason, evidence) = match (nb > 0 && nc > 0, kb, kc) {
+        (false, _, _) => (
+            Verdict::Inconclusive,
+            "no load sweep on both arms (capacity_gain_pct needs [workload] sweep and slo)".to_owned(),
+            ev(None, false),
+        ),
+        (true, None, None) => (
+            Verdict::Inconclusive,
+            format!("neither arm met the latency targets at the lowest {by} of the sweep: no knee to compare"),
+            ev(None, false),
+        ),
+        (true, None, Some(c)) => (
+            Verdict::Apply,
+            format!("{:?} keeps the latency targets up to {by} {c}; {:?} not even at the lowest level", cand.name, base.name),
+            ev(None, true),
+        ),
+        (true, Some(b), None) => (
+            Verdict::Keep,
+            format!("{:?} misses the latency targets even at the lowest {by}, where {:?} holds them up to {b}", cand.name, base.name),
+            ev(None, false),
+        ),
+        (true, Some(b), Some(c)) => {
+            let change = 100.0 * (c / b - 1.0);
+            let line = format!("knee ({by} within the latency targets) {b} → {c} ({change:+.0} %)");
+            if change >= gain {
+                (Verdict::Apply, format!("{line}: at least +{gain:.0} %, a capacity dividend"), ev(Some(change), true))
+            } else if change <= -gain {
+                (Verdict::Keep, format!("{line}: a loss of at least {gain:.0} %"), ev(Some(change), false))
+            } else {
+                (Verdict::Apply, format!("{line}: within ±{gain:.0} %"), ev(Some(change), false))
+            }
+        }
+    };
+    rec("capacity", verdict, reason, evidence)
+}
+
+/// With a capacity dividend, speed criteria that said monitor or keep for a regression of at
+/// most `capacity_tolerated_regression_pct` say apply, and say why.
+fn tolerate_for_capacity(
+    recs: &mut [Recommendation],
+    deltas: &BTreeMap<String, Delta>,
+    policy: &Policy,
+) {
+    let limit = policy
+        .capacity_tolerated_regression_pct
+        .unwrap_or(policy.monitor_max_regression_pct);
+    for r in recs.iter_mut() {
+        if !policy.regression_metrics.contains(&r.criterion)
+            || !matches!(r.verdict, Verdict::Monitor | Verdict::Keep)
+        {
+            continue;
+        }
+        let Some(reg) = deltas.get(&r.criterion).and_then(Delta::regression_pct) else {
+            continue;
+        };
+        if reg <= limit {
+            r.verdict = Verdict::Apply;
+            r.reason = format!(
+                "{}; tolerated: the capacity criterion holds and the regression is within capacity_tolerated_regression_pct ({limit:.0} %)",
+                r.reason
+            );
+        }
     }
 }
 

@@ -24,9 +24,9 @@ use crate::stats::{
 };
 pub use decision::{Policy, Verdict};
 pub use model::{
-    AgreementSummary, ArmGoodput, ArmSummary, ArmThroughput, Candidate, Comparison, DesignKind,
-    Distributions, Effort, Execution, ReferenceArm, ReferenceSection, RequestTotals, Round,
-    ServerSummary, Stopped, ValueCi,
+    AgreementSummary, ArmCapacity, ArmGoodput, ArmSummary, ArmThroughput, Candidate, Comparison,
+    DesignKind, Distributions, Effort, Execution, Knee, ReferenceArm, ReferenceSection,
+    RequestTotals, Round, ServerSummary, Stopped, ValueCi,
 };
 
 /// Version of the comparison schema.
@@ -114,7 +114,7 @@ fn resolve(recorded: &str, result_path: &Path) -> Option<PathBuf> {
 
 /// A journal's records. A line that does not parse (the last one cut short by a kill, a
 /// stray write) is skipped with a note on stderr; it does not discard the others.
-fn read_records(path: &Path) -> Option<Vec<RequestRecord>> {
+pub(crate) fn read_records(path: &Path) -> Option<Vec<RequestRecord>> {
     let bytes = std::fs::read(path).ok()?;
     let text = String::from_utf8_lossy(&bytes);
     let mut bad = 0usize;
@@ -948,6 +948,42 @@ pub(crate) fn compare_keys(
         logs_rescanned: false,
         effort: None,
         execution: execution(arms),
+        capacity: arms
+            .iter()
+            .filter_map(|a| arm_capacity(a).map(|c| (a.name.clone(), c)))
+            .collect(),
+    })
+}
+
+/// An arm's capacity from its runs' sweeps: the run with the smallest knee (a run without a
+/// knee counts as the smallest).
+fn arm_capacity(a: &ArmRuns) -> Option<ArmCapacity> {
+    let caps: Vec<&crate::capacity::Capacity> = a
+        .results
+        .iter()
+        .filter_map(|r| r.capacity.as_ref())
+        .collect();
+    let worst = caps.iter().min_by(|x, y| match (x.knee, y.knee) {
+        (None, None) => std::cmp::Ordering::Equal,
+        (None, _) => std::cmp::Ordering::Less,
+        (_, None) => std::cmp::Ordering::Greater,
+        (Some(p), Some(q)) => p.total_cmp(&q),
+    })?;
+    Some(ArmCapacity {
+        knee: worst.knee.map(|value| Knee {
+            by: worst.by,
+            value,
+        }),
+        goodput_share_at_knee: worst.knee.and_then(|k| {
+            worst
+                .levels
+                .iter()
+                .find(|l| l.load == k)
+                .and_then(|l| l.goodput_share)
+        }),
+        share_target: worst.share_target,
+        levels: worst.levels.clone(),
+        runs: caps.len(),
     })
 }
 

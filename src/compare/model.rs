@@ -63,6 +63,34 @@ pub struct Comparison {
     /// Where the runs ran, when an executor other than `local` ran any (docs/scale.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub execution: Option<Execution>,
+    /// Per arm with a load sweep (`--sweep`): its knee and levels (docs/metrics.md#capacity).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: BTreeMap<String, ArmCapacity>,
+}
+
+/// An arm's capacity: the knee of its sweeps and the levels of the run that gave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ArmCapacity {
+    /// The highest load within the latency targets (the smallest of the arm's runs' knees),
+    /// else `null`.
+    pub knee: Option<Knee>,
+    /// The goodput share at the knee.
+    pub goodput_share_at_knee: Option<f64>,
+    /// The share a level had to keep.
+    pub share_target: f64,
+    /// The levels of the run whose knee this is, lowest first.
+    pub levels: Vec<crate::capacity::Level>,
+    /// Runs of the arm with a sweep.
+    pub runs: usize,
+}
+
+/// A knee: the load and what it counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Knee {
+    /// `concurrency` or `request_rate`.
+    pub by: crate::capacity::LoadBy,
+    /// The load.
+    pub value: f64,
 }
 
 /// Where the runs ran (from the results' `placement`), and whether the device sets were

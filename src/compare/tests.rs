@@ -56,6 +56,7 @@ fn arm(name: &str, scale: f64, ids: &[&str], calculate: bool, quality: Option<f6
         goodput: None,
         phases: Default::default(),
         placement: None,
+        capacity: None,
         outcome: "ok".into(),
         server: ServerInfo {
             facts,
@@ -439,4 +440,97 @@ fn a_wide_interval_wholly_beyond_the_keep_limit_decides() {
     );
     assert!(lo > 25.0, "{t}");
     assert_eq!(t["verdict"], "keep", "{t}");
+}
+
+/// `arm` with a load sweep whose knee is `knee` (levels 1, 8, 32).
+fn with_knee(mut a: ArmRuns, knee: Option<f64>) -> ArmRuns {
+    use crate::capacity::{Capacity, Level, LoadBy};
+    let levels = [1.0, 8.0, 32.0]
+        .iter()
+        .map(|&load| Level {
+            load,
+            goodput_share: Some(if knee.is_some_and(|k| load <= k) {
+                1.0
+            } else {
+                0.5
+            }),
+            ..Level::default()
+        })
+        .collect();
+    a.results[0].capacity = Some(Capacity {
+        by: LoadBy::Concurrency,
+        share_target: 0.99,
+        levels,
+        skipped: Vec::new(),
+        knee,
+    });
+    a
+}
+
+#[test]
+fn the_capacity_criterion_is_off_unless_asked_and_reads_the_knees() {
+    let base = with_knee(arm("base", 1.0, &FP8, false, Some(0.9)), Some(8.0));
+    let policy = Policy {
+        capacity_gain_pct: Some(50.0),
+        ..Policy::default()
+    };
+    // Off by default: no criterion, though both arms swept.
+    let cand = with_knee(arm("more", 1.0, &[], false, Some(0.9)), Some(32.0));
+    let c = run(&base, &cand, &Policy::default());
+    assert!(c["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["criterion"] != "capacity"));
+    assert_eq!(c["capacity"]["more"]["knee"]["value"], 32.0);
+    assert_eq!(c["capacity"]["base"]["goodput_share_at_knee"], 1.0);
+    // A rise of at least the gain: apply, a dividend.
+    let c = run(&base, &cand, &policy);
+    let r = rec(&c, "capacity");
+    assert_eq!(r["verdict"], "apply", "{r}");
+    assert_eq!(r["evidence"]["dividend"], true, "{r}");
+    // A fall by as much: keep.
+    let less = with_knee(arm("less", 1.0, &[], false, Some(0.9)), Some(1.0));
+    assert_eq!(
+        rec(&run(&base, &less, &policy), "capacity")["verdict"],
+        "keep"
+    );
+    // No knee on the candidate (even the lowest level missed): keep.
+    let none = with_knee(arm("none", 1.0, &[], false, Some(0.9)), None);
+    assert_eq!(
+        rec(&run(&base, &none, &policy), "capacity")["verdict"],
+        "keep"
+    );
+    // No sweep on the candidate: inconclusive, with what to set.
+    let unswept = arm("unswept", 1.0, &[], false, Some(0.9));
+    let r = run(&base, &unswept, &policy);
+    let r = rec(&r, "capacity");
+    assert_eq!(r["verdict"], "inconclusive", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("sweep"), "{r}");
+}
+
+#[test]
+fn a_capacity_dividend_tolerates_a_light_load_regression_up_to_its_limit() {
+    let base = with_knee(arm("base", 1.0, &FP8, false, Some(0.9)), Some(8.0));
+    // 20 % slower at light load: monitor under the default policy.
+    let slow = with_knee(arm("slow20", 1.2, &[], false, Some(0.9)), Some(32.0));
+    let policy = Policy {
+        capacity_gain_pct: Some(50.0),
+        ..Policy::default()
+    };
+    let c = run(&base, &slow, &policy);
+    let t = rec(&c, "ttft_ms.p50");
+    assert_eq!(t["verdict"], "apply", "{t}");
+    assert!(t["reason"].as_str().unwrap().contains("tolerated"), "{t}");
+    // Beyond the tolerated regression, the speed criterion stands.
+    let strict = Policy {
+        capacity_tolerated_regression_pct: Some(10.0),
+        ..policy.clone()
+    };
+    let c = run(&base, &slow, &strict);
+    assert_eq!(rec(&c, "ttft_ms.p50")["verdict"], "monitor");
+    // Without a dividend nothing is tolerated.
+    let same = with_knee(arm("same", 1.2, &[], false, Some(0.9)), Some(8.0));
+    let c = run(&base, &same, &policy);
+    assert_eq!(rec(&c, "ttft_ms.p50")["verdict"], "monitor");
 }

@@ -620,6 +620,7 @@ fn failed_result(job: &Job, kind: FailureKind, message: String, log_tail: String
         goodput: None,
         phases: Default::default(),
         placement: None,
+        capacity: None,
     }
 }
 

@@ -337,6 +337,8 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
         api_key: None,
         headers: Vec::new(),
         slo: Default::default(),
+        sweep: None,
+        knee_share: 0.99,
         timeout: Duration::from_secs(600),
         output: scratch.0.join("selftest.json"),
         journal: scratch.0.join("selftest.requests.jsonl"),
