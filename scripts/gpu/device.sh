@@ -9,6 +9,9 @@
 #   receive         copy the carried pieces into $W/parts and check their checksums
 #   install         join the pieces, check everything, unpack vLLM, convert the model (bf16),
 #                   and write a copy with calibrated q/k/v scales (calibrate_kv_scales.py)
+#   binary PATH     install a kvbench binary carried in this call (PATH relative to the
+#                   repository, e.g. target/release/kvbench) over the payload's, for a run of a
+#                   newer kvbench without rebuilding the payload
 #   start [EXP]     start `kvbench ab EXP $KVBENCH_AB_ARGS` (default examples/gpu-h100-fp8.toml) in
 #                   the background, into $W/results; refuses while an earlier one still runs.
 #                   Its output goes to $W/ab-N.log (N counts the starts on this machine)
@@ -93,6 +96,13 @@ step_install() {
 
 running() { [[ -f $W/ab.pid && ! -f $W/ab.rc ]] && kill -0 "$(cat "$W/ab.pid")" 2>/dev/null; }
 
+step_binary() {
+    local bin=${1:?binary needs a path}
+    [[ -x $ROOT/$bin ]] || die "no executable $bin here (carry it)"
+    install -m 755 "$ROOT/$bin" "$W/kvbench"
+    log "kvbench replaced: $("$W/kvbench" --version)"
+}
+
 step_start() {
     local exp=${1:-$EXP_DEFAULT}
     [[ -x $W/kvbench ]] || die "not installed (run install first)"
@@ -152,7 +162,7 @@ step_collect() {
     ls -la "$OUT"
 }
 
-[[ $# -gt 0 ]] || { sed -n '2,16p' "$0"; exit 2; }
+[[ $# -gt 0 ]] || { sed -n '2,22p' "$0"; exit 2; }
 while [[ $# -gt 0 ]]; do
     s=$1
     shift
@@ -163,6 +173,11 @@ while [[ $# -gt 0 ]]; do
             ;;
         wait)
             if [[ $# -gt 0 && $1 =~ ^[0-9]+$ ]]; then step_wait "$1"; shift; else step_wait; fi
+            ;;
+        binary)
+            [[ $# -gt 0 ]] || die "binary needs a path"
+            step_binary "$1"
+            shift
             ;;
         *) die "unknown step $s" ;;
     esac
