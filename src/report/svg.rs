@@ -300,6 +300,151 @@ fn dots(title: &str, x_label: &str, items: &[Interval], marks: &[(f64, String)])
     Some(o)
 }
 
+/// One arm's latency–load curve: (load, latency) points, lowest load first, and its knee.
+pub struct Curve<'a> {
+    pub name: &'a str,
+    pub color: usize,
+    pub points: Vec<(f64, f64)>,
+    pub knee: Option<f64>,
+}
+
+/// A latency–load chart: one polyline per arm, its knee ringed, and a dashed horizontal line at
+/// the latency target (`target`, labelled). The load axis is logarithmic (base 2) when the
+/// loads span a factor of 8 or more, as sweeps double their levels. `None` without two points.
+pub fn load_curves(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    curves: &[Curve],
+    target: Option<(f64, String)>,
+) -> Option<String> {
+    let curves: Vec<&Curve> = curves.iter().filter(|c| !c.points.is_empty()).collect();
+    if curves.iter().map(|c| c.points.len()).sum::<usize>() < 2 {
+        return None;
+    }
+    let pts = || curves.iter().flat_map(|c| c.points.iter());
+    let (xmin, xmax) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+        (a.min(p.0), b.max(p.0))
+    });
+    let ymax = pts()
+        .map(|p| p.1)
+        .chain(target.as_ref().map(|t| t.0))
+        .fold(0.0_f64, f64::max);
+    if !(xmin > 0.0 && xmax.is_finite() && ymax > 0.0) {
+        return None;
+    }
+    let log = xmax / xmin >= 8.0;
+    let (ml, mr, mt, mb) = (64.0, 16.0, 16.0 + 18.0 * curves.len() as f64, 44.0);
+    let h = 280.0 + mt;
+    let (pw, ph) = (W - ml - mr, h - mt - mb);
+    let fx = |x: f64| if log { x.log2() } else { x };
+    let (x0, x1) = if xmax > xmin {
+        (fx(xmin), fx(xmax))
+    } else {
+        (fx(xmin) - 1.0, fx(xmin) + 1.0)
+    };
+    let yticks = nice_ticks(0.0, ymax * 1.1, 5);
+    let y1 = yticks.last().copied().unwrap_or(ymax).max(ymax * 1.05);
+    let sx = |x: f64| ml + (fx(x) - x0) / (x1 - x0) * pw;
+    let sy = |y: f64| mt + ph - y / y1 * ph;
+    let mut o = String::new();
+    open(&mut o, title, h);
+    for t in &yticks {
+        let y = sy(*t);
+        let _ = write!(
+            o,
+            r#"<line class="grid" x1="{ml}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}"/><text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            ml + pw,
+            ml - 6.0,
+            y + 4.0,
+            tick_label(*t)
+        );
+    }
+    let mut xs: Vec<f64> = pts().map(|p| p.0).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    for x in &xs {
+        let px = sx(*x);
+        let _ = write!(
+            o,
+            r#"<line class="grid" x1="{px:.1}" x2="{px:.1}" y1="{mt}" y2="{:.1}"/><text class="tick" x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            mt + ph,
+            mt + ph + 16.0,
+            tick_label(*x)
+        );
+    }
+    let _ = write!(
+        o,
+        r#"<rect class="frame" x="{ml}" y="{mt}" width="{pw}" height="{ph}"/><text class="axis" x="{:.1}" y="{:.1}" text-anchor="middle">{}{}</text><text class="axis" transform="translate(14 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+        ml + pw / 2.0,
+        h - 8.0,
+        HtmlEscape(x_label),
+        if log { " (log scale)" } else { "" },
+        mt + ph / 2.0,
+        HtmlEscape(y_label)
+    );
+    if let Some((t, label)) = &target {
+        let y = sy(*t);
+        let _ = write!(
+            o,
+            r#"<line class="mark" x1="{ml}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}"/><text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            ml + pw,
+            ml + pw - 4.0,
+            y - 4.0,
+            HtmlEscape(label)
+        );
+    }
+    for (i, c) in curves.iter().enumerate() {
+        let line: Vec<String> = c
+            .points
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
+        let _ = write!(
+            o,
+            r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
+            color(c.color),
+            line.join(" ")
+        );
+        for (x, y) in &c.points {
+            let _ = write!(
+                o,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#,
+                sx(*x),
+                sy(*y),
+                color(c.color)
+            );
+        }
+        if let Some(k) = c.knee {
+            if let Some((x, y)) = c.points.iter().find(|p| p.0 == k) {
+                let _ = write!(
+                    o,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="8" fill="none" stroke="{}" stroke-width="2"/>"#,
+                    sx(*x),
+                    sy(*y),
+                    color(c.color)
+                );
+            }
+        }
+        let ly = 14.0 + 18.0 * i as f64;
+        let _ = write!(
+            o,
+            r#"<line x1="{ml}" x2="{:.1}" y1="{ly:.1}" y2="{ly:.1}" stroke="{}" stroke-width="3"/><text class="legend" x="{:.1}" y="{:.1}">{}{}</text>"#,
+            ml + 24.0,
+            color(c.color),
+            ml + 30.0,
+            ly + 4.0,
+            HtmlEscape(c.name),
+            match c.knee {
+                Some(k) => format!(" (knee {}, ringed)", tick_label(k)),
+                None => " (no knee)".to_owned(),
+            }
+        );
+    }
+    o.push_str("</svg>");
+    Some(o)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +508,43 @@ mod tests {
         // Three lines (whisker and two caps) for x only, besides the grid lines.
         assert_eq!(svg.matches("stroke-width=\"2\"").count(), 3);
         assert!(svg.contains(">100.0<") && svg.contains(">120.0<"));
+    }
+
+    #[test]
+    fn load_curves_ring_the_knee_draw_the_target_and_need_two_points() {
+        let curves = [
+            Curve {
+                name: "bf16",
+                color: 0,
+                points: vec![(32.0, 800.0), (64.0, 2200.0)],
+                knee: Some(32.0),
+            },
+            Curve {
+                name: "fp8 <x>",
+                color: 1,
+                points: vec![(32.0, 560.0), (64.0, 1000.0), (128.0, 2800.0)],
+                knee: Some(64.0),
+            },
+        ];
+        let svg = load_curves(
+            "t",
+            "concurrency",
+            "ms",
+            &curves,
+            Some((2000.0, "target".into())),
+        )
+        .unwrap();
+        assert_eq!(svg.matches(r#"r="8""#).count(), 2, "one ring per knee");
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("target") && svg.contains("fp8 &lt;x&gt;"));
+        // 32..128 spans a factor of 4: a linear axis.
+        assert!(!svg.contains("log scale"));
+        let one = [Curve {
+            name: "a",
+            color: 0,
+            points: vec![(1.0, 5.0)],
+            knee: None,
+        }];
+        assert!(load_curves("t", "x", "y", &one, None).is_none());
     }
 }

@@ -527,6 +527,7 @@ pub fn build(c: &Comparison) -> Report {
     let ctx = Ctx::new(c);
     let mut sections = vec![glance_section(c, &ctx), recommendations_section(c)];
     sections.extend(effort_section(c));
+    sections.extend(capacity_section(c));
     sections.extend([
         arms_section(&ctx),
         latency_section(&ctx),
@@ -1884,5 +1885,151 @@ fn policy_section(c: &Comparison) -> Section {
         id: "policy".into(),
         title: "Decision policy".into(),
         blocks,
+    }
+}
+
+/// Capacity: per arm its knee, the latency–load curve against the TTFT target, and its sweep's
+/// levels (docs/metrics.md#capacity). `None` without a sweep.
+fn capacity_section(c: &Comparison) -> Option<Section> {
+    if c.capacity.is_empty() {
+        return None;
+    }
+    let order: Vec<&str> = c.arms.iter().map(|a| a.name.as_str()).collect();
+    let mut arms: Vec<(&String, &crate::compare::ArmCapacity)> = c.capacity.iter().collect();
+    arms.sort_by_key(|(n, _)| order.iter().position(|o| o == n).unwrap_or(usize::MAX));
+    let base = c.capacity.get(&c.baseline).and_then(|a| a.knee.as_ref());
+    let kv = |arm: &str| {
+        c.arms
+            .iter()
+            .find(|a| a.name == arm)
+            .and_then(|a| a.server.as_ref()?.kv_cache_tokens.as_ref())
+            .and_then(Value::as_f64)
+    };
+    let mut items = Vec::new();
+    for (name, a) in &arms {
+        let knee = match &a.knee {
+            Some(k) => format!(
+                "{} {}",
+                k.by.as_str().replace('_', " "),
+                whole_o(Some(k.value))
+            ),
+            None => "none (even the lowest level missed the targets)".to_owned(),
+        };
+        let mut line = format!("{name}: knee at {knee}");
+        if let (Some(b), Some(k), false) = (base, &a.knee, **name == c.baseline) {
+            line.push_str(&format!(", {} × the baseline's", sig4(k.value / b.value)));
+            if let (Some(kb), Some(kc)) = (kv(&c.baseline), kv(name)) {
+                line.push_str(&format!(
+                    "; KV-cache tokens {} × the baseline's",
+                    sig4(kc / kb)
+                ));
+            }
+        }
+        items.push(line);
+    }
+    let mut blocks = vec![
+        Block::Para {
+            text: format!(
+                "The knee is the highest load whose goodput share stays at or above {} (the share of requests that met every latency target), counting up; the sweep stops past it.",
+                share_o(arms.first().map(|(_, a)| a.share_target))
+            ),
+            class: "note".into(),
+        },
+        Block::List { items },
+    ];
+    let target = c
+        .arms
+        .iter()
+        .find_map(|a| a.goodput.as_ref().and_then(|g| g.targets.ttft_ms))
+        .map(|t| (t, format!("TTFT target {} ms", whole_o(Some(t)))));
+    let curves: Vec<svg::Curve> = arms
+        .iter()
+        .map(|(name, a)| svg::Curve {
+            name,
+            color: order.iter().position(|o| o == name).unwrap_or(0),
+            points: a
+                .levels
+                .iter()
+                .filter_map(|l| Some((l.load, l.ttft_ms_p99?)))
+                .collect(),
+            knee: a.knee.as_ref().map(|k| k.value),
+        })
+        .collect();
+    let by = arms
+        .iter()
+        .find_map(|(_, a)| a.knee.as_ref().map(|k| k.by))
+        .unwrap_or(crate::capacity::LoadBy::Concurrency);
+    if let Some(svg) = svg::load_curves(
+        "TTFT p99 against load",
+        by.as_str(),
+        "TTFT p99, ms",
+        &curves,
+        target,
+    ) {
+        blocks.push(Block::Chart {
+            title: "TTFT p99 against load, the knee ringed".into(),
+            svg,
+        });
+    }
+    let mut t = Table::new(
+        &[
+            "arm",
+            "load",
+            "goodput share",
+            "goodput req/s",
+            "TTFT p99 ms",
+            "TPOT p99 ms",
+            "output tok/s",
+            "preemptions",
+            "KV cache peak",
+            "waiting peak",
+        ],
+        &[false, true, true, true, true, true, true, true, true, true],
+    );
+    for (name, a) in &arms {
+        for l in &a.levels {
+            let at_knee = a.knee.as_ref().is_some_and(|k| k.value == l.load);
+            let mut load = whole_o(Some(l.load));
+            if at_knee {
+                load.push_str(" (knee)");
+            }
+            if l.oversaturated {
+                load.push_str(" (oversaturated)");
+            }
+            t.rows.push(vec![
+                Cell::code((*name).clone()),
+                Cell::plain(load),
+                Cell::plain(share_o(l.goodput_share)),
+                Cell::plain(fmt_o(l.goodput_rps)),
+                Cell::plain(fmt_o(l.ttft_ms_p99)),
+                Cell::plain(fmt_o(l.tpot_ms_p99)),
+                Cell::plain(fmt_o(l.output_tok_per_s)),
+                Cell::plain(whole_o(l.preemptions)),
+                Cell::plain(share_o(l.kv_cache_usage_peak)),
+                Cell::plain(whole_o(l.waiting_peak)),
+            ]);
+        }
+    }
+    blocks.push(Block::Table(t));
+    Some(Section {
+        id: "capacity".into(),
+        title: "Capacity: load sweep and knee".into(),
+        blocks,
+    })
+}
+
+/// A share (0..1) as a percentage, "96.1 %".
+fn share_o(v: Option<f64>) -> String {
+    v.filter(|x| x.is_finite())
+        .map(|x| format!("{:.1} %", 100.0 * x))
+        .unwrap_or_else(|| MISSING.to_owned())
+}
+
+/// A count or a load: whole numbers without decimals ("32"), others to 4 significant digits.
+fn whole_o(v: Option<f64>) -> String {
+    match v.filter(|x| x.is_finite()) {
+        Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => group_thousands(&format!("{x:.0}")),
+        Some(x) => sig4(x),
+        None => MISSING.to_owned(),
     }
 }
