@@ -369,10 +369,54 @@ pub async fn run_arm(
     // The load sweep, against the same server, once the workload ran to its end. A server that
     // dies during the sweep ends it (its levels say so); the workload's outcome stands.
     let capacity = match (&sweep_cfg.sweep, &measured) {
-        (Some(sweep), Ok(r)) if !r.interrupted && !cancel.is_cancelled() && died.is_none() => Some(
-            crate::capacity::run(&sweep_cfg, sweep, plan.metrics_interval, cancel, opts.quiet)
-                .await,
-        ),
+        (Some(sweep), Ok(r)) if !r.interrupted && !cancel.is_cancelled() && died.is_none() => {
+            // A KV-filling sweep is sized from the cache the server reports (vLLM's
+            // cache_config_info, else its start-up log: vLLM's token count, llama.cpp's cells).
+            let kv_tokens = sweep.kv_fill.then(|| {
+                let facts = || ServerLog::read(&files.log).scan(&opts.catalog).facts;
+                cache_config
+                    .as_ref()
+                    .and_then(|c| c.get("kv_cache_size_tokens"))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .or_else(|| {
+                        let f = facts();
+                        ["kv_cache_tokens", "llamacpp_kv_cache_cells"]
+                            .iter()
+                            .find_map(|k| match f.get(*k) {
+                                Some(Value::Number(n)) => n.as_u64(),
+                                Some(Value::String(s)) => s.parse().ok(),
+                                _ => None,
+                            })
+                    })
+            });
+            match kv_tokens {
+                Some(None) => {
+                    eprintln!(
+                        "kvbench: arm {:?}: warning: the server reports no KV-cache capacity, so the sweep concurrency=kv cannot be sized; no sweep",
+                        plan.name
+                    );
+                    None
+                }
+                kv => {
+                    let mut sweep = sweep.clone();
+                    if let Some(Some(t)) = kv {
+                        let seq = u64::from(sweep_cfg.workload.input_len)
+                            + u64::from(sweep_cfg.sampling.max_tokens);
+                        sweep.levels = crate::capacity::kv_fill_levels(t, seq);
+                    }
+                    let mut c = crate::capacity::run(
+                        &sweep_cfg,
+                        &sweep,
+                        plan.metrics_interval,
+                        cancel,
+                        opts.quiet,
+                    )
+                    .await;
+                    c.sized_from_kv_tokens = kv.flatten();
+                    Some(c)
+                }
+            }
+        }
         _ => None,
     };
     let startup_s = launched.startup_s;
@@ -442,6 +486,16 @@ pub async fn run_arm(
         {
             facts.entry("kv_cache_tokens".into()).or_insert(json!(n));
         }
+    }
+    // llama.cpp's KV cache holds one token per cell (its start-up log at -lv 4).
+    if let Some(cells) = facts.get("llamacpp_kv_cache_cells").and_then(|v| {
+        v.as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .or(v.as_u64())
+    }) {
+        facts
+            .entry("kv_cache_tokens".into())
+            .or_insert(json!(cells));
     }
     if let Some(p) = props {
         if r.server.version.is_none() {

