@@ -620,4 +620,7 @@ async fn vllm_cpu_vision_language_images() {
         // One image per item: its tokens are in the server's prompt count.
         assert!(rec.prompt_tokens.unwrap() > image_tokens, "{rec:?}");
     }
+    // Random weights answer noise, but not one fixed string for every item.
+    let answers: std::collections::BTreeSet<_> = recs.iter().map(|r| r.answer.clone()).collect();
+    assert!(answers.len() > 1, "{answers:?}");
 }
