@@ -346,4 +346,55 @@ fn llama_cpp_kv_cache_size_line_is_read_with_its_padding() {
     assert_eq!(r.facts["llamacpp_kv_cache_cells"], 1024, "{:?}", r.facts);
     assert_eq!(r.facts["llamacpp_kv_cache_mib"], 22.5, "{:?}", r.facts);
     assert_eq!(r.facts["llamacpp_kv_type_k"], "f16", "{:?}", r.facts);
+/// A real tensor-parallel log: vLLM 0.32 on CPU, SmolLM2-135M with `--tensor-parallel-size 3`
+/// (its 9 attention heads refuse 2), `VLLM_CPU_OMP_THREADS_BIND=0|1|1`, one request, then
+/// SIGTERM. A worker process prints under three prefixes over its life (`VllmWorker-N pid=P`
+/// while spawning, `Worker pid=P` before its rank is known, `Worker_TPn pid=P` after); each
+/// per-worker warning is printed once per rank and must come out once, with its ranks counted.
+#[test]
+fn real_cpu_tensor_parallel_log_deduplicated_across_ranks() {
+    let log = fixture("real-vllm-cpu-0.32-tp3.log");
+    for rank in ["(Worker_TP0 pid=", "(Worker_TP1 pid=", "(Worker_TP2 pid="] {
+        assert!(log.contains(rank), "{rank}");
+    }
+    let r = scan(Catalog::default_catalog(), &log);
+    let other = |prefix: &str| -> &WarningHit {
+        let hits: Vec<&WarningHit> = r
+            .warnings
+            .iter()
+            .filter(|w| w.id == "other" && w.text.as_deref().unwrap_or("").starts_with(prefix))
+            .collect();
+        assert_eq!(hits.len(), 1, "{prefix}: {hits:#?}");
+        hits[0]
+    };
+    // Printed by each of the three workers.
+    for prefix in ["libtcmalloc is not found", "libiomp is not found"] {
+        let h = other(prefix);
+        assert_eq!((h.count, h.ranks), (3, 3), "{prefix}");
+        assert!(h.first_line.starts_with("(Worker pid="), "{}", h.first_line);
+    }
+    // Printed by the API server, the engine core and the three workers.
+    let h = other("Model Runner V"); // `V2`: numbers are normalised
+    assert_eq!((h.count, h.ranks), (5, 5));
+    // Printed once by the API server.
+    assert_eq!(hit(&r, "ulimit_low").ranks, 1);
+    // The API server force-kills each of the three workers at shutdown: one process, one id.
+    let h = hit(&r, "vllm_shutdown_force_kill");
+    assert_eq!(h.ranks, 1, "{h:?}");
+    let once: Vec<&str> = r
+        .warnings
+        .iter()
+        .map(|w| w.text.as_deref().unwrap_or(&w.id))
+        .collect();
+    let mut dedup = once.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(
+        once.len(),
+        dedup.len(),
+        "each warning listed once: {once:#?}"
+    );
+    assert_eq!(r.facts["kv_cache_tokens"], 69888);
+    assert_eq!(r.facts["max_concurrency_tokens_per_request"], 2048);
+    assert_eq!(r.facts["vllm_version"], "0.32.0");
 }
