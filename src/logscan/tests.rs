@@ -346,6 +346,8 @@ fn llama_cpp_kv_cache_size_line_is_read_with_its_padding() {
     assert_eq!(r.facts["llamacpp_kv_cache_cells"], 1024, "{:?}", r.facts);
     assert_eq!(r.facts["llamacpp_kv_cache_mib"], 22.5, "{:?}", r.facts);
     assert_eq!(r.facts["llamacpp_kv_type_k"], "f16", "{:?}", r.facts);
+}
+
 /// A real tensor-parallel log: vLLM 0.32 on CPU, SmolLM2-135M with `--tensor-parallel-size 3`
 /// (its 9 attention heads refuse 2), `VLLM_CPU_OMP_THREADS_BIND=0|1|1`, one request, then
 /// SIGTERM. A worker process prints under three prefixes over its life (`VllmWorker-N pid=P`
