@@ -442,10 +442,12 @@ pub async fn run_arm(
                 message: format!("{e:#}"),
                 log_tail: log.tail(40),
             });
-            r.outcome = r
-                .failure
-                .as_ref()
-                .map_or(Outcome::Ok, |f| Outcome::Failed(f.kind.clone()));
+            r.outcome = if cancel.is_cancelled() {
+                Outcome::Interrupted
+            } else {
+                Outcome::Failed(FailureKind::Crashed)
+            };
+            r.interrupted = cancel.is_cancelled();
             r
         }
     };

@@ -6,9 +6,12 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::exec::{comparison, experiment, form, marker, processes_with, results, span, BIN};
+use common::exec::{
+    add_broken_arm, comparison, experiment, form, interrupt_once_serving, marker, outcome,
+    processes_with, results, span, BIN,
+};
 
 fn ab(exp: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
     Command::new(BIN)
@@ -102,20 +105,14 @@ fn a_failing_arm_is_its_outcome_and_the_others_finish() {
     let dir = tempfile::tempdir().unwrap();
     let m = marker("failing");
     let exp = experiment(dir.path(), &["a", "b"], 30, &m, "");
-    let text = std::fs::read_to_string(&exp).unwrap()
-        + "[[arms]]\nname = \"broken\"\nserver = { command = [\"/nonexistent/kvbench-no-such-server\"] }\n";
-    std::fs::write(&exp, text).unwrap();
+    add_broken_arm(&exp);
     let out = dir.path().join("out");
     // Three arms on two sets: the third waits for a free set.
     let o = ab(&exp, &out, &["--gpus", "0,1", "--repeat", "1"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     let rs = results(&out);
-    let outcome = |arm: &str| {
-        rs.iter()
-            .find(|(_, r)| r["arm"] == arm)
-            .map(|(_, r)| r["outcome"].as_str().unwrap().to_owned())
-    };
+    let outcome = |arm: &str| outcome(&rs, arm);
     assert_eq!(outcome("a").as_deref(), Some("ok"), "{err}");
     assert_eq!(outcome("b").as_deref(), Some("ok"), "{err}");
     assert_eq!(outcome("broken").as_deref(), Some("launch_error"), "{err}");
@@ -128,50 +125,16 @@ fn ctrl_c_stops_every_job_and_leaves_no_server() {
     let m = marker("ctrlc");
     let exp = experiment(dir.path(), &["a", "b"], 100_000, &m, "");
     let out = dir.path().join("out");
-    let mut child = Command::new(BIN)
-        .arg("ab")
-        .arg(&exp)
-        .args([
-            "--out-dir",
-            out.to_str().unwrap(),
-            "--gpus",
-            "0,1",
-            "--repeat",
-            "1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    // Both arms' servers up and measuring.
-    while processes_with(&m).len() < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "servers did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let t1 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t1.elapsed() < Duration::from_secs(60),
-            "ab did not end after SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("ab").arg(&exp).args([
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--gpus",
+        "0,1",
+        "--repeat",
+        "1",
+    ]);
+    let (status, err) = interrupt_once_serving(cmd, &m, 2, Duration::from_secs(60));
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(
         processes_with(&m).is_empty(),

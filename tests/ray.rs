@@ -12,7 +12,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::exec::{comparison, experiment, form, marker, processes_with, results, span, BIN};
+use common::exec::{
+    add_broken_arm, comparison, experiment, form, interrupt_once_serving, marker, outcome,
+    processes_with, results, span, BIN,
+};
 use serde_json::Value;
 
 /// The cluster's two `kvgpu` units are shared: one test at a time.
@@ -203,37 +206,12 @@ fn ctrl_c_stops_every_job_kvbench_submitted() {
     let m = marker("ray-ctrlc");
     let exp = experiment(dir.path(), &["a", "b", "c"], 1_000_000, &m, EXECUTOR);
     let out = dir.path().join("out");
-    let mut child = Command::new(BIN)
-        .arg("ab")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("ab")
         .arg(&exp)
         .args(["--out-dir", out.to_str().unwrap(), "--on", &on(&addr)])
-        .args(["--repeat", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while processes_with(&m).len() < 2 {
-        assert!(t0.elapsed() < Duration::from_secs(90), "no two servers up");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let t1 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t1.elapsed() < Duration::from_secs(90), "ab did not end");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        .args(["--repeat", "1"]);
+    let (status, err) = interrupt_once_serving(cmd, &m, 2, Duration::from_secs(90));
     assert_eq!(status.code(), Some(130), "{err}");
     let ids = submitted(&err);
     assert_eq!(ids.len(), 3, "{err}");
@@ -249,7 +227,10 @@ fn ctrl_c_stops_every_job_kvbench_submitted() {
     // What the two running jobs measured is on disk, interrupted; the waiting one says why.
     let rs = results(&out);
     assert_eq!(rs.len(), 3, "{err}");
-    let interrupted = rs.iter().filter(|(_, r)| r["interrupted"] == true).count();
+    let interrupted = rs
+        .iter()
+        .filter(|(_, r)| r["interrupted"] == true && r["outcome"] == "interrupted")
+        .count();
     assert_eq!(interrupted, 2, "{rs:?}");
     assert!(
         rs.iter().any(|(_, r)| r["outcome"] == "executor_failed"
@@ -268,19 +249,13 @@ fn a_failing_arm_is_reported_and_the_others_finish() {
     let dir = tempfile::tempdir().unwrap();
     let m = marker("ray-fail");
     let exp = experiment(dir.path(), &["a", "b"], 30, &m, EXECUTOR);
-    let text = std::fs::read_to_string(&exp).unwrap()
-        + "[[arms]]\nname = \"broken\"\nserver = { command = [\"/nonexistent/no-such-server\"] }\n";
-    std::fs::write(&exp, text).unwrap();
+    add_broken_arm(&exp);
     let out = dir.path().join("out");
     let o = ab(&exp, &out, &["--on", &on(&addr), "--repeat", "1"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     let rs = results(&out);
-    let outcome = |arm: &str| {
-        rs.iter()
-            .find(|(_, r)| r["arm"] == arm)
-            .map(|(_, r)| r["outcome"].as_str().unwrap().to_owned())
-    };
+    let outcome = |arm: &str| outcome(&rs, arm);
     assert_eq!(outcome("a").as_deref(), Some("ok"), "{err}");
     assert_eq!(outcome("b").as_deref(), Some("ok"), "{err}");
     assert_eq!(outcome("broken").as_deref(), Some("launch_error"), "{err}");

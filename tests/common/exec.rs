@@ -131,3 +131,58 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
 pub fn marker(name: &str) -> String {
     format!("kvbench-test-{name}-{}", std::process::id())
 }
+
+/// Adds an arm whose server command does not exist (its outcome: `launch_error`).
+pub fn add_broken_arm(exp: &Path) {
+    let text = std::fs::read_to_string(exp).unwrap()
+        + "[[arms]]\nname = \"broken\"\nserver = { command = [\"/nonexistent/kvbench-no-such-server\"] }\n";
+    std::fs::write(exp, text).unwrap();
+}
+
+/// The outcome of `arm`'s first result among `rs`.
+pub fn outcome(rs: &[(PathBuf, Value)], arm: &str) -> Option<String> {
+    rs.iter()
+        .find(|(_, r)| r["arm"] == arm)
+        .map(|(_, r)| r["outcome"].as_str().unwrap().to_owned())
+}
+
+/// Starts `cmd` (a `kvbench ab`), waits until `servers` processes hold `marker` (the arms'
+/// servers are up), lets them measure 2 s, sends SIGINT, and waits up to `limit` for the end:
+/// the exit status and what it wrote on stderr.
+pub fn interrupt_once_serving(
+    mut cmd: std::process::Command,
+    marker: &str,
+    servers: usize,
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, String) {
+    use std::process::Stdio;
+    use std::time::Instant;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while processes_with(marker).len() < servers {
+        assert!(t0.elapsed() < limit, "the servers did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t1.elapsed() < limit, "kvbench ab did not end after SIGINT");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status, err)
+}
