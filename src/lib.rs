@@ -9,6 +9,7 @@ pub mod client;
 pub mod compare;
 pub mod config;
 pub mod experiment;
+pub mod live;
 pub mod logscan;
 pub mod metrics;
 pub mod output;

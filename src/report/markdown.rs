@@ -105,15 +105,35 @@ fn table(o: &mut String, t: &Table) {
         .filter(|i| kept(i))
         .map(|i| t.right.get(i).copied().unwrap_or(false))
         .collect();
-    let longest = rows
-        .iter()
-        .flatten()
-        .map(|c| c.chars().count())
-        .max()
-        .unwrap_or(0);
-    if longest > MAX_CELL {
-        return list(o, &head, &rows);
+    let long = |i: usize| {
+        rows.iter()
+            .any(|r| r.get(i).is_some_and(|c| c.chars().count() > MAX_CELL))
+    };
+    let long_cols: Vec<usize> = (0..head.len()).filter(|&i| long(i)).collect();
+    match long_cols.as_slice() {
+        [] => {}
+        // Only the last column is long (a meaning, a list of items): the table without it,
+        // then that column as notes under the rows' first cells.
+        [last] if *last + 1 == head.len() && *last >= 2 => {
+            let short: Vec<Vec<String>> = rows.iter().map(|r| r[..*last].to_vec()).collect();
+            grid(o, &head[..*last], &right_of[..*last], &short);
+            for r in &rows {
+                if let (Some(first), Some(note)) = (r.first(), r.get(*last)) {
+                    if !note.is_empty() && note != super::view::MISSING {
+                        let _ = writeln!(o, "- {first} {}: {note}", head[*last]);
+                    }
+                }
+            }
+            o.push('\n');
+            return;
+        }
+        _ => return list(o, &head, &rows),
     }
+    grid(o, &head, &right_of, &rows);
+}
+
+/// A table of short cells, unpadded.
+fn grid(o: &mut String, head: &[String], right_of: &[bool], rows: &[Vec<String>]) {
     let n = head.len().max(rows.iter().map(Vec::len).max().unwrap_or(0));
     let right = |i: usize| right_of.get(i).copied().unwrap_or(false);
     let line = |o: &mut String, cells: &[String]| {
@@ -124,13 +144,13 @@ fn table(o: &mut String, t: &Table) {
         }
         o.push('\n');
     };
-    line(o, &head);
+    line(o, head);
     o.push('|');
     for i in 0..n {
         o.push_str(if right(i) { " ---: |" } else { " --- |" });
     }
     o.push('\n');
-    for r in &rows {
+    for r in rows {
         line(o, r);
     }
     o.push('\n');

@@ -483,7 +483,26 @@ fn nonempty(s: &str) -> Option<&str> {
 }
 
 /// The comparison turned into the report view.
+/// Which report a view is built for. The page and the Markdown hold the same facts; the
+/// Markdown, read as text, says each one once: where the page repeats a number beside a chart
+/// or in a second table, the Markdown points to where it stands (see [`Target::Markdown`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The HTML page.
+    Page,
+    /// The Markdown twin: criteria as sentences, not tables; deltas as changes (the values are
+    /// in the latency and throughput tables); accuracy as counts (percentages and intervals
+    /// are in the top table); a repeated note written once; the policy on one line.
+    Markdown,
+}
+
+/// The view of the HTML page (see [`build_for`]).
 pub fn build(c: &Comparison) -> Report {
+    build_for(c, Target::Page)
+}
+
+/// The view of the comparison for `target`.
+pub fn build_for(c: &Comparison, target: Target) -> Report {
     let decision = verdict_key(c.decision);
     let baseline = nonempty(&c.baseline);
     let overall_reason = c
@@ -524,8 +543,8 @@ pub fn build(c: &Comparison) -> Report {
         None => "kvbench report".to_owned(),
     };
 
-    let ctx = Ctx::new(c);
-    let mut sections = vec![glance_section(c, &ctx), recommendations_section(c)];
+    let ctx = Ctx::new(c, target);
+    let mut sections = vec![glance_section(c, &ctx), recommendations_section(c, target)];
     sections.extend(effort_section(c));
     sections.extend([
         arms_section(&ctx),
@@ -535,7 +554,7 @@ pub fn build(c: &Comparison) -> Report {
         quality_section(&ctx),
         warnings_section(&ctx),
         server_section(&ctx),
-        policy_section(c),
+        policy_section(c, target),
     ]);
     Report {
         title,
@@ -561,10 +580,12 @@ struct Ctx<'a> {
     /// The quality reference arm and every other arm's comparison with it.
     reference: Option<String>,
     reference_arms: &'a [crate::compare::ReferenceArm],
+    /// The Markdown twin (see [`Target::Markdown`]).
+    md: bool,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(c: &'a Comparison) -> Self {
+    fn new(c: &'a Comparison, target: Target) -> Self {
         let names = c
             .arms
             .iter()
@@ -601,6 +622,7 @@ impl<'a> Ctx<'a> {
             candidates,
             reference: c.reference.as_ref().map(|r| r.arm.clone()),
             reference_arms: c.reference.as_ref().map_or(&[], |r| r.arms.as_slice()),
+            md: target == Target::Markdown,
         }
     }
 
@@ -882,7 +904,16 @@ fn forest_block(c: &Comparison, ctx: &Ctx) -> Option<Block> {
         .map(|svg| Block::Chart { title, svg })
 }
 
-fn recommendations_section(c: &Comparison) -> Section {
+fn recommendations_section(c: &Comparison, target: Target) -> Section {
+    let md = target == Target::Markdown;
+    let mut notes = Vec::new();
+    let mut recs = |recs: &[crate::compare::decision::Recommendation], adaptive: bool| {
+        if md {
+            rec_lines(recs, adaptive, &mut notes)
+        } else {
+            Block::Table(rec_table(recs, adaptive))
+        }
+    };
     let adaptive = c
         .effort
         .as_ref()
@@ -895,16 +926,19 @@ fn recommendations_section(c: &Comparison) -> Section {
             class: "note".into(),
         });
     } else if c.candidates.len() > 1 {
-        // The best candidate's criteria follow in its own table below.
+        // The best candidate's criteria follow in its own table below. The Markdown states the
+        // overall reason under the verdict already.
         let overall: Vec<_> = c
             .recommendations
             .iter()
             .filter(|r| r.criterion == "overall")
             .cloned()
             .collect();
-        blocks.push(Block::Table(rec_table(&overall, adaptive)));
+        if !md {
+            blocks.push(recs(&overall, adaptive));
+        }
     } else {
-        blocks.push(Block::Table(rec_table(&c.recommendations, adaptive)));
+        blocks.push(recs(&c.recommendations, adaptive));
     }
     // With one candidate its table is the one above; with several, each gets its own.
     for cand in c.candidates.iter().filter(|_| c.candidates.len() > 1) {
@@ -918,13 +952,48 @@ fn recommendations_section(c: &Comparison) -> Section {
                 cand.decision.as_str()
             ),
         });
-        blocks.push(Block::Table(rec_table(&cand.recommendations, adaptive)));
+        blocks.push(recs(&cand.recommendations, adaptive));
     }
     Section {
         id: "recommendations".into(),
         title: "Recommendations".into(),
         blocks,
     }
+}
+
+/// The Markdown's criteria: one sentence each, `criterion — verdict: reason`. A parenthetical
+/// note that ends several reasons (the one-run caveat of each speed criterion) is written in
+/// full the first time and by its first clause after that; `seen` holds the notes written.
+fn rec_lines(
+    recs: &[crate::compare::decision::Recommendation],
+    adaptive: bool,
+    seen: &mut Vec<String>,
+) -> Block {
+    let items = recs
+        .iter()
+        .map(|r| {
+            let mut reason = text_o(nonempty(&r.reason));
+            if let Some(at) = reason.rfind(" (").filter(|_| reason.ends_with(')')) {
+                let note = reason[at..].to_owned();
+                if seen.contains(&note) {
+                    if let Some(colon) = note.find(':') {
+                        reason = format!("{}{} …)", &reason[..at], &note[..colon]);
+                    }
+                } else {
+                    seen.push(note);
+                }
+            }
+            if let Some(open) = r.open.as_ref().filter(|_| adaptive) {
+                reason = format!("{reason} (still open: {open})");
+            }
+            format!(
+                "{} — {}: {reason}",
+                text_o(nonempty(&r.criterion)),
+                r.verdict.as_str()
+            )
+        })
+        .collect();
+    Block::List { items }
 }
 
 /// One row per recommendation; with `adaptive`, open criteria say what is still open.
@@ -1261,7 +1330,7 @@ fn deltas_section(ctx: &Ctx) -> Section {
         let mut row = vec![Cell::code(key.clone()), Cell::plain(fmt_o(base))];
         for c in &with {
             row.push(match c.deltas.get(&key) {
-                Some(d) => delta_cell(d),
+                Some(d) => delta_cell(d, !ctx.md),
                 None => Cell::plain(MISSING),
             });
         }
@@ -1273,11 +1342,17 @@ fn deltas_section(ctx: &Ctx) -> Section {
         .collect();
     methods.sort();
     methods.dedup();
+    let cell = if ctx.md {
+        "the baseline's value; each candidate's change against it and the 95 % interval of the \
+         change (its values are in the latency and throughput tables)"
+    } else {
+        "the candidate's value, its change against the baseline and the 95 % interval of the \
+         change"
+    };
     blocks.push(Block::Para {
         text: format!(
-            "Each cell: the candidate's value, its change against the baseline and the 95 % \
-             interval of the change; (worse) or (better) when the change is significant (the \
-             interval excludes 0 and the change exceeds the noise floor). Intervals: {}.",
+            "Each cell: {cell}; (worse) or (better) when the change is significant (the interval \
+             excludes 0 and the change exceeds the noise floor). Intervals: {}.",
             methods.join(", ")
         ),
         class: "note".into(),
@@ -1290,15 +1365,18 @@ fn deltas_section(ctx: &Ctx) -> Section {
     }
 }
 
-/// "55.0 · +5.6 % [+1.2 … +9.8] (worse)", coloured by significance.
-fn delta_cell(d: &crate::compare::Delta) -> Cell {
+/// "55.0 · +5.6 % [+1.2 … +9.8] (worse)", coloured by significance; without `value`, from
+/// "+5.6 %" on.
+fn delta_cell(d: &crate::compare::Delta, value: bool) -> Cell {
     let sig = significance(d);
     let mut text = format!(
-        "{} · {} [{}]",
-        fmt_o(d.candidate),
+        "{} [{}]",
         pct_o(d.change_pct),
         pct_ci_o(d.ci_low_pct, d.ci_high_pct).trim_end_matches(" %")
     );
+    if value {
+        text = format!("{} · {text}", fmt_o(d.candidate));
+    }
     if matches!(sig.class.as_str(), "worse" | "better") {
         text += &format!(" ({})", sig.class);
     }
@@ -1326,12 +1404,18 @@ fn suite_of<'a>(arm: &'a ArmSummary, suite: &str) -> &'a Value {
         .unwrap_or(&NULL)
 }
 
-fn accuracy_cell(s: &Value) -> Cell {
+/// "95.0 % (38/40) [83.5 … 98.6]"; without `full`, "38/40" (or the accuracy when the counts
+/// are missing).
+fn accuracy_cell(s: &Value, full: bool) -> Cell {
     if s.is_null() {
         return Cell::plain(MISSING);
     }
+    let counts = (g(s, "correct").as_u64(), g(s, "items").as_u64());
+    if let ((Some(c), Some(n)), false) = (counts, full) {
+        return Cell::plain(format!("{c}/{n}"));
+    }
     let mut t = fmt_acc(g(s, "accuracy"));
-    if let (Some(c), Some(n)) = (g(s, "correct").as_u64(), g(s, "items").as_u64()) {
+    if let (Some(c), Some(n)) = counts {
         t.push_str(&format!(" ({c}/{n})"));
     }
     if let (Some(l), Some(h)) = (num(g(s, "ci_low")), num(g(s, "ci_high"))) {
@@ -1426,12 +1510,17 @@ fn quality_section(ctx: &Ctx) -> Section {
         for suite in &suites {
             let mut row = vec![Cell::code(suite.clone())];
             for arm in ctx.arms {
-                row.push(accuracy_cell(suite_of(arm, suite)));
+                row.push(accuracy_cell(suite_of(arm, suite), !ctx.md));
             }
             t.rows.push(row);
         }
         blocks.push(Block::Para {
-            text: "Accuracy per suite and arm: correct/items, [95 % interval in %].".into(),
+            text: if ctx.md {
+                "Correct answers per suite and arm (accuracy and 95 % interval: top table)."
+            } else {
+                "Accuracy per suite and arm: correct/items, [95 % interval in %]."
+            }
+            .into(),
             class: "note".into(),
         });
         blocks.push(Block::Table(t));
@@ -1452,7 +1541,11 @@ fn quality_section(ctx: &Ctx) -> Section {
             }
             lengths.sort_by_key(|k| (k.parse::<u64>().unwrap_or(u64::MAX), k.clone()));
             blocks.push(Block::Subheading {
-                text: format!("{suite} by context length (tokens): accuracy (correct/items)"),
+                text: if ctx.md {
+                    format!("{suite} by context length (tokens): correct/items")
+                } else {
+                    format!("{suite} by context length (tokens): accuracy (correct/items)")
+                },
             });
             let mut head = vec!["context length".to_owned()];
             head.extend(ctx.names.iter().cloned());
@@ -1462,10 +1555,14 @@ fn quality_section(ctx: &Ctx) -> Section {
                 let mut row = vec![Cell::plain(len.clone())];
                 for arm in ctx.arms {
                     let v = g(g(suite_of(arm, suite), "by_length"), len);
-                    let mut text = fmt_acc(g(v, "accuracy"));
-                    if let (Some(c), Some(n)) = (g(v, "correct").as_u64(), g(v, "items").as_u64()) {
-                        text += &format!(" ({c}/{n})");
-                    }
+                    let counts = (g(v, "correct").as_u64(), g(v, "items").as_u64());
+                    let text = match (counts, ctx.md) {
+                        ((Some(c), Some(n)), true) => format!("{c}/{n}"),
+                        ((Some(c), Some(n)), false) => {
+                            format!("{} ({c}/{n})", fmt_acc(g(v, "accuracy")))
+                        }
+                        _ => fmt_acc(g(v, "accuracy")),
+                    };
                     row.push(Cell::plain(text));
                 }
                 t.rows.push(row);
@@ -1709,8 +1806,11 @@ fn warnings_section(ctx: &Ctx) -> Section {
                 ids.push((id.clone(), w.severity.as_str().to_owned()));
                 if let Some(line) = nonempty(&w.first_line).map(str::to_owned) {
                     // The whole line is in the arm's log and result file.
-                    let line: String = if line.chars().count() > 200 {
-                        line.chars().take(199).chain(['…']).collect()
+                    // The Markdown keeps a line's start (the process, time and source
+                    // file), which is what tells one warning from another.
+                    let cap = if ctx.md { 120 } else { 200 };
+                    let line: String = if line.chars().count() > cap {
+                        line.chars().take(cap - 1).chain(['…']).collect()
                     } else {
                         line
                     };
@@ -1861,9 +1961,27 @@ fn server_section(ctx: &Ctx) -> Section {
     }
 }
 
-fn policy_section(c: &Comparison) -> Section {
+fn policy_section(c: &Comparison, target: Target) -> Section {
     let mut blocks = Vec::new();
     match c.policy.as_ref().map(serde_json::to_value) {
+        // Markdown: one line, `key value · key value` (a table of fourteen short rows reads
+        // worse as text).
+        Some(Ok(Value::Object(p))) if !p.is_empty() && target == Target::Markdown => {
+            let pairs: Vec<String> = p
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::Array(a) => {
+                        let items: Vec<String> = a.iter().map(text).collect();
+                        format!("{k} {}", items.join(", "))
+                    }
+                    other => format!("{k} {}", text(other)),
+                })
+                .collect();
+            blocks.push(Block::Para {
+                text: pairs.join(" · "),
+                class: String::new(),
+            });
+        }
         Some(Ok(Value::Object(p))) if !p.is_empty() => {
             let mut t = Table::new(&["policy key", "value"], &[false, false]);
             for (k, v) in &p {
