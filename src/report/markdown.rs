@@ -1,8 +1,10 @@
-//! The Markdown report: the same view as the HTML page, as headings and tables (no charts),
-//! readable as text and on GitHub. Cells are not padded (a padded column is as wide as its
-//! longest cell, which made whole tables unreadable); a table with a cell longer than
-//! [`MAX_CELL`] characters is written as a list, one item per row, so no line runs on for
-//! hundreds of characters inside a table.
+//! The Markdown report: the view built for it ([`super::view::Target::Markdown`]: the page's
+//! facts, each stated once), as headings and tables (no charts), readable as text and on
+//! GitHub. Cells are not padded (a padded column is as wide as its longest cell, which made
+//! whole tables unreadable). A table whose only long column (over [`MAX_CELL`] characters) is
+//! the last is written without it, that column following as notes under the rows' first
+//! cells; any other table with a long cell is written as a list, one item per row, so no line
+//! runs on for hundreds of characters inside a table.
 //!
 //! Text from the comparison is escaped so it stays text: `|` cannot break a table, and `<`,
 //! `` ` ``, `*`, `](` cannot become HTML, code, emphasis or links. Log excerpts go into fenced blocks.
@@ -117,10 +119,11 @@ fn table(o: &mut String, t: &Table) {
         [last] if *last + 1 == head.len() && *last >= 2 => {
             let short: Vec<Vec<String>> = rows.iter().map(|r| r[..*last].to_vec()).collect();
             grid(o, &head[..*last], &right_of[..*last], &short);
+            let _ = writeln!(o, "{} per {}:\n", head[*last], head[0]);
             for r in &rows {
                 if let (Some(first), Some(note)) = (r.first(), r.get(*last)) {
                     if !note.is_empty() && note != super::view::MISSING {
-                        let _ = writeln!(o, "- {first} {}: {note}", head[*last]);
+                        let _ = writeln!(o, "- {first}: {note}");
                     }
                 }
             }

@@ -148,6 +148,22 @@ impl Cell {
     }
 }
 
+/// `t` without the columns `drop` names.
+fn drop_columns(t: Table, drop: impl Fn(usize) -> bool) -> Table {
+    fn keep<T>(v: Vec<T>, drop: &dyn Fn(usize) -> bool) -> Vec<T> {
+        v.into_iter()
+            .enumerate()
+            .filter(|(i, _)| !drop(*i))
+            .map(|(_, x)| x)
+            .collect()
+    }
+    Table {
+        head: keep(t.head, &drop),
+        right: keep(t.right, &drop),
+        rows: t.rows.into_iter().map(|r| keep(r, &drop)).collect(),
+    }
+}
+
 impl Table {
     fn new(head: &[&str], right: &[bool]) -> Self {
         Table {
@@ -973,7 +989,11 @@ fn rec_lines(
         .iter()
         .map(|r| {
             let mut reason = text_o(nonempty(&r.reason));
-            if let Some(at) = reason.rfind(" (").filter(|_| reason.ends_with(')')) {
+            // Short notes (a McNemar p and its reading) stay whole.
+            let note_at = reason
+                .rfind(" (")
+                .filter(|&at| reason.ends_with(')') && reason.len() - at >= 60);
+            if let Some(at) = note_at {
                 let note = reason[at..].to_owned();
                 if seen.contains(&note) {
                     if let Some(colon) = note.find(':') {
@@ -1058,10 +1078,21 @@ fn arms_section(ctx: &Ctx) -> Section {
             Cell::plain(fmt_u(arm.repeats as u64)),
             Cell::plain(if arm.results.is_empty() {
                 MISSING.to_owned()
+            } else if ctx.md {
+                // The file names: the folder is in the comparison JSON.
+                arm.results
+                    .iter()
+                    .map(|p| p.rsplit('/').next().unwrap_or(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             } else {
                 arm.results.join(", ")
             }),
         ]);
+    }
+    if ctx.md {
+        // Role and runs are in the top table.
+        t = drop_columns(t, |i| matches!(i, 1 | 5));
     }
     if !t.rows.is_empty() {
         blocks.push(Block::Table(t));
@@ -1145,6 +1176,8 @@ fn latency_section(ctx: &Ctx) -> Section {
         ],
         &[false, false, true, true, true, true, true, true, true],
     );
+    // The Markdown keeps the percentiles; mean ± σ, range and count stay on the page.
+    let md_drop = |i: usize| ctx.md && matches!(i, 2 | 7 | 8);
     for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
         // A failed arm measured nothing: its summaries are empty.
         if arm.metrics.values().all(|m| m.count == 0) {
@@ -1182,6 +1215,13 @@ fn latency_section(ctx: &Ctx) -> Section {
                 Cell::plain(fmt_u(m.count)),
             ]);
         }
+    }
+    if ctx.md {
+        t = drop_columns(t, md_drop);
+        blocks.push(Block::Para {
+            text: "Mean ± σ, min … max and sample counts: HTML report and comparison JSON.".into(),
+            class: "note".into(),
+        });
     }
     if !t.rows.is_empty() {
         blocks.push(Block::Table(t));
@@ -1233,6 +1273,14 @@ fn throughput_section(ctx: &Ctx) -> Section {
             ));
         }
         t.rows.push(row);
+    }
+    if ctx.md {
+        // Output tok/s with its interval is a column of the top table.
+        t = drop_columns(t, |i| i == 1);
+        blocks.push(Block::Para {
+            text: "Output tok/s with its 95 % interval: top table.".into(),
+            class: "note".into(),
+        });
     }
     if !t.rows.is_empty() {
         blocks.push(Block::Table(t));
@@ -1323,7 +1371,16 @@ fn deltas_section(ctx: &Ctx) -> Section {
     head.extend(with.iter().map(|c| ctx.candidate_name(c)));
     let n = head.len();
     let mut t = Table::with_head(head, (0..n).map(|i| i > 0).collect());
+    // Without reasoning tokens the answer's first token is the first token (as in the latency
+    // table): the Markdown leaves out `ttft_answer_ms` rows then.
+    let same_ttft = ctx
+        .arms
+        .iter()
+        .all(|a| a.metrics.get("ttft_answer_ms") == a.metrics.get("ttft_ms"));
     for key in delta_keys(&keys) {
+        if ctx.md && same_ttft && key.starts_with("ttft_answer_ms.") {
+            continue;
+        }
         let base = with
             .iter()
             .find_map(|c| c.deltas.get(&key).and_then(|d| d.baseline));
@@ -1343,8 +1400,8 @@ fn deltas_section(ctx: &Ctx) -> Section {
     methods.sort();
     methods.dedup();
     let cell = if ctx.md {
-        "the baseline's value; each candidate's change against it and the 95 % interval of the \
-         change (its values are in the latency and throughput tables)"
+        "each candidate's change against the baseline and its 95 % interval (values: latency \
+         and throughput tables)"
     } else {
         "the candidate's value, its change against the baseline and the 95 % interval of the \
          change"
@@ -1357,6 +1414,10 @@ fn deltas_section(ctx: &Ctx) -> Section {
         ),
         class: "note".into(),
     });
+    if ctx.md {
+        // The baseline's values are in the latency and throughput tables.
+        t = drop_columns(t, |i| i == 1);
+    }
     blocks.push(Block::Table(t));
     Section {
         id: "deltas".into(),
@@ -1612,6 +1673,10 @@ fn quality_section(ctx: &Ctx) -> Section {
                 Cell::plain(flips),
             ]);
         }
+        if ctx.md {
+            // Accuracies, change and lost / gained are in the quality criteria's reasons.
+            t = drop_columns(t, |i| matches!(i, 1..=3 | 5));
+        }
         blocks.push(Block::Table(t));
     }
     let with_agreement: Vec<(String, &AgreementSummary)> = ctx
@@ -1727,18 +1792,67 @@ fn reference_blocks(ctx: &Ctx, reference: &str, blocks: &mut Vec<Block>) {
         }
     }
     blocks.push(Block::Para {
-        text: "Accuracy of each arm against the reference on the same items; ratio = arm / \
-               reference (vLLM's advice: calibrate when FP8 falls below about 95 % of the \
-               reference). Agreement compares the answers token by token (KL over the returned \
-               top-k log-probabilities)."
-            .into(),
+        text: if ctx.md {
+            "Each arm against the reference on the same items; ratio = arm / reference \
+             accuracy (vLLM: calibrate below about 95 %). Agreement: answers token by token \
+             (KL over the top-k log-probabilities)."
+        } else {
+            "Accuracy of each arm against the reference on the same items; ratio = arm / \
+             reference (vLLM's advice: calibrate when FP8 falls below about 95 % of the \
+             reference). Agreement compares the answers token by token (KL over the returned \
+             top-k log-probabilities)."
+        }
+        .into(),
         class: "note".into(),
     });
+    if ctx.md {
+        // Both accuracies are columns of the top table.
+        t = drop_columns(t, |i| matches!(i, 2 | 3));
+    }
     if !t.rows.is_empty() {
         blocks.push(Block::Table(t));
     }
     if !agreement.rows.is_empty() {
         blocks.push(Block::Table(agreement));
+    }
+}
+
+/// The Markdown's part of a candidate's warning table: the change under test and each
+/// warning's note, if any.
+fn md_warning_notes(
+    ctx: &Ctx,
+    name: &str,
+    w: &crate::compare::WarningDiff,
+    blocks: &mut Vec<Block>,
+    meanings: &mut std::collections::BTreeMap<String, String>,
+) {
+    let mut items = Vec::new();
+    if let Some(ch) = &w.change_under_test {
+        let mut t = format!("change under test: {ch}");
+        if let Some(r) = w.resolvable {
+            t += &format!(" (can resolve {r})");
+        }
+        items.push(t);
+    }
+    for (status, list) in [
+        ("resolved", &w.resolved),
+        ("persisting", &w.persisting),
+        ("new", &w.new),
+    ] {
+        for e in list {
+            if let Some(m) = &e.meaning {
+                meanings.entry(e.id.clone()).or_insert_with(|| m.clone());
+            }
+            if let Some(n) = e.note.as_deref().and_then(nonempty) {
+                items.push(format!("{} ({status}): {n}", text_o(nonempty(&e.id))));
+            }
+        }
+    }
+    if !items.is_empty() {
+        blocks.push(Block::Subheading {
+            text: format!("{name} vs {}", ctx.baseline_name()),
+        });
+        blocks.push(Block::List { items });
     }
 }
 
@@ -1748,6 +1862,12 @@ fn warnings_section(ctx: &Ctx) -> Section {
     for cand in &ctx.candidates {
         let w = &cand.warnings;
         let name = ctx.candidate_name(cand);
+        if ctx.md {
+            // Which warnings are resolved, persist or are new is in the warnings criterion's
+            // reason, and the counts in the table per arm below: the Markdown adds the notes.
+            md_warning_notes(ctx, &name, w, &mut blocks, &mut meanings);
+            continue;
+        }
         blocks.push(Block::Subheading {
             text: format!("{name} vs {}", ctx.baseline_name()),
         });
@@ -1804,13 +1924,26 @@ fn warnings_section(ctx: &Ctx) -> Section {
             let id = w.id.clone();
             if !ids.iter().any(|(i, _)| *i == id) {
                 ids.push((id.clone(), w.severity.as_str().to_owned()));
-                if let Some(line) = nonempty(&w.first_line).map(str::to_owned) {
+                // The Markdown shows the first line of a warning the catalog does not explain
+                // (`other`); a catalogued one has its meaning (every first line is on the
+                // page).
+                let explained = ctx.md && w.meaning.is_some()
+                    || ctx.md
+                        && ctx.candidates.iter().any(|c| {
+                            let d = &c.warnings;
+                            d.resolved
+                                .iter()
+                                .chain(&d.persisting)
+                                .chain(&d.new)
+                                .any(|e| e.id == id && e.meaning.is_some())
+                        });
+                let line = nonempty(&w.first_line)
+                    .filter(|_| !explained)
+                    .map(str::to_owned);
+                if let Some(line) = line {
                     // The whole line is in the arm's log and result file.
-                    // The Markdown keeps a line's start (the process, time and source
-                    // file), which is what tells one warning from another.
-                    let cap = if ctx.md { 120 } else { 200 };
-                    let line: String = if line.chars().count() > cap {
-                        line.chars().take(cap - 1).chain(['…']).collect()
+                    let line: String = if line.chars().count() > 200 {
+                        line.chars().take(199).chain(['…']).collect()
                     } else {
                         line
                     };
@@ -1849,10 +1982,18 @@ fn warnings_section(ctx: &Ctx) -> Section {
             text: "Server log warnings per arm".into(),
         });
         blocks.push(Block::Table(t));
-        blocks.push(Block::Pre {
-            label: "The first line of each warning, from the first arm that printed it".into(),
-            text: first.join("\n"),
-        });
+        let label = if ctx.md {
+            "The first line of each warning the catalog does not explain (all first lines: \
+             HTML report)"
+        } else {
+            "The first line of each warning, from the first arm that printed it"
+        };
+        if !ctx.md || !first.is_empty() {
+            blocks.push(Block::Pre {
+                label: label.into(),
+                text: first.join("\n"),
+            });
+        }
     }
     Section {
         id: "warnings".into(),
@@ -1919,14 +2060,17 @@ fn server_section(ctx: &Ctx) -> Section {
             }
         }));
     }
-    t.rows.push(row("KV-cache capacity (tokens)", &|s| {
-        Cell::plain(fmt_count(
-            s.and_then(|s| s.kv_cache_tokens.as_ref()).unwrap_or(&NULL),
-        ))
-    }));
-    t.rows.push(row("start-up (s)", &|s| {
-        Cell::plain(fmt_o(s.and_then(|s| s.startup_s)))
-    }));
+    // Capacity and start-up are columns of the top table, which the Markdown does not repeat.
+    if !ctx.md {
+        t.rows.push(row("KV-cache capacity (tokens)", &|s| {
+            Cell::plain(fmt_count(
+                s.and_then(|s| s.kv_cache_tokens.as_ref()).unwrap_or(&NULL),
+            ))
+        }));
+        t.rows.push(row("start-up (s)", &|s| {
+            Cell::plain(fmt_o(s.and_then(|s| s.startup_s)))
+        }));
+    }
     t.rows.push(row("config mismatches", &|s| match s {
         None => Cell::plain(MISSING),
         Some(s) if s.mismatches.is_empty() => Cell::plain("none"),
