@@ -1927,16 +1927,16 @@ fn warnings_section(ctx: &Ctx) -> Section {
                 // The Markdown shows the first line of a warning the catalog does not explain
                 // (`other`); a catalogued one has its meaning (every first line is on the
                 // page).
-                let explained = ctx.md && w.meaning.is_some()
-                    || ctx.md
-                        && ctx.candidates.iter().any(|c| {
+                let explained = ctx.md
+                    && (w.meaning.is_some()
+                        || ctx.candidates.iter().any(|c| {
                             let d = &c.warnings;
                             d.resolved
                                 .iter()
                                 .chain(&d.persisting)
                                 .chain(&d.new)
                                 .any(|e| e.id == id && e.meaning.is_some())
-                        });
+                        }));
                 let line = nonempty(&w.first_line)
                     .filter(|_| !explained)
                     .map(str::to_owned);
