@@ -14,6 +14,7 @@ use crate::cli::{AbArgs, CompareArgs};
 use crate::compare::{self, Comparison, DesignKind, Effort, Policy, Round, Stopped};
 use crate::executor::{Executor, Job};
 use crate::experiment;
+use crate::live::{Finished, Live, Phase};
 use crate::logscan::{Catalog, DEFAULT_CATALOG};
 use crate::output::printable;
 use crate::result::write_json;
@@ -227,28 +228,23 @@ impl Design {
     }
 }
 
-fn report_run(name: &str, run: &arm::ArmRun, quiet: bool) {
-    if quiet {
-        return;
-    }
+fn report_run(live: &Live, name: &str, run: &arm::ArmRun) {
     let r = &run.result;
-    match &r.failure {
-        None => eprintln!(
-            "kvbench: arm {name:?}: {} requests, TTFT p50 {} ms, {} output tok/s → {}",
-            r.requests.completed,
-            r.metrics
-                .ttft_ms
-                .p50
-                .map(|v| format!("{v:.1}"))
-                .unwrap_or_else(|| "—".into()),
-            r.throughput
-                .output_tok_per_s
-                .map(|v| format!("{v:.1}"))
-                .unwrap_or_else(|| "—".into()),
-            run.path.display()
-        ),
-        Some(f) => eprintln!("kvbench: arm {name:?} failed: {}: {}", f.kind, f.message),
-    }
+    live.arm_phase(
+        name,
+        Phase::Done(match &r.failure {
+            None => Finished::Measured {
+                completed: r.requests.completed,
+                ttft_p50_ms: r.metrics.ttft_ms.p50,
+                output_tok_per_s: r.throughput.output_tok_per_s,
+                path: run.path.clone(),
+            },
+            Some(f) => Finished::Failed {
+                kind: f.kind.to_string(),
+                message: f.message.clone(),
+            },
+        }),
+    );
 }
 
 /// The comparison of the runs so far (arms in experiment order, baseline first); `None` when
@@ -371,6 +367,8 @@ struct Setup {
     out_dir: PathBuf,
     opts: ArmOptions,
     executor: Executor,
+    /// What the run shows on stderr.
+    live: Live,
 }
 
 /// Reads the experiment and the options into a [`Setup`]; every mistake is one line.
@@ -429,6 +427,7 @@ fn setup(a: &AbArgs) -> anyhow::Result<Setup> {
         out_dir,
         opts,
         executor,
+        live: Live::plain(a.quiet),
     })
 }
 
@@ -536,9 +535,10 @@ impl Setup {
             }
             let plans = self.round_plans(round, design, open.as_deref());
             let round_start = std::time::Instant::now();
-            if !a.quiet && design.max_runs() > 1 {
-                eprintln!("kvbench: round {}/{}", round + 1, design.max_runs());
-            }
+            let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+            let adaptive = matches!(design, Design::Adaptive { .. });
+            self.live
+                .round(round + 1, design.max_runs(), &names, adaptive);
             if self.executor.is_local() {
                 for plan in plans {
                     if cancel.is_cancelled() {
@@ -572,12 +572,12 @@ impl Setup {
                 ));
                 let settled = c.settled;
                 if !a.quiet {
-                    eprintln!(
-                        "kvbench: after round {}: {}{}",
+                    self.live.note(&format!(
+                        "after round {}: {}{}",
                         round + 1,
                         c.decision.unwrap_or_default(),
                         if settled { ", settled" } else { ", still open" }
-                    );
+                    ));
                 }
                 comparison = Some(c);
                 if settled {
@@ -612,12 +612,7 @@ impl Setup {
     ) -> anyhow::Result<()> {
         let have = runs.paths.iter().filter(|(n, _)| *n == plan.name).count() as u32;
         if have > round {
-            if !a.quiet {
-                eprintln!(
-                    "kvbench: arm {:?}: kept from an earlier run (--resume)",
-                    plan.name
-                );
-            }
+            self.live.arm_phase(&plan.name, Phase::Done(Finished::Kept));
             return Ok(());
         }
         // Quality items are the same in every round and answers at temperature 0 repeat:
@@ -633,7 +628,8 @@ impl Setup {
                 plan.settings.quality_paired_with = Some(j.into());
             }
         }
-        let run = arm::run_arm(&plan, &self.opts, cancel).await?;
+        let live = self.live.arm(&plan.name);
+        let run = arm::run_arm_live(&plan, &self.opts, cancel, &live).await?;
         if plan.name == self.baseline && round == 0 {
             *baseline_quality = run
                 .result
@@ -666,12 +662,7 @@ impl Setup {
         for plan in plans {
             let n = runs.paths.iter().filter(|(n, _)| *n == plan.name).count() as u32;
             if n > round {
-                if !a.quiet {
-                    eprintln!(
-                        "kvbench: arm {:?}: kept from an earlier run (--resume)",
-                        plan.name
-                    );
-                }
+                self.live.arm_phase(&plan.name, Phase::Done(Finished::Kept));
                 continue;
             }
             have.insert(plan.name.clone(), n);
@@ -684,7 +675,7 @@ impl Setup {
         }
         for (job, result) in self
             .executor
-            .run_round(&self.exp, jobs, round, cancel, a.quiet)
+            .run_round(&self.exp, jobs, round, cancel, &self.live)
             .await?
         {
             let have = have.get(&job.arm).copied().unwrap_or(0);
@@ -700,17 +691,17 @@ impl Setup {
     /// Adds a finished run of arm `name` (which had `have` runs before) to `runs`, or keeps it
     /// out of the comparison when it was cut short and the arm has a complete run.
     fn accept(&self, a: &AbArgs, name: &str, run: arm::ArmRun, have: u32, runs: &mut Runs) {
-        report_run(name, &run, a.quiet);
+        report_run(&self.live, name, &run);
         // A run cut short by an interruption stays on disk; when the arm already has a
         // complete run, the comparison rests on the complete ones.
         if (run.result.interrupted || run.result.outcome == crate::result::Outcome::Interrupted)
             && have > 0
         {
             if !a.quiet {
-                eprintln!(
-                    "kvbench: arm {name:?}: the interrupted run is kept in {} but left out of the comparison",
+                self.live.note(&format!(
+                    "arm {name:?}: the interrupted run is kept in {} but left out of the comparison",
                     run.path.display()
-                );
+                ));
             }
             return;
         }
@@ -723,7 +714,7 @@ impl Setup {
 
 /// `kvbench ab`.
 pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
-    let s = setup(a)?;
+    let mut s = setup(a)?;
     if a.dry_run {
         for plan in &s.exp.arms {
             print!("{}", arm::dry_run_redacted(plan, &s.opts)?);
@@ -735,6 +726,7 @@ pub async fn ab_command(a: &AbArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    s.live = Live::new(a.quiet);
     let cancel = CancellationToken::new();
     crate::signals::cancel_on_signals(cancel.clone());
     let started = std::time::Instant::now();
@@ -759,6 +751,8 @@ fn finish(
     cancel: &CancellationToken,
     started: std::time::Instant,
 ) -> anyhow::Result<ExitCode> {
+    // The view is cleared (and on a terminal the per-arm summary written) before the verdict.
+    s.live.finish();
     let names: std::collections::BTreeSet<&String> = runs.paths.iter().map(|(n, _)| n).collect();
     if names.len() < 2 || !names.contains(&s.baseline) {
         if cancel.is_cancelled() {

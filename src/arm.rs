@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::Engine;
 use crate::config::{RunConfig, RunSettings};
 use crate::experiment::{apply_changes, flag_value, ArmPlan, LaunchSpec};
+use crate::live::Phase;
 use crate::logscan::Catalog;
 use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
 use crate::result::{write_json, RunResult, ServerInfo, SCHEMA_VERSION};
@@ -301,10 +302,22 @@ pub fn config_check(
 
 /// Runs one arm and writes its result; `Err` only for problems before anything was launched
 /// (invalid settings, unwritable output). A server that fails is reported in the result.
+/// Progress goes to stderr as plain lines (nothing with `opts.quiet`).
 pub async fn run_arm(
     plan: &ArmPlan,
     opts: &ArmOptions,
     cancel: &CancellationToken,
+) -> anyhow::Result<ArmRun> {
+    let live = crate::live::Live::plain(opts.quiet).arm(&plan.name);
+    run_arm_live(plan, opts, cancel, &live).await
+}
+
+/// [`run_arm`], reporting its phases to `live` (its `Done` is the caller's to report).
+pub async fn run_arm_live(
+    plan: &ArmPlan,
+    opts: &ArmOptions,
+    cancel: &CancellationToken,
+    live: &crate::live::ArmLive,
 ) -> anyhow::Result<ArmRun> {
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("cannot create {}", opts.out_dir.display()))?;
@@ -314,13 +327,9 @@ pub async fn run_arm(
     if plan.engine != Engine::Auto {
         cfg.engine = plan.engine;
     }
-    if !opts.quiet {
-        eprintln!(
-            "kvbench: arm {:?}: launching ({})",
-            plan.name,
-            files.log.display()
-        );
-    }
+    live.phase(Phase::Launching {
+        log: files.log.clone(),
+    });
     let launched = match server::launch(plan, &files, &opts.catalog, cancel).await {
         Ok(l) => l,
         Err(e) => {
@@ -351,18 +360,16 @@ pub async fn run_arm(
             });
         }
     };
-    if !opts.quiet {
-        eprintln!(
-            "kvbench: arm {:?}: healthy after {:.1} s at {}",
-            plan.name, launched.startup_s, launched.url
-        );
-    }
+    live.phase(Phase::Healthy {
+        startup_s: launched.startup_s,
+        url: launched.url.clone(),
+    });
     cfg.url = launched.url.clone();
     let scraper = scrape::Scraper::start(&launched.url, plan.metrics_interval).await;
     let cache_config = scraper.before().and_then(scrape::cache_config);
     let props = llamacpp_props(&launched.url).await;
     let sweep_cfg = cfg.clone();
-    let measured = runner::measure(cfg, cancel.clone()).await;
+    let measured = runner::measure_live(cfg, cancel.clone(), Some(live.clone())).await;
     let server_metrics = scraper.finish().await;
     let mut launched = launched;
     let died = launched.server_exited();
@@ -391,10 +398,10 @@ pub async fn run_arm(
             });
             match kv_tokens {
                 Some(None) => {
-                    eprintln!(
-                        "kvbench: arm {:?}: warning: the server reports no KV-cache capacity, so the sweep concurrency=kv cannot be sized; no sweep",
+                    live.note(&format!(
+                        "arm {:?}: warning: the server reports no KV-cache capacity, so the sweep concurrency=kv cannot be sized; no sweep",
                         plan.name
-                    );
+                    ));
                     None
                 }
                 kv => {
@@ -404,12 +411,13 @@ pub async fn run_arm(
                             + u64::from(sweep_cfg.sampling.max_tokens);
                         sweep.levels = crate::capacity::kv_fill_levels(t, seq);
                     }
+                    let say = |line: &str| live.note(line);
                     let mut c = crate::capacity::run(
                         &sweep_cfg,
                         &sweep,
                         plan.metrics_interval,
                         cancel,
-                        opts.quiet,
+                        &say,
                     )
                     .await;
                     c.sized_from_kv_tokens = kv.flatten();

@@ -244,13 +244,14 @@ fn level_journal(journal: &Path, i: usize) -> PathBuf {
     PathBuf::from(format!("{stem}.level{i}.requests.jsonl"))
 }
 
-/// Runs the sweep against the server at `cfg.url` (already up and warmed by the workload).
+/// Runs the sweep against the server at `cfg.url` (already up and warmed by the workload),
+/// saying each level's outcome through `say` (a line without the `kvbench: ` prefix).
 pub async fn run(
     cfg: &RunConfig,
     sweep: &Sweep,
     metrics_interval: Duration,
     cancel: &CancellationToken,
-    quiet: bool,
+    say: &dyn Fn(&str),
 ) -> Capacity {
     let mut levels = Vec::new();
     let mut skipped = Vec::new();
@@ -272,9 +273,9 @@ pub async fn run(
         };
         let records = crate::compare::read_records(&journal).unwrap_or_default();
         let level = level_of(load, &r, sm.as_ref(), &records, &journal);
-        if !quiet {
-            eprintln!(
-                "kvbench: sweep {} {load}: goodput share {}, TTFT p99 {} ms{}",
+        {
+            say(&format!(
+                "sweep {} {load}: goodput share {}, TTFT p99 {} ms{}",
                 sweep.by.as_str(),
                 level
                     .goodput_share
@@ -285,7 +286,7 @@ pub async fn run(
                 } else {
                     ""
                 }
-            );
+            ));
         }
         if level.goodput_share.is_none_or(|s| s < cfg.knee_share) || r.interrupted {
             past_knee = true;

@@ -11,6 +11,7 @@ pub mod compare;
 pub mod config;
 pub mod executor;
 pub mod experiment;
+pub mod live;
 pub mod logscan;
 pub mod metrics;
 pub mod output;

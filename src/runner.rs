@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::request::{build_body, BodySpec};
 use crate::client::{api_base, Client, ClientOptions, Endpoint, Engine};
 pub use crate::config::{ProgressMode, RunConfig};
+use crate::live::{ArmLive, Phase, RunningMedian, WorkloadProgress};
 use crate::metrics;
 use crate::record::RequestRecord;
 use crate::result::{write_json, FailureKind, Outcome, RunResult, ServerInfo, SCHEMA_VERSION};
@@ -185,7 +186,11 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
                 sweep,
                 Duration::from_secs(1),
                 &cancel,
-                sweep_cfg.progress == ProgressMode::Quiet,
+                &|line: &str| {
+                    if sweep_cfg.progress != ProgressMode::Quiet {
+                        eprintln!("kvbench: {line}");
+                    }
+                },
             )
             .await,
         );
@@ -196,6 +201,15 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
 
 /// Runs the measurement, writing the journal as requests finish; the caller writes the result.
 pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<RunResult> {
+    measure_live(cfg, cancel, None).await
+}
+
+/// [`measure`], reporting its phases (warmup, quality items, workload progress) to `live`.
+pub async fn measure_live(
+    cfg: RunConfig,
+    cancel: CancellationToken,
+    live: Option<ArmLive>,
+) -> anyhow::Result<RunResult> {
     let Prepared {
         base,
         concurrency,
@@ -239,10 +253,14 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
         cfg.num_requests,
         cfg.warmup,
         cfg.duration,
+        live.clone(),
     ));
 
     let mut phases = crate::result::Phases::default();
     let t_warmup = Instant::now();
+    if let (Some(l), true) = (&live, cfg.warmup > 0) {
+        l.phase(Phase::Warmup);
+    }
     warm_up(&ctx, &job_rx, cfg.warmup, concurrency).await;
     if cfg.warmup > 0 {
         phases.warmup_s = Some(t_warmup.elapsed().as_secs_f64());
@@ -250,7 +268,8 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     let t_quality = Instant::now();
     let quality = match &cfg.quality {
         Some(q) => {
-            let q = run_quality(&cfg, q, &base, &pre, tokenizer, origin, &stop).await?;
+            let q = run_quality(&cfg, q, &base, &pre, tokenizer, origin, &stop, live.clone());
+            let q = q.await?;
             phases.quality_s = Some(t_quality.elapsed().as_secs_f64());
             Some(q)
         }
@@ -262,6 +281,12 @@ pub async fn measure(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Resul
     // first wave's TTFT: a serving client keeps its connections alive.
     let prewarm = prewarm_count(&cfg.arrival, cfg.num_requests);
     ctx.client.prewarm(prewarm, &stop).await;
+    if let Some(l) = &live {
+        l.phase(Phase::Workload(WorkloadProgress {
+            total: cfg.num_requests,
+            ..WorkloadProgress::default()
+        }));
+    }
     schedule(&cfg, &ctx, &job_rx, &stop).await;
     drop(job_rx);
     drop(ctx);
@@ -415,6 +440,7 @@ async fn warm_up(
 /// own journal next to the output. They get their own connection pool: a server may close a
 /// connection after an error answer (llama.cpp does for refused images), and such a dead
 /// keep-alive connection must not be handed to the first measured request.
+#[allow(clippy::too_many_arguments)]
 async fn run_quality(
     cfg: &RunConfig,
     q: &crate::quality::QualityConfig,
@@ -423,6 +449,7 @@ async fn run_quality(
     tokenizer: Option<Arc<TokenCounter>>,
     origin: Instant,
     stop: &CancellationToken,
+    live: Option<ArmLive>,
 ) -> anyhow::Result<Value> {
     let quality_client = Client::new(&ClientOptions {
         api_base: base.to_owned(),
@@ -441,6 +468,7 @@ async fn run_quality(
         facts: pre.facts.clone(),
         origin,
         progress: cfg.progress != ProgressMode::Quiet,
+        live,
     };
     crate::quality::run_suites(q, &env, stop).await
 }
@@ -755,6 +783,7 @@ async fn collect(
     expected: Option<u64>,
     warmup: u64,
     duration: Option<Duration>,
+    live: Option<ArmLive>,
 ) -> anyhow::Result<Collected> {
     let (to_journal, journal_rx) = mpsc::channel::<RequestRecord>(RECORD_QUEUE);
     let writer = std::thread::Builder::new()
@@ -762,7 +791,7 @@ async fn collect(
         .spawn(move || write_journal(journal, journal_rx))
         .context("cannot start the journal thread")?;
     let mut done = 0u64;
-    let mut progress = Progress::new(mode, expected.map(|n| n.saturating_add(warmup)), duration);
+    let mut progress = Progress::new(mode, expected, warmup, duration, live);
     let mut failed = 0u64;
     let mut tokens = 0u64;
     let started = Instant::now();
@@ -772,6 +801,7 @@ async fn collect(
         }
         tokens = tokens.saturating_add(rec.output_tokens());
         done += 1;
+        progress.observe(&rec);
         if to_journal.send(rec).await.is_err() {
             break;
         }
@@ -835,15 +865,44 @@ fn write_journal(journal: Journal, mut rx: mpsc::Receiver<RequestRecord>) -> Col
 
 enum Progress {
     Bar(indicatif::ProgressBar),
-    Lines { last: Instant },
+    Lines {
+        last: Instant,
+    },
+    /// A line of `ab`'s live view: the measured requests only, updated at most every
+    /// [`crate::live::REFRESH`].
+    Live {
+        arm: ArmLive,
+        now: WorkloadProgress,
+        ttft: Box<RunningMedian>,
+        last: Instant,
+    },
     Quiet,
 }
 
 impl Progress {
-    fn new(mode: ProgressMode, total: Option<u64>, duration: Option<Duration>) -> Self {
+    /// `expected` measured requests (`None`: bounded by `duration`) after `warmup` ones.
+    fn new(
+        mode: ProgressMode,
+        expected: Option<u64>,
+        warmup: u64,
+        duration: Option<Duration>,
+        live: Option<ArmLive>,
+    ) -> Self {
         if mode == ProgressMode::Quiet {
             return Progress::Quiet;
         }
+        if let Some(arm) = live.filter(ArmLive::is_terminal) {
+            return Progress::Live {
+                arm,
+                now: WorkloadProgress {
+                    total: expected,
+                    ..WorkloadProgress::default()
+                },
+                ttft: Box::default(),
+                last: Instant::now(),
+            };
+        }
+        let total = expected.map(|n| n.saturating_add(warmup));
         if !std::io::stderr().is_terminal() {
             return Progress::Lines {
                 last: Instant::now(),
@@ -883,13 +942,47 @@ impl Progress {
                     );
                 }
             }
+            Progress::Live {
+                arm,
+                now,
+                ttft,
+                last,
+            } => {
+                if last.elapsed() >= crate::live::REFRESH {
+                    *last = Instant::now();
+                    now.ttft_p50_ms = ttft.p50();
+                    arm.phase(Phase::Workload(*now));
+                }
+            }
             Progress::Quiet => {}
         }
     }
 
+    /// Counts a measured record for the live view (no allocation: counters and a fixed
+    /// histogram). TTFT as in `metrics::derive`: first token less sent, successful requests.
+    fn observe(&mut self, rec: &RequestRecord) {
+        if let Progress::Live { now, ttft, .. } = self {
+            if rec.warmup {
+                return;
+            }
+            now.done += 1;
+            if rec.error.is_some() {
+                now.failed += 1;
+            } else if let Some(ft) = rec.first_token_ns {
+                ttft.add(ft.saturating_sub(rec.sent_ns) as f64 / 1e6);
+            }
+            now.output_tokens = now.output_tokens.saturating_add(rec.output_tokens());
+        }
+    }
+
     fn finish(&mut self) {
-        if let Progress::Bar(b) = self {
-            b.finish_and_clear();
+        match self {
+            Progress::Bar(b) => b.finish_and_clear(),
+            Progress::Live { arm, now, ttft, .. } => {
+                now.ttft_p50_ms = ttft.p50();
+                arm.phase(Phase::Workload(*now));
+            }
+            _ => {}
         }
     }
 }

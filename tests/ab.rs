@@ -712,3 +712,82 @@ fn fail_on_gates_the_exit_code_on_the_verdict_after_writing_every_file() {
     ]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// On a terminal (`script` gives the command a pseudo-terminal) `ab` shows its live view: a
+/// header with the round and the time, a line per arm with its phase, a line per finished run,
+/// and the per-arm summary before the verdict. Without a terminal, stderr has the plain lines
+/// it always had, and no view.
+#[test]
+fn ab_shows_a_live_view_on_a_terminal_and_plain_lines_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path());
+
+    let out = dir.path().join("plain");
+    let o = ab(&exp, &out, &["--repeat", "1"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let launching =
+        regex::Regex::new(r#"^kvbench: arm "baseline": launching \(.*\.log\)$"#).unwrap();
+    let healthy = regex::Regex::new(
+        r#"^kvbench: arm "baseline": healthy after \d+\.\d s at http://127\.0\.0\.1:\d+/?$"#,
+    )
+    .unwrap();
+    let done = regex::Regex::new(
+        r#"^kvbench: arm "calibrated": 30 requests, TTFT p50 \d+\.\d ms, \d+\.\d output tok/s → .*\.json$"#,
+    )
+    .unwrap();
+    for re in [&launching, &healthy, &done] {
+        assert!(lines.iter().any(|l| re.is_match(l)), "{re}\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("kvbench ab ·") && !stderr.contains("per arm"),
+        "{stderr}"
+    );
+
+    let Ok(script) = which_script() else {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return;
+    };
+    let out = dir.path().join("tty");
+    let cmd = format!(
+        "{BIN} ab {} --out-dir {} --repeat 1",
+        exp.display(),
+        out.display()
+    );
+    let o = Command::new(script)
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("COLUMNS", "160")
+        .env("LINES", "40")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // The terminal's bytes: stdout and stderr of the command, with cursor movements.
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{tty}");
+    for want in [
+        "kvbench ab · round 1/1 · elapsed",
+        "arm 1/2 baseline",
+        "arm 2/2 calibrated",
+        "pending",
+        "workload ",
+        "TTFT p50",
+        "kvbench: arm \"baseline\": 30 requests",
+        "kvbench ab: per arm (medians over its runs)",
+        "kvbench verdict: KEEP",
+    ] {
+        assert!(tty.contains(want), "{want:?} missing in\n{tty}");
+    }
+    // The summary comes before the verdict, and the plain launch lines are not printed.
+    assert!(tty.find("per arm (medians").unwrap() < tty.find("kvbench verdict").unwrap());
+    assert!(!tty.contains(": launching ("), "{tty}");
+    assert_eq!(files(&out, "comparison_fp8_", ".json").len(), 1);
+}
+
+fn which_script() -> Result<PathBuf, ()> {
+    ["/usr/bin/script", "/bin/script"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or(())
+}

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::experiment::{ArmPlan, Experiment, LaunchSpec, PortSpec};
+use crate::live::{Live, Phase};
 use crate::result::{write_json, Failure, FailureKind, Outcome, Placement, RunResult};
 
 /// Which executor runs the arms.
@@ -276,11 +277,14 @@ impl Executor {
         jobs: Vec<Job>,
         round: u32,
         cancel: &CancellationToken,
-        quiet: bool,
+        view: &Live,
     ) -> anyhow::Result<Vec<(Job, RunResult)>> {
+        for j in &jobs {
+            view.arm_phase(&j.arm, Phase::Pending);
+        }
         let ends = match self.kind {
-            ExecutorKind::LocalGpus => self.run_local_gpus(exp, jobs, round, cancel, quiet).await,
-            ExecutorKind::Ray => ray::run_jobs(self, exp, jobs, cancel, quiet).await?,
+            ExecutorKind::LocalGpus => self.run_local_gpus(exp, jobs, round, cancel, view).await,
+            ExecutorKind::Ray => ray::run_jobs(self, exp, jobs, cancel, view).await?,
             ExecutorKind::Local => bail!("the local executor runs in `ab` itself"),
         };
         Ok(ends
@@ -301,10 +305,11 @@ impl Executor {
         jobs: Vec<Job>,
         round: u32,
         cancel: &CancellationToken,
-        quiet: bool,
+        view: &Live,
     ) -> Vec<JobEnd> {
         let g = exp.arms.first().map_or(1, |p| p.gpus);
         let slots = self.slots(g);
+        view.set_parallel(slots.len().min(jobs.len()).max(1));
         let mut free: Vec<bool> = vec![true; slots.len()];
         let mut pending: VecDeque<Job> = jobs.into();
         let mut running: tokio::task::JoinSet<(
@@ -332,14 +337,13 @@ impl Executor {
                 match self.spawn_local(exp, &job, &devices) {
                     Ok(mut child) => {
                         free[slot] = false;
-                        if !quiet {
-                            eprintln!(
-                                "kvbench: arm {:?}: started on GPUs {devices} (job {}, log {})",
-                                job.arm,
-                                job.id,
-                                job.log_path().display()
-                            );
-                        }
+                        view.note(&format!(
+                            "arm {:?}: started on GPUs {devices} (job {}, log {})",
+                            job.arm,
+                            job.id,
+                            job.log_path().display()
+                        ));
+                        view.arm_phase(&job.arm, Phase::Running);
                         if let Some(pid) = child.id() {
                             pids.insert(job.id.clone(), pid);
                         }

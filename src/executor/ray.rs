@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{placement, shell_quote, Executor, ExecutorKind, Job, JobEnd};
 use crate::experiment::Experiment;
+use crate::live::{Live, Phase};
 
 /// The line prefix under which `kvbench run --print-result` prints its result.
 pub const RESULT_MARKER: &str = "kvbench-result-json: ";
@@ -244,13 +245,14 @@ pub async fn run_jobs(
     exp: &Experiment,
     jobs: Vec<Job>,
     cancel: &CancellationToken,
-    quiet: bool,
+    view: &Live,
 ) -> anyhow::Result<Vec<JobEnd>> {
     let base = e.address.as_deref().context("no Ray address")?;
     let client = RayClient::new(base)?;
     client.version().await?;
     let env = job_env(exp, &e.env);
     let nodes = client.node_resources().await;
+    view.set_parallel(jobs.len().max(1));
     let mut ends = Vec::new();
     let mut live: Vec<(Job, String)> = Vec::new();
     for job in jobs {
@@ -278,12 +280,10 @@ pub async fn run_jobs(
         }
         match client.submit(&submission(e, exp, &job, &env)).await {
             Ok(()) => {
-                if !quiet {
-                    eprintln!(
-                        "kvbench: arm {:?}: submitted as Ray job {} ({base})",
-                        job.arm, job.id
-                    );
-                }
+                view.note(&format!(
+                    "arm {:?}: submitted as Ray job {} ({base})",
+                    job.arm, job.id
+                ));
                 live.push((job, String::new()));
             }
             Err(err) => ends.push(ended(&job, Some(format!("{err:#}")))),
@@ -295,12 +295,10 @@ pub async fn run_jobs(
         if cancel.is_cancelled() && !stop_sent {
             for (job, _) in &live {
                 if let Err(err) = client.stop(&job.id).await {
-                    eprintln!("kvbench: warning: {err:#}");
+                    view.note(&format!("warning: {err:#}"));
                 }
             }
-            if !quiet {
-                eprintln!("kvbench: asked Ray to stop {} job(s)", live.len());
-            }
+            view.note(&format!("asked Ray to stop {} job(s)", live.len()));
             stop_sent = true;
             // Ray's own stop: SIGTERM to the job, then SIGKILL after a few seconds; kvbench
             // waits this long for the jobs to end and write what they measured.
@@ -310,21 +308,22 @@ pub async fn run_jobs(
         for (job, last) in live {
             match client.info(&job.id).await {
                 Ok(info) if info.ended() => {
-                    ends.push(finish(&client, job, &info, quiet).await);
+                    ends.push(finish(&client, job, &info, view).await);
                 }
                 Ok(info) => {
-                    if info.status != last && !quiet {
-                        eprintln!(
-                            "kvbench: arm {:?}: Ray job {} {}",
+                    if info.status != last {
+                        view.note(&format!(
+                            "arm {:?}: Ray job {} {}",
                             job.arm, job.id, info.status
-                        );
+                        ));
+                        if info.status == "RUNNING" {
+                            view.arm_phase(&job.arm, Phase::Running);
+                        }
                     }
                     still.push((job, info.status));
                 }
                 Err(err) => {
-                    if !quiet {
-                        eprintln!("kvbench: warning: {err:#}");
-                    }
+                    view.note(&format!("warning: {err:#}"));
                     still.push((job, last));
                 }
             }
@@ -360,20 +359,18 @@ fn ended(job: &Job, failure: Option<String>) -> JobEnd {
 
 /// A job that has ended: its log saved beside its result, the result found on the shared path
 /// or in the log.
-async fn finish(client: &RayClient, job: Job, info: &JobInfo, quiet: bool) -> JobEnd {
+async fn finish(client: &RayClient, job: Job, info: &JobInfo, view: &Live) -> JobEnd {
     let logs = client.logs(&job.id).await.unwrap_or_default();
     let _ = std::fs::write(job.log_path(), &logs);
-    if !quiet {
-        eprintln!(
-            "kvbench: arm {:?}: Ray job {} {}{}",
-            job.arm,
-            job.id,
-            info.status,
-            info.driver_exit_code
-                .map(|c| format!(" (exit code {c})"))
-                .unwrap_or_default()
-        );
-    }
+    view.note(&format!(
+        "arm {:?}: Ray job {} {}{}",
+        job.arm,
+        job.id,
+        info.status,
+        info.driver_exit_code
+            .map(|c| format!(" (exit code {c})"))
+            .unwrap_or_default()
+    ));
     if job.result.exists() {
         let mut end = ended(&job, None);
         end.gathered_from = Some("shared_path".into());

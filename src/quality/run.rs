@@ -50,6 +50,27 @@ pub struct QualityEnv<'a> {
     pub origin: Instant,
     /// Print one line per suite on stderr.
     pub progress: bool,
+    /// `ab`'s live view: the suite and item under way, and the lines above it.
+    pub live: Option<crate::live::ArmLive>,
+}
+
+/// A line on stderr, or above `ab`'s live view when it is shown.
+fn say(env: &QualityEnv<'_>, text: &str) {
+    match &env.live {
+        Some(l) if l.is_terminal() => l.note(text),
+        _ => eprintln!("kvbench: {text}"),
+    }
+}
+
+/// Tells the live view how far suite `suite` is.
+fn show(env: &QualityEnv<'_>, suite: &str, done: usize, total: usize) {
+    if let Some(l) = &env.live {
+        l.phase(crate::live::Phase::Quality {
+            suite: suite.to_owned(),
+            done,
+            total,
+        });
+    }
 }
 
 /// The server's maximum context per request, and where it was read. vLLM: `max_model_len` in
@@ -178,8 +199,9 @@ pub async fn run_suites(
                 .iter()
                 .find(|&&l| l as u64 + retrieval_budget as u64 > *m)
             {
-                eprintln!(
-                    "kvbench: warning: quality length {l} plus the answer exceeds the server's maximum of {m} tokens; those items will fail"
+                say(
+                    env,
+                    &format!("warning: quality length {l} plus the answer exceeds the server's maximum of {m} tokens; those items will fail"),
                 );
             }
         }
@@ -200,7 +222,7 @@ pub async fn run_suites(
                 })
                 .collect(),
             Err(e) => {
-                eprintln!("kvbench: warning: quality suites run in full: {e:#}");
+                say(env, &format!("warning: quality suites run in full: {e:#}"));
                 BTreeMap::new()
             }
         },
@@ -214,12 +236,14 @@ pub async fn run_suites(
         let mut records = Vec::with_capacity(items.len());
         let (mut lost, mut gained) = (0u64, 0u64);
         let mut stopped_early = None;
+        show(env, &name, 0, items.len());
         for item in &items {
             if cancel.is_cancelled() {
                 break;
             }
             let r = run_item(cfg, env, item, seq, cancel).await?;
             seq += 1;
+            show(env, &name, records.len() + 1, items.len());
             serde_json::to_writer(&mut journal, &r)?;
             journal.write_all(b"\n")?;
             journal.flush()?;
@@ -244,13 +268,16 @@ pub async fn run_suites(
         summary.insert("planned".into(), json!(items.len()));
         if let Some(stop) = stopped_early {
             if env.progress {
-                eprintln!(
-                    "kvbench: quality {name}: stopped after {} of {} items: {} lost, {} gained against the paired arm (exact McNemar p = {:.1e})",
-                    records.len(),
-                    items.len(),
-                    stop["lost"],
-                    stop["gained"],
-                    stop["mcnemar_p"].as_f64().unwrap_or(0.0)
+                say(
+                    env,
+                    &format!(
+                        "quality {name}: stopped after {} of {} items: {} lost, {} gained against the paired arm (exact McNemar p = {:.1e})",
+                        records.len(),
+                        items.len(),
+                        stop["lost"],
+                        stop["gained"],
+                        stop["mcnemar_p"].as_f64().unwrap_or(0.0)
+                    ),
                 );
             }
             summary.insert("stopped_early".into(), stop);
@@ -262,16 +289,19 @@ pub async fn run_suites(
             summary.insert("skipped_lines".into(), json!(skipped));
         }
         if env.progress {
-            eprintln!(
-                "kvbench: quality {name}: {}/{} correct{}, {} errors, {:.1} s",
-                summary["correct"],
-                summary["items"],
-                summary["accuracy"]
-                    .as_f64()
-                    .map(|a| format!(" ({:.1} %)", a * 100.0))
-                    .unwrap_or_default(),
-                summary["errors"],
-                duration_s
+            say(
+                env,
+                &format!(
+                    "quality {name}: {}/{} correct{}, {} errors, {:.1} s",
+                    summary["correct"],
+                    summary["items"],
+                    summary["accuracy"]
+                        .as_f64()
+                        .map(|a| format!(" ({:.1} %)", a * 100.0))
+                        .unwrap_or_default(),
+                    summary["errors"],
+                    duration_s
+                ),
             );
         }
         out.insert(name, Value::Object(summary));

@@ -1,8 +1,10 @@
-//! The Markdown report: the same view as the HTML page, as headings and tables (no charts),
-//! readable as text and on GitHub. Cells are not padded (a padded column is as wide as its
-//! longest cell, which made whole tables unreadable); a table with a cell longer than
-//! [`MAX_CELL`] characters is written as a list, one item per row, so no line runs on for
-//! hundreds of characters inside a table.
+//! The Markdown report: the view built for it ([`super::view::Target::Markdown`]: the page's
+//! facts, each stated once), as headings and tables (no charts), readable as text and on
+//! GitHub. Cells are not padded (a padded column is as wide as its longest cell, which made
+//! whole tables unreadable). A table whose only long column (over [`MAX_CELL`] characters) is
+//! the last is written without it, that column following as notes under the rows' first
+//! cells; any other table with a long cell is written as a list, one item per row, so no line
+//! runs on for hundreds of characters inside a table.
 //!
 //! Text from the comparison is escaped so it stays text: `|` cannot break a table, and `<`,
 //! `` ` ``, `*`, `](` cannot become HTML, code, emphasis or links. Log excerpts go into fenced blocks.
@@ -105,15 +107,36 @@ fn table(o: &mut String, t: &Table) {
         .filter(|i| kept(i))
         .map(|i| t.right.get(i).copied().unwrap_or(false))
         .collect();
-    let longest = rows
-        .iter()
-        .flatten()
-        .map(|c| c.chars().count())
-        .max()
-        .unwrap_or(0);
-    if longest > MAX_CELL {
-        return list(o, &head, &rows);
+    let long = |i: usize| {
+        rows.iter()
+            .any(|r| r.get(i).is_some_and(|c| c.chars().count() > MAX_CELL))
+    };
+    let long_cols: Vec<usize> = (0..head.len()).filter(|&i| long(i)).collect();
+    match long_cols.as_slice() {
+        [] => {}
+        // Only the last column is long (a meaning, a list of items): the table without it,
+        // then that column as notes under the rows' first cells.
+        [last] if *last + 1 == head.len() && *last >= 2 => {
+            let short: Vec<Vec<String>> = rows.iter().map(|r| r[..*last].to_vec()).collect();
+            grid(o, &head[..*last], &right_of[..*last], &short);
+            let _ = writeln!(o, "{} per {}:\n", head[*last], head[0]);
+            for r in &rows {
+                if let (Some(first), Some(note)) = (r.first(), r.get(*last)) {
+                    if !note.is_empty() && note != super::view::MISSING {
+                        let _ = writeln!(o, "- {first}: {note}");
+                    }
+                }
+            }
+            o.push('\n');
+            return;
+        }
+        _ => return list(o, &head, &rows),
     }
+    grid(o, &head, &right_of, &rows);
+}
+
+/// A table of short cells, unpadded.
+fn grid(o: &mut String, head: &[String], right_of: &[bool], rows: &[Vec<String>]) {
     let n = head.len().max(rows.iter().map(Vec::len).max().unwrap_or(0));
     let right = |i: usize| right_of.get(i).copied().unwrap_or(false);
     let line = |o: &mut String, cells: &[String]| {
@@ -124,13 +147,13 @@ fn table(o: &mut String, t: &Table) {
         }
         o.push('\n');
     };
-    line(o, &head);
+    line(o, head);
     o.push('|');
     for i in 0..n {
         o.push_str(if right(i) { " ---: |" } else { " --- |" });
     }
     o.push('\n');
-    for r in &rows {
+    for r in rows {
         line(o, r);
     }
     o.push('\n');

@@ -29,7 +29,7 @@ use crate::compare::Comparison;
 
 /// The comparison as Markdown: the same content as the HTML report, as tables.
 pub fn markdown(c: &Comparison) -> String {
-    markdown::render(&view::build(c))
+    markdown::render(&view::build_for(c, view::Target::Markdown))
 }
 
 /// The comparison as one self-contained HTML page.
@@ -132,7 +132,8 @@ pub fn run(input: &Path, html_out: Option<&Path>, md_out: Option<&Path>) -> anyh
     let c = read_comparison(input)?;
     let report = view::build(&c);
     if let Some(p) = md_out {
-        write_output(p, &markdown::render(&report))?;
+        let md = view::build_for(&c, view::Target::Markdown);
+        write_output(p, &markdown::render(&md))?;
     }
     if let Some(p) = html_out {
         write_output(p, &html::render(&report))?;

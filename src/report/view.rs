@@ -148,6 +148,22 @@ impl Cell {
     }
 }
 
+/// `t` without the columns `drop` names.
+fn drop_columns(t: Table, drop: impl Fn(usize) -> bool) -> Table {
+    fn keep<T>(v: Vec<T>, drop: &dyn Fn(usize) -> bool) -> Vec<T> {
+        v.into_iter()
+            .enumerate()
+            .filter(|(i, _)| !drop(*i))
+            .map(|(_, x)| x)
+            .collect()
+    }
+    Table {
+        head: keep(t.head, &drop),
+        right: keep(t.right, &drop),
+        rows: t.rows.into_iter().map(|r| keep(r, &drop)).collect(),
+    }
+}
+
 impl Table {
     fn new(head: &[&str], right: &[bool]) -> Self {
         Table {
@@ -483,7 +499,26 @@ fn nonempty(s: &str) -> Option<&str> {
 }
 
 /// The comparison turned into the report view.
+/// Which report a view is built for. The page and the Markdown hold the same facts; the
+/// Markdown, read as text, says each one once: where the page repeats a number beside a chart
+/// or in a second table, the Markdown points to where it stands (see [`Target::Markdown`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The HTML page.
+    Page,
+    /// The Markdown twin: criteria as sentences, not tables; deltas as changes (the values are
+    /// in the latency and throughput tables); accuracy as counts (percentages and intervals
+    /// are in the top table); a repeated note written once; the policy on one line.
+    Markdown,
+}
+
+/// The view of the HTML page (see [`build_for`]).
 pub fn build(c: &Comparison) -> Report {
+    build_for(c, Target::Page)
+}
+
+/// The view of the comparison for `target`.
+pub fn build_for(c: &Comparison, target: Target) -> Report {
     let decision = verdict_key(c.decision);
     let baseline = nonempty(&c.baseline);
     let overall_reason = c
@@ -524,8 +559,8 @@ pub fn build(c: &Comparison) -> Report {
         None => "kvbench report".to_owned(),
     };
 
-    let ctx = Ctx::new(c);
-    let mut sections = vec![glance_section(c, &ctx), recommendations_section(c)];
+    let ctx = Ctx::new(c, target);
+    let mut sections = vec![glance_section(c, &ctx), recommendations_section(c, target)];
     sections.extend(effort_section(c));
     sections.extend(capacity_section(c));
     sections.extend([
@@ -536,7 +571,7 @@ pub fn build(c: &Comparison) -> Report {
         quality_section(&ctx),
         warnings_section(&ctx),
         server_section(&ctx),
-        policy_section(c),
+        policy_section(c, target),
     ]);
     Report {
         title,
@@ -562,10 +597,12 @@ struct Ctx<'a> {
     /// The quality reference arm and every other arm's comparison with it.
     reference: Option<String>,
     reference_arms: &'a [crate::compare::ReferenceArm],
+    /// The Markdown twin (see [`Target::Markdown`]).
+    md: bool,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(c: &'a Comparison) -> Self {
+    fn new(c: &'a Comparison, target: Target) -> Self {
         let names = c
             .arms
             .iter()
@@ -602,6 +639,7 @@ impl<'a> Ctx<'a> {
             candidates,
             reference: c.reference.as_ref().map(|r| r.arm.clone()),
             reference_arms: c.reference.as_ref().map_or(&[], |r| r.arms.as_slice()),
+            md: target == Target::Markdown,
         }
     }
 
@@ -883,7 +921,16 @@ fn forest_block(c: &Comparison, ctx: &Ctx) -> Option<Block> {
         .map(|svg| Block::Chart { title, svg })
 }
 
-fn recommendations_section(c: &Comparison) -> Section {
+fn recommendations_section(c: &Comparison, target: Target) -> Section {
+    let md = target == Target::Markdown;
+    let mut notes = Vec::new();
+    let mut recs = |recs: &[crate::compare::decision::Recommendation], adaptive: bool| {
+        if md {
+            rec_lines(recs, adaptive, &mut notes)
+        } else {
+            Block::Table(rec_table(recs, adaptive))
+        }
+    };
     let adaptive = c
         .effort
         .as_ref()
@@ -896,16 +943,19 @@ fn recommendations_section(c: &Comparison) -> Section {
             class: "note".into(),
         });
     } else if c.candidates.len() > 1 {
-        // The best candidate's criteria follow in its own table below.
+        // The best candidate's criteria follow in its own table below. The Markdown states the
+        // overall reason under the verdict already.
         let overall: Vec<_> = c
             .recommendations
             .iter()
             .filter(|r| r.criterion == "overall")
             .cloned()
             .collect();
-        blocks.push(Block::Table(rec_table(&overall, adaptive)));
+        if !md {
+            blocks.push(recs(&overall, adaptive));
+        }
     } else {
-        blocks.push(Block::Table(rec_table(&c.recommendations, adaptive)));
+        blocks.push(recs(&c.recommendations, adaptive));
     }
     // With one candidate its table is the one above; with several, each gets its own.
     for cand in c.candidates.iter().filter(|_| c.candidates.len() > 1) {
@@ -919,13 +969,52 @@ fn recommendations_section(c: &Comparison) -> Section {
                 cand.decision.as_str()
             ),
         });
-        blocks.push(Block::Table(rec_table(&cand.recommendations, adaptive)));
+        blocks.push(recs(&cand.recommendations, adaptive));
     }
     Section {
         id: "recommendations".into(),
         title: "Recommendations".into(),
         blocks,
     }
+}
+
+/// The Markdown's criteria: one sentence each, `criterion — verdict: reason`. A parenthetical
+/// note that ends several reasons (the one-run caveat of each speed criterion) is written in
+/// full the first time and by its first clause after that; `seen` holds the notes written.
+fn rec_lines(
+    recs: &[crate::compare::decision::Recommendation],
+    adaptive: bool,
+    seen: &mut Vec<String>,
+) -> Block {
+    let items = recs
+        .iter()
+        .map(|r| {
+            let mut reason = text_o(nonempty(&r.reason));
+            // Short notes (a McNemar p and its reading) stay whole.
+            let note_at = reason
+                .rfind(" (")
+                .filter(|&at| reason.ends_with(')') && reason.len() - at >= 60);
+            if let Some(at) = note_at {
+                let note = reason[at..].to_owned();
+                if seen.contains(&note) {
+                    if let Some(colon) = note.find(':') {
+                        reason = format!("{}{} …)", &reason[..at], &note[..colon]);
+                    }
+                } else {
+                    seen.push(note);
+                }
+            }
+            if let Some(open) = r.open.as_ref().filter(|_| adaptive) {
+                reason = format!("{reason} (still open: {open})");
+            }
+            format!(
+                "{} — {}: {reason}",
+                text_o(nonempty(&r.criterion)),
+                r.verdict.as_str()
+            )
+        })
+        .collect();
+    Block::List { items }
 }
 
 /// One row per recommendation; with `adaptive`, open criteria say what is still open.
@@ -990,10 +1079,21 @@ fn arms_section(ctx: &Ctx) -> Section {
             Cell::plain(fmt_u(arm.repeats as u64)),
             Cell::plain(if arm.results.is_empty() {
                 MISSING.to_owned()
+            } else if ctx.md {
+                // The file names: the folder is in the comparison JSON.
+                arm.results
+                    .iter()
+                    .map(|p| p.rsplit('/').next().unwrap_or(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             } else {
                 arm.results.join(", ")
             }),
         ]);
+    }
+    if ctx.md {
+        // Role and runs are in the top table.
+        t = drop_columns(t, |i| matches!(i, 1 | 5));
     }
     if !t.rows.is_empty() {
         blocks.push(Block::Table(t));
@@ -1077,6 +1177,8 @@ fn latency_section(ctx: &Ctx) -> Section {
         ],
         &[false, false, true, true, true, true, true, true, true],
     );
+    // The Markdown keeps the percentiles; mean ± σ, range and count stay on the page.
+    let md_drop = |i: usize| ctx.md && matches!(i, 2 | 7 | 8);
     for (arm, name) in ctx.arms.iter().zip(&ctx.names) {
         // A failed arm measured nothing: its summaries are empty.
         if arm.metrics.values().all(|m| m.count == 0) {
@@ -1114,6 +1216,13 @@ fn latency_section(ctx: &Ctx) -> Section {
                 Cell::plain(fmt_u(m.count)),
             ]);
         }
+    }
+    if ctx.md {
+        t = drop_columns(t, md_drop);
+        blocks.push(Block::Para {
+            text: "Mean ± σ, min … max and sample counts: HTML report and comparison JSON.".into(),
+            class: "note".into(),
+        });
     }
     if !t.rows.is_empty() {
         blocks.push(Block::Table(t));
@@ -1165,6 +1274,14 @@ fn throughput_section(ctx: &Ctx) -> Section {
             ));
         }
         t.rows.push(row);
+    }
+    if ctx.md {
+        // Output tok/s with its interval is a column of the top table.
+        t = drop_columns(t, |i| i == 1);
+        blocks.push(Block::Para {
+            text: "Output tok/s with its 95 % interval: top table.".into(),
+            class: "note".into(),
+        });
     }
     if !t.rows.is_empty() {
         blocks.push(Block::Table(t));
@@ -1255,14 +1372,23 @@ fn deltas_section(ctx: &Ctx) -> Section {
     head.extend(with.iter().map(|c| ctx.candidate_name(c)));
     let n = head.len();
     let mut t = Table::with_head(head, (0..n).map(|i| i > 0).collect());
+    // Without reasoning tokens the answer's first token is the first token (as in the latency
+    // table): the Markdown leaves out `ttft_answer_ms` rows then.
+    let same_ttft = ctx
+        .arms
+        .iter()
+        .all(|a| a.metrics.get("ttft_answer_ms") == a.metrics.get("ttft_ms"));
     for key in delta_keys(&keys) {
+        if ctx.md && same_ttft && key.starts_with("ttft_answer_ms.") {
+            continue;
+        }
         let base = with
             .iter()
             .find_map(|c| c.deltas.get(&key).and_then(|d| d.baseline));
         let mut row = vec![Cell::code(key.clone()), Cell::plain(fmt_o(base))];
         for c in &with {
             row.push(match c.deltas.get(&key) {
-                Some(d) => delta_cell(d),
+                Some(d) => delta_cell(d, !ctx.md),
                 None => Cell::plain(MISSING),
             });
         }
@@ -1274,15 +1400,25 @@ fn deltas_section(ctx: &Ctx) -> Section {
         .collect();
     methods.sort();
     methods.dedup();
+    let cell = if ctx.md {
+        "each candidate's change against the baseline and its 95 % interval (values: latency \
+         and throughput tables)"
+    } else {
+        "the candidate's value, its change against the baseline and the 95 % interval of the \
+         change"
+    };
     blocks.push(Block::Para {
         text: format!(
-            "Each cell: the candidate's value, its change against the baseline and the 95 % \
-             interval of the change; (worse) or (better) when the change is significant (the \
-             interval excludes 0 and the change exceeds the noise floor). Intervals: {}.",
+            "Each cell: {cell}; (worse) or (better) when the change is significant (the interval \
+             excludes 0 and the change exceeds the noise floor). Intervals: {}.",
             methods.join(", ")
         ),
         class: "note".into(),
     });
+    if ctx.md {
+        // The baseline's values are in the latency and throughput tables.
+        t = drop_columns(t, |i| i == 1);
+    }
     blocks.push(Block::Table(t));
     Section {
         id: "deltas".into(),
@@ -1291,15 +1427,18 @@ fn deltas_section(ctx: &Ctx) -> Section {
     }
 }
 
-/// "55.0 · +5.6 % [+1.2 … +9.8] (worse)", coloured by significance.
-fn delta_cell(d: &crate::compare::Delta) -> Cell {
+/// "55.0 · +5.6 % [+1.2 … +9.8] (worse)", coloured by significance; without `value`, from
+/// "+5.6 %" on.
+fn delta_cell(d: &crate::compare::Delta, value: bool) -> Cell {
     let sig = significance(d);
     let mut text = format!(
-        "{} · {} [{}]",
-        fmt_o(d.candidate),
+        "{} [{}]",
         pct_o(d.change_pct),
         pct_ci_o(d.ci_low_pct, d.ci_high_pct).trim_end_matches(" %")
     );
+    if value {
+        text = format!("{} · {text}", fmt_o(d.candidate));
+    }
     if matches!(sig.class.as_str(), "worse" | "better") {
         text += &format!(" ({})", sig.class);
     }
@@ -1327,12 +1466,18 @@ fn suite_of<'a>(arm: &'a ArmSummary, suite: &str) -> &'a Value {
         .unwrap_or(&NULL)
 }
 
-fn accuracy_cell(s: &Value) -> Cell {
+/// "95.0 % (38/40) [83.5 … 98.6]"; without `full`, "38/40" (or the accuracy when the counts
+/// are missing).
+fn accuracy_cell(s: &Value, full: bool) -> Cell {
     if s.is_null() {
         return Cell::plain(MISSING);
     }
+    let counts = (g(s, "correct").as_u64(), g(s, "items").as_u64());
+    if let ((Some(c), Some(n)), false) = (counts, full) {
+        return Cell::plain(format!("{c}/{n}"));
+    }
     let mut t = fmt_acc(g(s, "accuracy"));
-    if let (Some(c), Some(n)) = (g(s, "correct").as_u64(), g(s, "items").as_u64()) {
+    if let (Some(c), Some(n)) = counts {
         t.push_str(&format!(" ({c}/{n})"));
     }
     if let (Some(l), Some(h)) = (num(g(s, "ci_low")), num(g(s, "ci_high"))) {
@@ -1427,12 +1572,17 @@ fn quality_section(ctx: &Ctx) -> Section {
         for suite in &suites {
             let mut row = vec![Cell::code(suite.clone())];
             for arm in ctx.arms {
-                row.push(accuracy_cell(suite_of(arm, suite)));
+                row.push(accuracy_cell(suite_of(arm, suite), !ctx.md));
             }
             t.rows.push(row);
         }
         blocks.push(Block::Para {
-            text: "Accuracy per suite and arm: correct/items, [95 % interval in %].".into(),
+            text: if ctx.md {
+                "Correct answers per suite and arm (accuracy and 95 % interval: top table)."
+            } else {
+                "Accuracy per suite and arm: correct/items, [95 % interval in %]."
+            }
+            .into(),
             class: "note".into(),
         });
         blocks.push(Block::Table(t));
@@ -1453,7 +1603,11 @@ fn quality_section(ctx: &Ctx) -> Section {
             }
             lengths.sort_by_key(|k| (k.parse::<u64>().unwrap_or(u64::MAX), k.clone()));
             blocks.push(Block::Subheading {
-                text: format!("{suite} by context length (tokens): accuracy (correct/items)"),
+                text: if ctx.md {
+                    format!("{suite} by context length (tokens): correct/items")
+                } else {
+                    format!("{suite} by context length (tokens): accuracy (correct/items)")
+                },
             });
             let mut head = vec!["context length".to_owned()];
             head.extend(ctx.names.iter().cloned());
@@ -1463,10 +1617,14 @@ fn quality_section(ctx: &Ctx) -> Section {
                 let mut row = vec![Cell::plain(len.clone())];
                 for arm in ctx.arms {
                     let v = g(g(suite_of(arm, suite), "by_length"), len);
-                    let mut text = fmt_acc(g(v, "accuracy"));
-                    if let (Some(c), Some(n)) = (g(v, "correct").as_u64(), g(v, "items").as_u64()) {
-                        text += &format!(" ({c}/{n})");
-                    }
+                    let counts = (g(v, "correct").as_u64(), g(v, "items").as_u64());
+                    let text = match (counts, ctx.md) {
+                        ((Some(c), Some(n)), true) => format!("{c}/{n}"),
+                        ((Some(c), Some(n)), false) => {
+                            format!("{} ({c}/{n})", fmt_acc(g(v, "accuracy")))
+                        }
+                        _ => fmt_acc(g(v, "accuracy")),
+                    };
                     row.push(Cell::plain(text));
                 }
                 t.rows.push(row);
@@ -1515,6 +1673,10 @@ fn quality_section(ctx: &Ctx) -> Section {
                 sig,
                 Cell::plain(flips),
             ]);
+        }
+        if ctx.md {
+            // Accuracies, change and lost / gained are in the quality criteria's reasons.
+            t = drop_columns(t, |i| matches!(i, 1..=3 | 5));
         }
         blocks.push(Block::Table(t));
     }
@@ -1631,18 +1793,67 @@ fn reference_blocks(ctx: &Ctx, reference: &str, blocks: &mut Vec<Block>) {
         }
     }
     blocks.push(Block::Para {
-        text: "Accuracy of each arm against the reference on the same items; ratio = arm / \
-               reference (vLLM's advice: calibrate when FP8 falls below about 95 % of the \
-               reference). Agreement compares the answers token by token (KL over the returned \
-               top-k log-probabilities)."
-            .into(),
+        text: if ctx.md {
+            "Each arm against the reference on the same items; ratio = arm / reference \
+             accuracy (vLLM: calibrate below about 95 %). Agreement: answers token by token \
+             (KL over the top-k log-probabilities)."
+        } else {
+            "Accuracy of each arm against the reference on the same items; ratio = arm / \
+             reference (vLLM's advice: calibrate when FP8 falls below about 95 % of the \
+             reference). Agreement compares the answers token by token (KL over the returned \
+             top-k log-probabilities)."
+        }
+        .into(),
         class: "note".into(),
     });
+    if ctx.md {
+        // Both accuracies are columns of the top table.
+        t = drop_columns(t, |i| matches!(i, 2 | 3));
+    }
     if !t.rows.is_empty() {
         blocks.push(Block::Table(t));
     }
     if !agreement.rows.is_empty() {
         blocks.push(Block::Table(agreement));
+    }
+}
+
+/// The Markdown's part of a candidate's warning table: the change under test and each
+/// warning's note, if any.
+fn md_warning_notes(
+    ctx: &Ctx,
+    name: &str,
+    w: &crate::compare::WarningDiff,
+    blocks: &mut Vec<Block>,
+    meanings: &mut std::collections::BTreeMap<String, String>,
+) {
+    let mut items = Vec::new();
+    if let Some(ch) = &w.change_under_test {
+        let mut t = format!("change under test: {ch}");
+        if let Some(r) = w.resolvable {
+            t += &format!(" (can resolve {r})");
+        }
+        items.push(t);
+    }
+    for (status, list) in [
+        ("resolved", &w.resolved),
+        ("persisting", &w.persisting),
+        ("new", &w.new),
+    ] {
+        for e in list {
+            if let Some(m) = &e.meaning {
+                meanings.entry(e.id.clone()).or_insert_with(|| m.clone());
+            }
+            if let Some(n) = e.note.as_deref().and_then(nonempty) {
+                items.push(format!("{} ({status}): {n}", text_o(nonempty(&e.id))));
+            }
+        }
+    }
+    if !items.is_empty() {
+        blocks.push(Block::Subheading {
+            text: format!("{name} vs {}", ctx.baseline_name()),
+        });
+        blocks.push(Block::List { items });
     }
 }
 
@@ -1652,6 +1863,12 @@ fn warnings_section(ctx: &Ctx) -> Section {
     for cand in &ctx.candidates {
         let w = &cand.warnings;
         let name = ctx.candidate_name(cand);
+        if ctx.md {
+            // Which warnings are resolved, persist or are new is in the warnings criterion's
+            // reason, and the counts in the table per arm below: the Markdown adds the notes.
+            md_warning_notes(ctx, &name, w, &mut blocks, &mut meanings);
+            continue;
+        }
         blocks.push(Block::Subheading {
             text: format!("{name} vs {}", ctx.baseline_name()),
         });
@@ -1708,7 +1925,23 @@ fn warnings_section(ctx: &Ctx) -> Section {
             let id = w.id.clone();
             if !ids.iter().any(|(i, _)| *i == id) {
                 ids.push((id.clone(), w.severity.as_str().to_owned()));
-                if let Some(line) = nonempty(&w.first_line).map(str::to_owned) {
+                // The Markdown shows the first line of a warning the catalog does not explain
+                // (`other`); a catalogued one has its meaning (every first line is on the
+                // page).
+                let explained = ctx.md
+                    && (w.meaning.is_some()
+                        || ctx.candidates.iter().any(|c| {
+                            let d = &c.warnings;
+                            d.resolved
+                                .iter()
+                                .chain(&d.persisting)
+                                .chain(&d.new)
+                                .any(|e| e.id == id && e.meaning.is_some())
+                        }));
+                let line = nonempty(&w.first_line)
+                    .filter(|_| !explained)
+                    .map(str::to_owned);
+                if let Some(line) = line {
                     // The whole line is in the arm's log and result file.
                     let line: String = if line.chars().count() > 200 {
                         line.chars().take(199).chain(['…']).collect()
@@ -1750,10 +1983,18 @@ fn warnings_section(ctx: &Ctx) -> Section {
             text: "Server log warnings per arm".into(),
         });
         blocks.push(Block::Table(t));
-        blocks.push(Block::Pre {
-            label: "The first line of each warning, from the first arm that printed it".into(),
-            text: first.join("\n"),
-        });
+        let label = if ctx.md {
+            "The first line of each warning the catalog does not explain (all first lines: \
+             HTML report)"
+        } else {
+            "The first line of each warning, from the first arm that printed it"
+        };
+        if !ctx.md || !first.is_empty() {
+            blocks.push(Block::Pre {
+                label: label.into(),
+                text: first.join("\n"),
+            });
+        }
     }
     Section {
         id: "warnings".into(),
@@ -1820,14 +2061,17 @@ fn server_section(ctx: &Ctx) -> Section {
             }
         }));
     }
-    t.rows.push(row("KV-cache capacity (tokens)", &|s| {
-        Cell::plain(fmt_count(
-            s.and_then(|s| s.kv_cache_tokens.as_ref()).unwrap_or(&NULL),
-        ))
-    }));
-    t.rows.push(row("start-up (s)", &|s| {
-        Cell::plain(fmt_o(s.and_then(|s| s.startup_s)))
-    }));
+    // Capacity and start-up are columns of the top table, which the Markdown does not repeat.
+    if !ctx.md {
+        t.rows.push(row("KV-cache capacity (tokens)", &|s| {
+            Cell::plain(fmt_count(
+                s.and_then(|s| s.kv_cache_tokens.as_ref()).unwrap_or(&NULL),
+            ))
+        }));
+        t.rows.push(row("start-up (s)", &|s| {
+            Cell::plain(fmt_o(s.and_then(|s| s.startup_s)))
+        }));
+    }
     t.rows.push(row("config mismatches", &|s| match s {
         None => Cell::plain(MISSING),
         Some(s) if s.mismatches.is_empty() => Cell::plain("none"),
@@ -1862,9 +2106,27 @@ fn server_section(ctx: &Ctx) -> Section {
     }
 }
 
-fn policy_section(c: &Comparison) -> Section {
+fn policy_section(c: &Comparison, target: Target) -> Section {
     let mut blocks = Vec::new();
     match c.policy.as_ref().map(serde_json::to_value) {
+        // Markdown: one line, `key value · key value` (a table of fourteen short rows reads
+        // worse as text).
+        Some(Ok(Value::Object(p))) if !p.is_empty() && target == Target::Markdown => {
+            let pairs: Vec<String> = p
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::Array(a) => {
+                        let items: Vec<String> = a.iter().map(text).collect();
+                        format!("{k} {}", items.join(", "))
+                    }
+                    other => format!("{k} {}", text(other)),
+                })
+                .collect();
+            blocks.push(Block::Para {
+                text: pairs.join(" · "),
+                class: String::new(),
+            });
+        }
         Some(Ok(Value::Object(p))) if !p.is_empty() => {
             let mut t = Table::new(&["policy key", "value"], &[false, false]);
             for (k, v) in &p {
