@@ -626,13 +626,7 @@ impl Setup {
         }
         let run = arm::run_arm(&plan, &self.opts, cancel).await?;
         if plan.name == self.baseline && round == 0 {
-            *baseline_quality = run
-                .result
-                .quality
-                .as_ref()
-                .and_then(|q| q.get("journal"))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            *baseline_quality = run.result.quality.as_ref().map(|q| q.journal.clone());
         }
         report_run(&plan.name, &run, a.quiet);
         // A run cut short by an interruption stays on disk; when the arm already has a

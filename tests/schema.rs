@@ -136,3 +136,46 @@ fn a_wrong_type_fails_the_schema() {
     let validator = jsonschema::draft202012::new(&common::committed_schema("comparison")).unwrap();
     assert!(!validator.is_valid(&v));
 }
+
+/// The committed results (docs/validation, real GPU runs; failed arms among them) load into the
+/// typed result and write back the same JSON, key for key and value for value, and validate
+/// against the schema; so do the committed comparisons.
+#[test]
+fn committed_files_load_and_write_back_unchanged() {
+    let root = format!("{}/docs/validation", env!("CARGO_MANIFEST_DIR"));
+    let (mut results, mut comparisons) = (0, 0);
+    for dir in std::fs::read_dir(&root).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = f.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let original: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let back = if name.starts_with("benchmark_") {
+                results += 1;
+                common::assert_result_schema(&original);
+                let r: kvbench::result::RunResult = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                serde_json::to_value(&r).unwrap()
+            } else if name.starts_with("comparison") {
+                comparisons += 1;
+                let c = kvbench::report::from_value(original.clone())
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                serde_json::to_value(&c).unwrap()
+            } else {
+                continue;
+            };
+            assert!(
+                back == original,
+                "{} changes on a round trip",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        results > 10 && comparisons > 2,
+        "{results} results, {comparisons} comparisons"
+    );
+}
