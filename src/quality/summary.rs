@@ -122,6 +122,7 @@ pub struct SuiteSummary {
 
 /// A retrieval suite's score at one context length.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default)]
 pub struct LengthScore {
     /// The score at this length.
     #[serde(flatten)]
