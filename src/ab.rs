@@ -631,13 +631,7 @@ impl Setup {
         let live = self.live.arm(&plan.name);
         let run = arm::run_arm_live(&plan, &self.opts, cancel, &live).await?;
         if plan.name == self.baseline && round == 0 {
-            *baseline_quality = run
-                .result
-                .quality
-                .as_ref()
-                .and_then(|q| q.get("journal"))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            *baseline_quality = run.result.quality.as_ref().map(|q| q.journal.clone());
         }
         self.accept(a, &plan.name, run, have, runs);
         Ok(())

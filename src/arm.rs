@@ -19,7 +19,9 @@ use crate::live::Phase;
 use crate::logscan::Catalog;
 use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
 use crate::result::{write_json, RunResult, ServerInfo, SCHEMA_VERSION};
-use crate::result::{Failure, FailureKind, Outcome};
+use crate::result::{
+    ConfigCheck, Failure, FailureKind, KvSettings, Outcome, RunConfigRecord, ServerFacts,
+};
 use crate::runner;
 use crate::server::engine_cache::EngineCache;
 pub use crate::server::secret_name;
@@ -192,7 +194,9 @@ fn empty_result(plan: &ArmPlan, url: &str, outcome: Outcome) -> RunResult {
             url: runner::redact_url(url),
             ..ServerInfo::default()
         },
-        config: json!({"workload_args": plan.workload_args}),
+        config: RunConfigRecord::NotRun {
+            workload_args: plan.workload_args.clone(),
+        },
         requests: RequestCounts::default(),
         errors: BTreeMap::new(),
         anomalies: BTreeMap::new(),
@@ -218,18 +222,16 @@ pub fn config_check(
     args: &[String],
     log_facts: &BTreeMap<String, Value>,
     cache_config: Option<&BTreeMap<String, String>>,
-) -> Value {
-    let mut requested = serde_json::Map::new();
-    let mut effective = serde_json::Map::new();
-    let mut mismatches = Vec::new();
+) -> ConfigCheck {
+    let mut check = ConfigCheck::default();
     let is_vllm = args.iter().any(|a| a.contains("vllm"))
         || cache_config.is_some()
         || log_facts.contains_key("vllm_version");
     if is_vllm {
         let dtype = flag_value(args, "--kv-cache-dtype").unwrap_or_else(|| "auto".into());
         let calc = flag_value(args, "--calculate-kv-scales").is_some();
-        requested.insert("kv_cache_dtype".into(), json!(dtype));
-        requested.insert("calculate_kv_scales".into(), json!(calc));
+        check.requested.kv_cache_dtype = Some(dtype.clone());
+        check.requested.calculate_kv_scales = Some(calc);
         let eff_dtype = cache_config
             .and_then(|c| c.get("cache_dtype").cloned())
             .or_else(|| {
@@ -248,37 +250,41 @@ pub fn config_check(
                     .map(|s| s.contains("'calculate_kv_scales': True"))
             });
         if let Some(d) = &eff_dtype {
-            effective.insert("kv_cache_dtype".into(), json!(d));
+            check.effective.kv_cache_dtype = Some(d.clone());
             let fp8 = |s: &str| s.starts_with("fp8");
             if fp8(&dtype) != fp8(d) {
-                mismatches.push(format!(
+                check.mismatches.push(format!(
                     "asked for KV cache dtype {dtype:?}, the server reports {d:?}"
                 ));
             }
         }
         if let Some(c) = eff_calc {
-            effective.insert("calculate_kv_scales".into(), json!(c));
+            check.effective.calculate_kv_scales = Some(c);
             if c != calc {
-                mismatches.push(format!(
+                check.mismatches.push(format!(
                     "asked for calculate_kv_scales={calc}, the server reports {c}"
                 ));
             }
         }
     }
-    for (flag, short, key, fact) in [
+    type Slot = fn(&mut KvSettings) -> &mut Option<String>;
+    let llamacpp: [(&str, &str, &str, &str, Slot); 2] = [
         (
             "--cache-type-k",
             "-ctk",
             "cache_type_k",
             "llamacpp_kv_type_k",
+            |s| &mut s.cache_type_k,
         ),
         (
             "--cache-type-v",
             "-ctv",
             "cache_type_v",
             "llamacpp_kv_type_v",
+            |s| &mut s.cache_type_v,
         ),
-    ] {
+    ];
+    for (flag, short, key, fact, slot) in llamacpp {
         let asked = flag_value(args, flag).or_else(|| flag_value(args, short));
         let seen = log_facts
             .get(fact)
@@ -286,18 +292,18 @@ pub fn config_check(
             .map(str::to_owned);
         if asked.is_some() || seen.is_some() {
             let asked = asked.unwrap_or_else(|| "f16".into());
-            requested.insert(key.into(), json!(asked));
+            *slot(&mut check.requested) = Some(asked.clone());
             if let Some(s) = seen {
                 if s != asked {
-                    mismatches.push(format!(
+                    check.mismatches.push(format!(
                         "asked for {key} {asked:?}, the server reports {s:?}"
                     ));
                 }
-                effective.insert(key.into(), json!(s));
+                *slot(&mut check.effective) = Some(s);
             }
         }
     }
-    json!({"requested": requested, "effective": effective, "mismatches": mismatches})
+    check
 }
 
 /// Runs one arm and writes its result; `Err` only for problems before anything was launched
@@ -337,20 +343,13 @@ pub async fn run_arm_live(
             let report = ServerLog::read(&files.log).scan(&opts.catalog);
             r.warnings = report.warnings.clone();
             r.server.launch_args = Some(e.launch_args.clone());
-            r.server.facts = report.facts.clone();
-            r.server
-                .facts
-                .insert("log".into(), json!(files.log.display().to_string()));
-            r.server
-                .facts
-                .insert("seconds_to_failure".into(), json!(e.elapsed_s));
-            if let Some(c) = &e.engine_cache {
-                r.server.facts.insert("engine_cache".into(), c.fact());
-            }
-            r.server.facts.insert(
-                "config_check".into(),
-                config_check(&e.launch_args, &report.facts, None),
-            );
+            r.server.facts = ServerFacts {
+                log: Some(files.log.display().to_string()),
+                seconds_to_failure: Some(e.elapsed_s),
+                engine_cache: e.engine_cache.clone(),
+                config_check: Some(config_check(&e.launch_args, &report.facts, None)),
+                ..ServerFacts::from_log_scan(report.facts.clone())
+            };
             r.failure = Some(e.failure);
             scrub(&mut r, &secret_values(plan, &e.launch_args));
             write_json(&output, &r)?;
@@ -487,23 +486,27 @@ pub async fn run_arm_live(
     r.server.startup_s = Some(startup_s);
     r.phases.launch_s = Some(startup_s);
     r.phases.teardown_s = Some(teardown_s);
-    let mut facts = report.facts.clone();
+    let mut facts = ServerFacts::from_log_scan(report.facts.clone());
     if let Some(c) = &cache_config {
-        facts.insert("cache_config".into(), json!(c));
+        facts.cache_config = Some(c.clone());
         if let Some(n) = c
             .get("kv_cache_size_tokens")
             .and_then(|v| v.parse::<u64>().ok())
         {
-            facts.entry("kv_cache_tokens".into()).or_insert(json!(n));
+            facts
+                .catalog
+                .entry("kv_cache_tokens".into())
+                .or_insert(json!(n));
         }
     }
     // llama.cpp's KV cache holds one token per cell (its start-up log at -lv 4).
-    if let Some(cells) = facts.get("llamacpp_kv_cache_cells").and_then(|v| {
+    if let Some(cells) = facts.catalog.get("llamacpp_kv_cache_cells").and_then(|v| {
         v.as_str()
             .and_then(|s| s.parse::<u64>().ok())
             .or(v.as_u64())
     }) {
         facts
+            .catalog
             .entry("kv_cache_tokens".into())
             .or_insert(json!(cells));
     }
@@ -514,24 +517,20 @@ pub async fn run_arm_live(
                 .and_then(Value::as_str)
                 .map(str::to_owned);
         }
-        if let Some(n) = p.pointer("/default_generation_settings/n_ctx") {
-            facts.insert("n_ctx".into(), n.clone());
-        }
+        facts.n_ctx = p
+            .pointer("/default_generation_settings/n_ctx")
+            .and_then(Value::as_u64);
     }
     if r.server.version.is_none() {
-        r.server.version = facts
-            .get("vllm_version")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        r.server.version = facts.text("vllm_version").map(str::to_owned);
     }
-    facts.insert(
-        "config_check".into(),
-        config_check(&launch_args, &report.facts, cache_config.as_ref()),
-    );
-    facts.insert("log".into(), json!(files.log.display().to_string()));
-    if let Some(c) = &engine_cache {
-        facts.insert("engine_cache".into(), c.fact());
-    }
+    facts.config_check = Some(config_check(
+        &launch_args,
+        &report.facts,
+        cache_config.as_ref(),
+    ));
+    facts.log = Some(files.log.display().to_string());
+    facts.engine_cache = engine_cache;
     r.server.facts.extend(facts);
     r.warnings = report.warnings.clone();
     r.server_metrics = server_metrics;
@@ -625,15 +624,15 @@ mod tests {
             &BTreeMap::new(),
             Some(&cc),
         );
-        assert_eq!(v["requested"]["calculate_kv_scales"], true);
-        assert_eq!(v["effective"]["calculate_kv_scales"], false);
-        assert_eq!(v["mismatches"].as_array().unwrap().len(), 1);
+        assert_eq!(v.requested.calculate_kv_scales, Some(true));
+        assert_eq!(v.effective.calculate_kv_scales, Some(false));
+        assert_eq!(v.mismatches.len(), 1);
         let ok = config_check(
             &s(&["vllm", "serve", "m", "--kv-cache-dtype", "fp8"]),
             &BTreeMap::new(),
             Some(&cc),
         );
-        assert!(ok["mismatches"].as_array().unwrap().is_empty());
+        assert!(ok.mismatches.is_empty());
         let mut facts = BTreeMap::new();
         facts.insert("llamacpp_kv_type_k".to_owned(), json!("q8_0"));
         facts.insert("llamacpp_kv_type_v".to_owned(), json!("q8_0"));
@@ -642,8 +641,8 @@ mod tests {
             &facts,
             None,
         );
-        assert_eq!(l["effective"]["cache_type_k"], "q8_0");
-        assert_eq!(l["mismatches"].as_array().unwrap().len(), 1, "{l}");
+        assert_eq!(l.effective.cache_type_k.as_deref(), Some("q8_0"));
+        assert_eq!(l.mismatches.len(), 1, "{l:?}");
     }
 
     #[test]
@@ -660,7 +659,7 @@ mod tests {
         assert_eq!(secrets, s(&["sk-secret-1", "hf_abcdef123"]));
         let mut r = empty_result(&plan, "http://h", Outcome::Ok);
         r.server.launch_args = Some(args);
-        r.server.facts.insert(
+        r.server.facts.catalog.insert(
             "non_default_args".into(),
             json!("{'api_key': 'sk-secret-1'}"),
         );

@@ -246,11 +246,7 @@ async fn run_arm_command(args: cli::RunArgs) -> anyhow::Result<ExitCode> {
             plan.name,
             f.kind,
             f.message,
-            r.server
-                .facts
-                .get("log")
-                .and_then(|v| v.as_str())
-                .unwrap_or("?")
+            r.server.facts.log.as_deref().unwrap_or("?")
         );
         if f.kind == result::FailureKind::Interrupted {
             eprintln!("kvbench: {message}");

@@ -29,8 +29,277 @@ pub struct ServerInfo {
     pub launch_args: Option<Vec<String>>,
     /// Seconds from launch to healthy when kvbench started the server, else `null`.
     pub startup_s: Option<f64>,
-    /// Facts read from the server (`/v1/models` entry, `max_model_len`, ...).
-    pub facts: BTreeMap<String, serde_json::Value>,
+    /// Facts read from the server (`/v1/models` entry, `max_model_len`, ...) and from its log.
+    pub facts: ServerFacts,
+}
+
+/// What kvbench learned about the server: the facts it records itself, typed, and the facts a
+/// warnings catalog defines (`[[fact]]`), by name. Absent facts are left out of the JSON, not
+/// written as `null`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ServerFacts {
+    /// The server's `/v1/models` entry for the model (`null` when it listed none).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "serde_json::Value")]
+    pub model_entry: Option<serde_json::Value>,
+    /// Maximum tokens per request (vLLM `max_model_len` in `/v1/models`), tokens.
+    #[serde(
+        default,
+        deserialize_with = "lenient_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<u64>")]
+    pub max_model_len: Option<u64>,
+    /// The model's training context (llama.cpp `meta.n_ctx_train` in `/v1/models`), tokens.
+    #[serde(
+        default,
+        deserialize_with = "lenient_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<u64>")]
+    pub n_ctx_train: Option<u64>,
+    /// llama.cpp's context per slot (`/props` `default_generation_settings.n_ctx`), tokens.
+    #[serde(
+        default,
+        deserialize_with = "lenient_u64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<u64>")]
+    pub n_ctx: Option<u64>,
+    /// vLLM's cache configuration (`cache_config_info` in `/metrics`), as the server wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_config: Option<BTreeMap<String, String>>,
+    /// What the arm asked for and what the server reports it ran with (arms only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_check: Option<ConfigCheck>,
+    /// Path of the server's log (arms only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// Why the server's log could not be read, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_error: Option<String>,
+    /// Seconds from launch to the failure of a server that never became healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_to_failure: Option<f64>,
+    /// The engine caches given to a server kvbench started as a process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_cache: Option<EngineCache>,
+    /// Facts named by the warnings catalog (`kv_cache_tokens`, `vllm_version`,
+    /// `non_default_args`, ...): numbers when they read as numbers, else text.
+    #[serde(flatten)]
+    pub catalog: BTreeMap<String, serde_json::Value>,
+}
+
+impl ServerFacts {
+    /// Names of the typed facts: a catalog fact of the same name is not recorded.
+    const TYPED: [&'static str; 10] = [
+        "model_entry",
+        "max_model_len",
+        "n_ctx_train",
+        "n_ctx",
+        "cache_config",
+        "config_check",
+        "log",
+        "log_error",
+        "seconds_to_failure",
+        "engine_cache",
+    ];
+
+    /// The facts a log scan found (its `log_error` typed), less any other whose name kvbench
+    /// records itself.
+    pub fn from_log_scan(mut facts: BTreeMap<String, serde_json::Value>) -> Self {
+        let log_error = facts
+            .remove("log_error")
+            .and_then(|v| v.as_str().map(str::to_owned));
+        facts.retain(|k, _| !Self::TYPED.contains(&k.as_str()));
+        ServerFacts {
+            log_error,
+            catalog: facts,
+            ..ServerFacts::default()
+        }
+    }
+
+    /// Adds the facts of `other` (its typed facts where set, and its catalog facts), keeping
+    /// this one's where `other` has none.
+    pub fn extend(&mut self, other: ServerFacts) {
+        let ServerFacts {
+            model_entry,
+            max_model_len,
+            n_ctx_train,
+            n_ctx,
+            cache_config,
+            config_check,
+            log,
+            log_error,
+            seconds_to_failure,
+            engine_cache,
+            catalog,
+        } = other;
+        self.model_entry = model_entry.or(self.model_entry.take());
+        self.max_model_len = max_model_len.or(self.max_model_len);
+        self.n_ctx_train = n_ctx_train.or(self.n_ctx_train);
+        self.n_ctx = n_ctx.or(self.n_ctx);
+        self.cache_config = cache_config.or(self.cache_config.take());
+        self.config_check = config_check.or(self.config_check.take());
+        self.log = log.or(self.log.take());
+        self.log_error = log_error.or(self.log_error.take());
+        self.seconds_to_failure = seconds_to_failure.or(self.seconds_to_failure);
+        self.engine_cache = engine_cache.or(self.engine_cache.take());
+        self.catalog.extend(catalog);
+    }
+
+    /// A catalog fact as text.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.catalog.get(name).and_then(serde_json::Value::as_str)
+    }
+
+    /// The KV cache size in tokens: the catalog's `kv_cache_tokens` (vLLM's log, or its cache
+    /// configuration), else llama.cpp's `llamacpp_kv_cache_cells`.
+    pub fn kv_cache_tokens(&self) -> Option<&serde_json::Value> {
+        self.catalog
+            .get("kv_cache_tokens")
+            .or_else(|| self.catalog.get("llamacpp_kv_cache_cells"))
+    }
+}
+
+/// A field that is present, even as `null`, is `Some` (`model_entry: null` stays in the file).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// A count read from a server's own JSON: kept when it is an unsigned integer, else dropped.
+fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(serde_json::Value::deserialize(d)?.as_u64())
+}
+
+/// The engine caches of one server launch, as recorded in `server.facts.engine_cache`
+/// (planned and created by `server::engine_cache`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EngineCache {
+    /// The shared cache directory; `null` when off (`engine_cache = false`, or neither
+    /// `KVBENCH_CACHE` nor `HOME` is set) or when it could not be created.
+    pub dir: Option<PathBuf>,
+    /// Variables kvbench set for the server, with their values.
+    pub set: BTreeMap<String, String>,
+    /// Variables the user set (experiment or inherited environment), left as they were.
+    pub user_set: Vec<String>,
+    /// Why the cache directory could not be created, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What an arm asked the server for (read from its arguments) and what the server reports it
+/// ran with (its cache configuration, else its log), for the settings kvbench knows to check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ConfigCheck {
+    /// From the launch arguments (defaults filled in).
+    pub requested: KvSettings,
+    /// As the server reports them; a setting it does not report is absent.
+    pub effective: KvSettings,
+    /// One sentence per setting that did not take.
+    pub mismatches: Vec<String>,
+}
+
+/// The KV cache settings a [`ConfigCheck`] compares; absent when they do not apply (vLLM's on
+/// llama.cpp, and the other way round).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct KvSettings {
+    /// vLLM `--kv-cache-dtype` (`auto`, `fp8`, `fp8_e4m3`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_dtype: Option<String>,
+    /// vLLM `--calculate-kv-scales`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calculate_kv_scales: Option<bool>,
+    /// llama.cpp `--cache-type-k` (`f16`, `q8_0`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_type_k: Option<String>,
+    /// llama.cpp `--cache-type-v`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_type_v: Option<String>,
+}
+
+/// The workload as run (the result's `config`), secrets removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum RunConfigRecord {
+    /// A run that reached the server: its settings.
+    Measured(Box<MeasuredConfig>),
+    /// An arm whose server could not be measured: the workload's arguments as given.
+    NotRun {
+        /// The arm's workload as command-line arguments.
+        workload_args: Vec<String>,
+    },
+}
+
+impl RunConfigRecord {
+    /// The settings of a run that reached the server.
+    pub fn measured(&self) -> Option<&MeasuredConfig> {
+        match self {
+            RunConfigRecord::Measured(c) => Some(c),
+            RunConfigRecord::NotRun { .. } => None,
+        }
+    }
+}
+
+/// The settings of a run that reached the server, as it ran them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MeasuredConfig {
+    /// Endpoint called.
+    pub endpoint: crate::client::Endpoint,
+    /// `--engine` as given (`auto` unless set).
+    pub engine_requested: crate::client::Engine,
+    /// `--model` as given, else `null` (the server's only model).
+    pub model_requested: Option<String>,
+    /// Served model name used in requests.
+    pub model: String,
+    /// Measured requests (`--num-requests`), else `null` (a `--duration` run).
+    pub num_requests: Option<u64>,
+    /// `--duration` in seconds, else `null`.
+    pub duration_s: Option<f64>,
+    /// How requests were released.
+    pub arrival: crate::workload::arrivals::Arrival,
+    /// Prompt length in tokens of a synthetic workload, else `null`.
+    pub input_len: Option<u32>,
+    /// Where prompts came from.
+    pub dataset: crate::workload::DatasetSpec,
+    /// Tokenizer file, when given.
+    pub tokenizer: Option<String>,
+    /// A unique random prefix in front of every prompt.
+    #[serde(default)]
+    pub unique_prefix: bool,
+    /// `cache_prompt: false` was sent to llama.cpp.
+    #[serde(default)]
+    pub llamacpp_cache_prompt_false: bool,
+    /// Images attached to each request, else `null`.
+    pub images: Option<crate::workload::ImageSpec>,
+    /// Sampling parameters.
+    pub sampling: crate::client::request::Sampling,
+    /// Seed of prompts, prefixes and images.
+    #[serde(default)]
+    pub seed: u64,
+    /// Warmup requests (not measured).
+    #[serde(default)]
+    pub warmup: u64,
+    /// Per-request timeout in seconds.
+    #[serde(default)]
+    pub timeout_s: f64,
+    /// The environment variable holding the API key, when one was used (never the key).
+    pub api_key_env: Option<String>,
+    /// Names of the extra headers sent (never their values).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Latency targets (`--slo`), else `null`.
+    pub slo: Option<crate::metrics::Slo>,
+    /// Generated text kept in the journal.
+    #[serde(default)]
+    pub keep_text: bool,
+    /// Connections opened before measurement.
+    #[serde(default)]
+    pub prewarmed_connections: usize,
 }
 
 /// Seconds spent in each phase of one run; `null` where the phase did not happen here (a run
@@ -69,7 +338,7 @@ pub struct RunResult {
     /// The server.
     pub server: ServerInfo,
     /// The workload as run (secrets removed).
-    pub config: serde_json::Value,
+    pub config: RunConfigRecord,
     /// Request counts.
     pub requests: RequestCounts,
     /// Failed requests by error kind.
@@ -91,7 +360,7 @@ pub struct RunResult {
     /// Scraped `/metrics` deltas and peaks (filled when scraped), else `null`.
     pub server_metrics: Option<ServerMetrics>,
     /// Quality suites (filled when run), else `null`.
-    pub quality: Option<serde_json::Value>,
+    pub quality: Option<crate::quality::QualityResult>,
     /// Path of the per-request journal (JSON lines).
     pub journal: Option<String>,
     /// Why the arm's server could not be measured (`outcome` is then its kind), else `null`.

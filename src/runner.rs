@@ -10,7 +10,6 @@
 //! `CancellationToken` that stops scheduling and makes in-flight requests end as `cancelled`;
 //! everything measured is still written.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +27,10 @@ pub use crate::config::{ProgressMode, RunConfig};
 use crate::live::{ArmLive, Phase, RunningMedian, WorkloadProgress};
 use crate::metrics;
 use crate::record::RequestRecord;
-use crate::result::{write_json, FailureKind, Outcome, RunResult, ServerInfo, SCHEMA_VERSION};
+use crate::result::{
+    write_json, FailureKind, MeasuredConfig, Outcome, RunConfigRecord, RunResult, ServerFacts,
+    ServerInfo, SCHEMA_VERSION,
+};
 use crate::workload::arrivals::{timeline, Arrival};
 use crate::workload::{TokenCounter, Workload};
 
@@ -41,8 +43,8 @@ pub struct Preflight {
     pub engine: Engine,
     /// Server version, if told.
     pub version: Option<String>,
-    /// Facts for the result.
-    pub facts: BTreeMap<String, Value>,
+    /// Facts for the result (`model_entry`, `max_model_len`, `n_ctx_train`).
+    pub facts: ServerFacts,
 }
 
 /// Asks `/v1/models` (and `/version`) what the server serves. One-line errors for an
@@ -99,14 +101,12 @@ pub async fn preflight(
         },
         e => e,
     };
-    let mut facts = BTreeMap::new();
-    facts.insert("model_entry".to_owned(), entry.clone());
-    if let Some(n) = entry.get("max_model_len") {
-        facts.insert("max_model_len".to_owned(), n.clone());
-    }
-    if let Some(n) = entry.pointer("/meta/n_ctx_train") {
-        facts.insert("n_ctx_train".to_owned(), n.clone());
-    }
+    let facts = ServerFacts {
+        model_entry: Some(entry.clone()),
+        max_model_len: entry.get("max_model_len").and_then(Value::as_u64),
+        n_ctx_train: entry.pointer("/meta/n_ctx_train").and_then(Value::as_u64),
+        ..ServerFacts::default()
+    };
     let version = if detected == Engine::Vllm {
         version_of(client).await
     } else {
@@ -450,7 +450,7 @@ async fn run_quality(
     origin: Instant,
     stop: &CancellationToken,
     live: Option<ArmLive>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<crate::quality::QualityResult> {
     let quality_client = Client::new(&ClientOptions {
         api_base: base.to_owned(),
         api_key: cfg.api_key.clone(),
@@ -465,7 +465,8 @@ async fn run_quality(
         engine: pre.engine,
         no_prompt_cache: cfg.no_prompt_cache,
         tokenizer,
-        facts: pre.facts.clone(),
+        max_model_len: pre.facts.max_model_len,
+        n_ctx_train: pre.facts.n_ctx_train,
         origin,
         progress: cfg.progress != ProgressMode::Quiet,
         live,
@@ -580,7 +581,7 @@ fn run_result(
     collected: Collected,
     interrupted: bool,
     times: RunTimes,
-    quality: Option<Value>,
+    quality: Option<crate::quality::QualityResult>,
     phases: crate::result::Phases,
 ) -> RunResult {
     let Collected {
@@ -626,7 +627,7 @@ fn run_result(
             startup_s: None,
             facts: pre.facts.clone(),
         },
-        config: config_json(cfg, pre),
+        config: config_record(cfg, pre),
         requests: d.requests,
         errors: d.errors,
         anomalies: d.anomalies,
@@ -726,35 +727,34 @@ pub fn check_writable(path: &std::path::Path, flag: &str) -> anyhow::Result<()> 
 }
 
 /// The workload as run, for the result JSON: no secret values, only names.
-fn config_json(cfg: &RunConfig, pre: &Preflight) -> Value {
-    let header_names: Vec<&str> = cfg.headers.iter().map(|(k, _)| k.as_str()).collect();
-    json!({
-        "endpoint": cfg.endpoint,
-        "engine_requested": cfg.engine,
-        "model_requested": cfg.model,
-        "model": pre.model,
-        "num_requests": cfg.num_requests,
-        "duration_s": cfg.duration.map(|d| d.as_secs_f64()),
-        "arrival": cfg.arrival,
-        "input_len": match cfg.workload.dataset {
+fn config_record(cfg: &RunConfig, pre: &Preflight) -> RunConfigRecord {
+    RunConfigRecord::Measured(Box::new(MeasuredConfig {
+        endpoint: cfg.endpoint,
+        engine_requested: cfg.engine,
+        model_requested: cfg.model.clone(),
+        model: pre.model.clone(),
+        num_requests: cfg.num_requests,
+        duration_s: cfg.duration.map(|d| d.as_secs_f64()),
+        arrival: cfg.arrival.clone(),
+        input_len: match cfg.workload.dataset {
             crate::workload::DatasetSpec::Synthetic => Some(cfg.workload.input_len),
             _ => None,
         },
-        "dataset": cfg.workload.dataset,
-        "tokenizer": cfg.tokenizer.as_ref().map(|p| p.display().to_string()),
-        "unique_prefix": cfg.workload.unique_prefix,
-        "llamacpp_cache_prompt_false": cfg.no_prompt_cache && pre.engine == Engine::Llamacpp,
-        "images": cfg.workload.images,
-        "sampling": cfg.sampling,
-        "seed": cfg.workload.seed,
-        "warmup": cfg.warmup,
-        "timeout_s": cfg.timeout.as_secs_f64(),
-        "api_key_env": cfg.api_key_env,
-        "headers": header_names,
-        "slo": (!cfg.slo.is_empty()).then_some(cfg.slo),
-        "keep_text": cfg.keep_text,
-        "prewarmed_connections": prewarm_count(&cfg.arrival, cfg.num_requests),
-    })
+        dataset: cfg.workload.dataset.clone(),
+        tokenizer: cfg.tokenizer.as_ref().map(|p| p.display().to_string()),
+        unique_prefix: cfg.workload.unique_prefix,
+        llamacpp_cache_prompt_false: cfg.no_prompt_cache && pre.engine == Engine::Llamacpp,
+        images: cfg.workload.images.clone(),
+        sampling: cfg.sampling.clone(),
+        seed: cfg.workload.seed,
+        warmup: cfg.warmup,
+        timeout_s: cfg.timeout.as_secs_f64(),
+        api_key_env: cfg.api_key_env.clone(),
+        headers: cfg.headers.iter().map(|(k, _)| k.clone()).collect(),
+        slo: (!cfg.slo.is_empty()).then_some(cfg.slo),
+        keep_text: cfg.keep_text,
+        prewarmed_connections: prewarm_count(&cfg.arrival, cfg.num_requests),
+    }))
 }
 
 /// Records that may wait between a worker and the collector, and between the collector and

@@ -19,13 +19,13 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::Serialize;
-use serde_json::{json, Value};
 
 use crate::compare::{self, ArmRuns, Comparison, Policy, Verdict};
 use crate::logscan::{Catalog, DEFAULT_CATALOG};
 use crate::metrics::{Metrics, RequestCounts, Samples, Throughput, Tokens};
-use crate::quality::ItemRecord;
-use crate::result::{RunResult, ServerInfo, SCHEMA_VERSION};
+use crate::quality::summary::{QualitySettings, Score};
+use crate::quality::{ItemRecord, QualityResult, SuiteSummary};
+use crate::result::{RunConfigRecord, RunResult, ServerInfo, SCHEMA_VERSION};
 use crate::stats::Summary;
 
 /// Requests per simulated run.
@@ -134,7 +134,9 @@ fn synthetic_run(
         interrupted: false,
         outcome: crate::result::Outcome::Ok,
         server: ServerInfo::default(),
-        config: json!({}),
+        config: RunConfigRecord::NotRun {
+            workload_args: Vec::new(),
+        },
         requests: RequestCounts {
             total: REQUESTS as u64,
             completed: REQUESTS as u64,
@@ -196,9 +198,44 @@ fn quality_items(rng: &mut StdRng, drop_pts: f64) -> (Vec<ItemRecord>, Vec<ItemR
     (a, b)
 }
 
-fn quality_json(items: &[ItemRecord]) -> Value {
+fn synthetic_quality(items: &[ItemRecord]) -> QualityResult {
     let correct = items.iter().filter(|r| r.correct).count();
-    json!({"passkey": {"items": items.len(), "correct": correct, "accuracy": correct as f64 / items.len() as f64}})
+    let passkey = SuiteSummary {
+        score: Score {
+            items: items.len() as u64,
+            correct: correct as u64,
+            accuracy: Some(correct as f64 / items.len() as f64),
+            ..Score::default()
+        },
+        ..SuiteSummary::default()
+    };
+    quality_of([("passkey".to_owned(), passkey)].into())
+}
+
+/// A result's `quality` holding only `suites`, with the settings of a default run and no
+/// journal (simulated and test results).
+pub(crate) fn quality_of(suites: BTreeMap<String, SuiteSummary>) -> QualityResult {
+    QualityResult {
+        settings: QualitySettings {
+            suites: suites.keys().cloned().collect(),
+            lengths: Vec::new(),
+            lengths_source: "user".into(),
+            server_max_len: None,
+            depths: crate::quality::DEFAULT_DEPTHS.to_vec(),
+            items: crate::quality::DEFAULT_ITEMS,
+            logprobs: crate::quality::DEFAULT_LOGPROBS,
+            max_tokens: None,
+            seed: 0,
+            endpoint: crate::client::Endpoint::Chat,
+            temperature: 0.0,
+            top_p: 1.0,
+            tokenizer: false,
+            interrupted: false,
+        },
+        journal: String::new(),
+        duration_s: 0.0,
+        suites,
+    }
 }
 
 fn empty_arm(name: &str) -> ArmRuns {
@@ -233,8 +270,8 @@ pub fn synthetic_arms(
         }
     }
     let (qa, qb) = quality_items(&mut rng, drop_pts);
-    base.results[0].quality = Some(quality_json(&qa));
-    cand.results[0].quality = Some(quality_json(&qb));
+    base.results[0].quality = Some(synthetic_quality(&qa));
+    cand.results[0].quality = Some(synthetic_quality(&qb));
     base.quality_items = Some(qa);
     cand.quality_items = Some(qb);
     (base, cand)
@@ -271,8 +308,8 @@ fn experiment(
         }
         if run == 0 {
             let (qa, qb) = quality_items(rng, sc.quality_drop_pts);
-            base.results[0].quality = Some(quality_json(&qa));
-            cand.results[0].quality = Some(quality_json(&qb));
+            base.results[0].quality = Some(synthetic_quality(&qa));
+            cand.results[0].quality = Some(synthetic_quality(&qb));
             base.quality_items = Some(qa);
             cand.quality_items = Some(qb);
         }

@@ -75,7 +75,7 @@ set = {{ "--cache-type-k" = "q8_0", "--cache-type-v" = "q8_0" }}
             r.server.startup_s,
             r.metrics.ttft_ms.p50,
             r.throughput.output_tok_per_s,
-            r.server.facts.get("config_check")
+            r.server.facts.config_check
         );
         assert_eq!(r.outcome, "ok", "{:?}", r.failure);
         assert_eq!(
@@ -95,13 +95,10 @@ set = {{ "--cache-type-k" = "q8_0", "--cache-type-v" = "q8_0" }}
             .expect("llama.cpp --metrics scraped");
         let generated = sm.deltas["generation_tokens"].value().unwrap();
         assert!(generated >= r.tokens.output_total as f64, "{sm:?}");
-        let check = &r.server.facts["config_check"];
-        assert!(
-            check["mismatches"].as_array().unwrap().is_empty(),
-            "{check}"
-        );
+        let check = r.server.facts.config_check.as_ref().unwrap();
+        assert!(check.mismatches.is_empty(), "{check:?}");
         if arm.name == "q8_0" {
-            assert_eq!(check["requested"]["cache_type_k"], "q8_0");
+            assert_eq!(check.requested.cache_type_k.as_deref(), Some("q8_0"));
         }
     }
 }
@@ -155,12 +152,7 @@ args = ["--calculate-kv-scales"]
             .await
             .unwrap();
         let r = &run.result;
-        let elapsed = r.server.startup_s.or_else(|| {
-            r.server
-                .facts
-                .get("seconds_to_failure")
-                .and_then(|x| x.as_f64())
-        });
+        let elapsed = r.server.startup_s.or(r.server.facts.seconds_to_failure);
         eprintln!(
             "vLLM CPU arm {}: outcome {} after {:?} s; failure {:?}",
             arm.name,
@@ -178,11 +170,14 @@ args = ["--calculate-kv-scales"]
                 assert_eq!(r.outcome, "ok", "{:?}", r.failure);
                 assert_eq!(r.requests.completed, 4, "errors: {:?}", r.errors);
                 assert!(
-                    r.server.facts["kv_cache_tokens"].as_u64().unwrap() > 0,
+                    r.server.facts.catalog["kv_cache_tokens"].as_u64().unwrap() > 0,
                     "{:?}",
                     r.server.facts
                 );
-                assert_eq!(r.server.facts["cache_config"]["cache_dtype"], "auto");
+                assert_eq!(
+                    r.server.facts.cache_config.as_ref().unwrap()["cache_dtype"],
+                    "auto"
+                );
                 let ids: Vec<&str> = r.warnings.iter().map(|w| w.id.as_str()).collect();
                 assert!(!ids.contains(&"fp8_kv_cache_in_use"), "{ids:?}");
             }
@@ -192,12 +187,12 @@ args = ["--calculate-kv-scales"]
                 assert_eq!(r.outcome, "ok", "{:?}", r.failure);
                 let ids: Vec<&str> = r.warnings.iter().map(|w| w.id.as_str()).collect();
                 assert!(ids.contains(&"fp8_kv_cache_in_use"), "{ids:?}");
-                assert_eq!(r.server.facts["cache_config"]["cache_dtype"], "fp8");
-                let check = &r.server.facts["config_check"];
-                assert!(
-                    check["mismatches"].as_array().unwrap().is_empty(),
-                    "{check}"
+                assert_eq!(
+                    r.server.facts.cache_config.as_ref().unwrap()["cache_dtype"],
+                    "fp8"
                 );
+                let check = r.server.facts.config_check.as_ref().unwrap();
+                assert!(check.mismatches.is_empty(), "{check:?}");
             }
             "fp8" => {
                 assert_eq!(r.outcome, "unsupported_hardware", "{:?}", r.failure);

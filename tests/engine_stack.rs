@@ -598,7 +598,7 @@ async fn vllm_cpu_vision_language_images() {
         ],
     )
     .await;
-    let q = r.quality.expect("quality in the result");
+    let q = serde_json::to_value(r.quality.expect("quality in the result")).unwrap();
     eprintln!("images suite: {}", q["images"]);
     assert_eq!(q["images"]["errors"], 0, "{}", q["images"]);
     assert!(

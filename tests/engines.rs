@@ -90,7 +90,7 @@ async fn llamacpp_chat_and_completions() {
         check_run(&r, &journal, 6, &format!("llama.cpp {endpoint}"));
         assert_eq!(r.server.engine, "llamacpp");
         assert_eq!(r.server.model, "smollm2");
-        assert_eq!(r.config["llamacpp_cache_prompt_false"], true);
+        assert!(r.config.measured().unwrap().llamacpp_cache_prompt_false);
     }
 }
 

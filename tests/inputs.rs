@@ -557,7 +557,8 @@ async fn workers_and_connections_never_outnumber_the_requests() {
         .await
         .unwrap();
     assert_eq!(r.requests.completed, 3);
-    assert_eq!(r.config["prewarmed_connections"], 3);
+    let config = r.config.measured().expect("a measured run's settings");
+    assert_eq!(config.prewarmed_connections, 3);
 }
 
 #[tokio::test]

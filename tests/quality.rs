@@ -78,6 +78,11 @@ fn journal(dir: &Path) -> Vec<quality::ItemRecord> {
     quality::read_journal(&dir.join("out.quality.jsonl")).unwrap()
 }
 
+/// The result's `quality` as its JSON has it.
+fn quality_json(r: &kvbench::result::RunResult) -> serde_json::Value {
+    serde_json::to_value(r.quality.as_ref().expect("quality in the result")).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_fraction_of_right_answers_is_read_back_exactly() {
     for flavor in [Flavor::Vllm, Flavor::Llamacpp] {
@@ -87,7 +92,8 @@ async fn a_known_fraction_of_right_answers_is_read_back_exactly() {
         let server = common::server(answering_server(flavor, 0)).await;
         let spec = format!("jsonl:{}", path.display());
         let r = common::run(&server, dir.path(), &["-n", "2", "--quality", &spec]).await;
-        let q = r.quality.as_ref().expect("quality in the result");
+        // As the result's JSON has it.
+        let q = quality_json(&r);
         let s = &q["jsonl:facts"];
         // k = 4, 8, ..., 40 are answered wrong: 10 of 40.
         assert_eq!(s["items"], 40, "{flavor:?}");
@@ -144,7 +150,7 @@ async fn only_the_answer_channel_is_graded_and_reasoning_is_kept() {
     assert_eq!(recs[0].reasoning_tokens, Some(1));
     // "I think it is 29." -> answer " think it is 29.": not exactly "29".
     assert!(!recs[1].correct);
-    let s = &r.quality.as_ref().unwrap()["jsonl:think"];
+    let s = &quality_json(&r)["jsonl:think"];
     assert_eq!(s["reasoning_tokens_total"], 2);
     assert_eq!(s["correct"], 1);
 }
@@ -193,7 +199,7 @@ async fn malformed_lines_fail_with_their_number_or_are_skipped_when_asked() {
         &["-n", "1", "--quality", &spec, "--quality-skip-invalid"],
     )
     .await;
-    let s = &r.quality.as_ref().unwrap()["jsonl:mixed"];
+    let s = &quality_json(&r)["jsonl:mixed"];
     assert_eq!(s["items"], 4);
     assert_eq!(s["correct"], 3, "k = 4 is answered wrong");
     assert_eq!(s["skipped_lines"][0]["line"], 3);
@@ -264,7 +270,7 @@ async fn generated_suites_run_grade_and_pair_across_arms() {
             ],
         )
         .await;
-        let q = r.quality.unwrap();
+        let q = quality_json(&r);
         for suite in ["passkey", "needle", "arithmetic", "copy", "images"] {
             assert_eq!(q[suite]["items"], 4, "{arm} {suite}");
             assert_eq!(q[suite]["correct"], 0, "{arm} {suite}");
@@ -321,7 +327,7 @@ async fn a_suite_stops_early_once_the_paired_drop_is_beyond_doubt() {
         ],
     )
     .await;
-    let s = &r.quality.as_ref().unwrap()["jsonl:facts"];
+    let s = &quality_json(&r)["jsonl:facts"];
     // Exact McNemar with 0 gained: p = 2 × 0.5^lost, below 0.001 from 11 lost on; the 11th
     // baseline-right item is k = 14.
     assert_eq!(s["stopped_early"]["after_items"], 14, "{s}");
@@ -344,7 +350,7 @@ async fn a_suite_stops_early_once_the_paired_drop_is_beyond_doubt() {
         ],
     )
     .await;
-    let s = &r.quality.as_ref().unwrap()["jsonl:facts"];
+    let s = &quality_json(&r)["jsonl:facts"];
     assert!(s.get("stopped_early").is_none(), "{s}");
     assert_eq!(s["items"], 40);
 }

@@ -61,7 +61,8 @@ async fn quality_run(url: &str, dir: &Path, args: &[&str]) -> (Value, Vec<ItemRe
         r.requests.completed, 1,
         "the performance phase ran after quality"
     );
-    let q = r.quality.expect("quality in the result");
+    // As the result's JSON has it.
+    let q = serde_json::to_value(r.quality.expect("quality in the result")).unwrap();
     let recs = quality::read_journal(&dir.join("out.quality.jsonl")).unwrap();
     (q, recs)
 }

@@ -136,3 +136,75 @@ fn a_wrong_type_fails_the_schema() {
     let validator = jsonschema::draft202012::new(&common::committed_schema("comparison")).unwrap();
     assert!(!validator.is_valid(&v));
 }
+
+/// `back` holds what `original` holds, value for value; keys it adds (fields newer than the
+/// file) are `null`.
+fn holds(original: &serde_json::Value, back: &serde_json::Value, at: &str) {
+    use serde_json::Value;
+    match (original, back) {
+        (Value::Object(o), Value::Object(b)) => {
+            for (k, v) in o {
+                let path = format!("{at}/{k}");
+                holds(v, b.get(k).unwrap_or(&Value::Null), &path);
+                assert!(b.contains_key(k), "{path} is lost");
+            }
+            for (k, v) in b {
+                assert!(o.contains_key(k) || v.is_null(), "{at}/{k} is added: {v}");
+            }
+        }
+        (Value::Array(o), Value::Array(b)) if o.len() == b.len() => {
+            for (i, (x, y)) in o.iter().zip(b).enumerate() {
+                holds(x, y, &format!("{at}/{i}"));
+            }
+        }
+        _ => assert!(original == back, "{at}: {original} became {back}"),
+    }
+}
+
+/// The committed results (docs/validation, real GPU runs; failed arms among them) load into the
+/// typed result and write back what they hold in `config`, `quality` and `server` (facts
+/// included), and what they write validates against the schema; the committed comparisons
+/// keep their arms' quality suites and server facts the same way.
+#[test]
+fn committed_files_load_and_write_back_unchanged() {
+    let root = format!("{}/docs/validation", env!("CARGO_MANIFEST_DIR"));
+    let (mut results, mut comparisons) = (0, 0);
+    for dir in std::fs::read_dir(&root).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = f.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let original: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let at = path.display().to_string();
+            if name.starts_with("benchmark_") {
+                results += 1;
+                let r: kvbench::result::RunResult =
+                    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{at}: {e}"));
+                let back = serde_json::to_value(&r).unwrap();
+                common::assert_result_schema(&back);
+                for key in ["config", "quality", "server"] {
+                    holds(&original[key], &back[key], &format!("{at}:/{key}"));
+                }
+            } else if name.starts_with("comparison") {
+                comparisons += 1;
+                let c = kvbench::report::from_value(original.clone())
+                    .unwrap_or_else(|e| panic!("{at}: {e:#}"));
+                let back = serde_json::to_value(&c).unwrap();
+                let arms = original["arms"].as_array().unwrap();
+                for (i, arm) in arms.iter().enumerate() {
+                    for key in ["quality", "server"] {
+                        let here = format!("{at}:/arms/{i}/{key}");
+                        holds(&arm[key], &back["arms"][i][key], &here);
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        results > 10 && comparisons > 2,
+        "{results} results, {comparisons} comparisons"
+    );
+}

@@ -120,7 +120,7 @@ async fn crlf_no_space_comments_llamacpp_chat() {
         "role chunk and finish chunk are not tokens"
     );
     assert_eq!(r.server.engine, "llamacpp");
-    assert_eq!(r.config["llamacpp_cache_prompt_false"], true);
+    assert!(r.config.measured().unwrap().llamacpp_cache_prompt_false);
 }
 
 #[tokio::test]

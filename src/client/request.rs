@@ -7,7 +7,7 @@ use super::{Endpoint, Engine};
 use crate::workload::{message_text, Prompt, WorkItem};
 
 /// Sampling parameters sent with every request.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Sampling {
     /// `max_tokens` unless the work item sets its own.
     pub max_tokens: u32,

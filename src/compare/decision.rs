@@ -689,7 +689,7 @@ fn warnings_criterion(
     let unread: Vec<String> = [base, cand]
         .iter()
         .filter_map(|a| {
-            let e = a.results.first()?.server.facts.get("log_error")?.as_str()?;
+            let e = a.results.first()?.server.facts.log_error.as_deref()?;
             Some(format!("{:?}: {e}", a.name))
         })
         .collect();
@@ -791,18 +791,14 @@ fn config_criterion(cand: &ArmRuns) -> Option<Recommendation> {
     let mism = r
         .server
         .facts
-        .get("config_check")
-        .and_then(|c| c.get("mismatches"))
-        .and_then(Value::as_array)
-        .cloned()
+        .config_check
+        .as_ref()
+        .map(|c| c.mismatches.clone())
         .unwrap_or_default();
     if mism.is_empty() {
         return None;
     }
-    let text: Vec<String> = mism
-        .iter()
-        .filter_map(|m| m.as_str().map(str::to_owned))
-        .collect();
+    let text = &mism;
     Some(rec(
         "config",
         Verdict::Inconclusive,

@@ -11,13 +11,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::logscan::Catalog;
 use crate::metrics::{samples, Samples};
-use crate::quality::ItemRecord;
+use crate::quality::{ItemRecord, SuiteSummary};
 use crate::record::RequestRecord;
-use crate::result::{Outcome, RunResult};
+use crate::result::{KvSettings, Outcome, RunResult};
 use crate::stats::{
     bootstrap_change_pct, mean_of_refs, per_run_log_var_from_ci, percentile_of_refs, LogChange,
     Summary,
@@ -84,13 +83,7 @@ impl ArmRuns {
 pub fn rescan_logs(arms: &mut [ArmRuns], catalog: &Catalog) -> anyhow::Result<()> {
     for arm in arms.iter_mut() {
         for (r, path) in arm.results.iter_mut().zip(&arm.paths) {
-            let Some(log) = r
-                .server
-                .facts
-                .get("log")
-                .and_then(Value::as_str)
-                .and_then(|l| resolve(l, path))
-            else {
+            let Some(log) = r.server.facts.log.as_deref().and_then(|l| resolve(l, path)) else {
                 bail!(
                     "{}: no server log to rescan (server.facts.log is missing or the file is gone)",
                     path.display()
@@ -158,9 +151,7 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<ArmRuns>> {
         let items = r
             .quality
             .as_ref()
-            .and_then(|q| q.get("journal"))
-            .and_then(Value::as_str)
-            .and_then(|j| resolve(j, path))
+            .and_then(|q| resolve(&q.journal, path))
             .and_then(|j| crate::quality::read_journal(&j).ok());
         match arms.iter_mut().find(|a| a.name == name) {
             Some(a) => {
@@ -482,31 +473,21 @@ pub struct WarningDiff {
     pub notes: Vec<String>,
 }
 
-fn requested(r: &RunResult) -> &Value {
-    r.server
-        .facts
-        .get("config_check")
-        .and_then(|c| c.get("requested"))
-        .unwrap_or(&Value::Null)
+fn requested(r: &RunResult) -> Option<&KvSettings> {
+    r.server.facts.config_check.as_ref().map(|c| &c.requested)
 }
 
 /// Recognises the change between two arms' requested settings.
 pub fn change_under_test(base: &RunResult, cand: &RunResult) -> Option<String> {
     let (b, c) = (requested(base), requested(cand));
-    let calc = |v: &Value| {
-        v.get("calculate_kv_scales")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-    };
-    let dtype = |v: &Value| {
-        v.get("kv_cache_dtype")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
+    let calc = |v: Option<&KvSettings>| v.and_then(|v| v.calculate_kv_scales).unwrap_or(false);
+    fn dtype(v: Option<&KvSettings>) -> Option<&str> {
+        v.and_then(|v| v.kv_cache_dtype.as_deref())
+    }
     if !calc(b) && calc(c) {
         return Some("calculate_kv_scales".into());
     }
-    match (dtype(b).as_deref(), dtype(c).as_deref()) {
+    match (dtype(b), dtype(c)) {
         (Some(x), Some("auto")) if x.starts_with("fp8") => Some("kv_cache_dtype_auto".into()),
         (Some("fp8"), Some("fp8_e4m3")) => Some("kv_cache_dtype_fp8_e4m3".into()),
         _ => None,
@@ -638,16 +619,11 @@ pub struct QualityDelta {
 }
 
 /// Suites in a result's `quality` object.
-pub fn quality_suites(r: &RunResult) -> BTreeMap<String, Value> {
-    let mut m = BTreeMap::new();
-    if let Some(Value::Object(q)) = &r.quality {
-        for (k, v) in q {
-            if v.get("items").is_some() && v.get("accuracy").is_some() {
-                m.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    m
+pub fn quality_suites(r: &RunResult) -> BTreeMap<String, SuiteSummary> {
+    r.quality
+        .as_ref()
+        .map(|q| q.suites.clone())
+        .unwrap_or_default()
 }
 
 fn quality_compare(
@@ -665,7 +641,7 @@ fn quality_compare(
     let mut out = BTreeMap::new();
     for (suite, vb) in &qb {
         let Some(vc) = qc.get(suite) else { continue };
-        let (ab, ac) = (vb["accuracy"].as_f64(), vc["accuracy"].as_f64());
+        let (ab, ac) = (vb.score.accuracy, vc.score.accuracy);
         let pairing = agreement.as_ref().and_then(|a| a.suites.get(suite));
         out.insert(
             suite.clone(),
@@ -687,27 +663,19 @@ fn quality_compare(
 
 fn server_summary(r: &RunResult) -> ServerSummary {
     let f = &r.server.facts;
-    let check = f.get("config_check").cloned().unwrap_or(Value::Null);
-    let g = |k: &str| check.pointer(k).cloned().unwrap_or(Value::Null);
-    let s = |k: &str| g(k).as_str().map(str::to_owned);
+    let check = f.config_check.clone().unwrap_or_default();
+    let (asked, seen) = (check.requested, check.effective);
     ServerSummary {
         engine: r.server.engine.clone(),
         version: r.server.version.clone(),
-        kv_cache_dtype_requested: s("/requested/kv_cache_dtype"),
-        kv_cache_dtype_effective: s("/effective/kv_cache_dtype"),
-        calculate_kv_scales_requested: g("/requested/calculate_kv_scales").as_bool(),
-        calculate_kv_scales_effective: g("/effective/calculate_kv_scales").as_bool(),
-        cache_type_k: s("/effective/cache_type_k").or_else(|| s("/requested/cache_type_k")),
-        kv_cache_tokens: f
-            .get("kv_cache_tokens")
-            .or_else(|| f.get("llamacpp_kv_cache_cells"))
-            .cloned(),
+        kv_cache_dtype_requested: asked.kv_cache_dtype,
+        kv_cache_dtype_effective: seen.kv_cache_dtype,
+        calculate_kv_scales_requested: asked.calculate_kv_scales,
+        calculate_kv_scales_effective: seen.calculate_kv_scales,
+        cache_type_k: seen.cache_type_k.or(asked.cache_type_k),
+        kv_cache_tokens: f.kv_cache_tokens().cloned(),
         startup_s: r.server.startup_s,
-        mismatches: check
-            .get("mismatches")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
+        mismatches: check.mismatches,
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! Every struct reads older files: a field a file lacks takes its default (`#[serde(default)]`),
 //! and `schema_version` says which version wrote it. Values that could not be measured are
-//! `null`. Fields still holding `serde_json::Value` carry what a run result holds untyped
-//! (log warnings, scraped `/metrics`, quality suites, a criterion's evidence).
+//! `null`. Fields still holding `serde_json::Value` carry what is open by nature: a criterion's
+//! evidence, and a KV-cache size read by a catalog pattern.
 
 use std::collections::BTreeMap;
 
@@ -218,7 +218,9 @@ pub struct ArmSummary {
     /// Throughput with the interval of the arm's own value.
     pub throughput: ArmThroughput,
     /// Quality suites of the first run (as the result holds them).
-    pub quality: Option<BTreeMap<String, Value>>,
+    #[serde(deserialize_with = "suites_present")]
+    #[schemars(with = "Option<BTreeMap<String, crate::quality::SuiteSummary>>")]
+    pub quality: Option<BTreeMap<String, crate::quality::SuiteSummary>>,
     /// Server log warnings of the first run.
     pub warnings: Vec<crate::logscan::WarningHit>,
     /// Scraped `/metrics` of the first run.
@@ -323,7 +325,7 @@ pub struct ServerSummary {
     /// Seconds from launch to healthy.
     pub startup_s: Option<f64>,
     /// Settings asked for but not in effect.
-    pub mismatches: Vec<Value>,
+    pub mismatches: Vec<String>,
 }
 
 /// Every other arm's quality against the reference arm.
@@ -492,4 +494,14 @@ impl Round {
             candidates,
         }
     }
+}
+
+/// An arm's quality suites as a comparison file holds them; a suite written as `null` (a
+/// hand-made or damaged file) is one that was not measured.
+fn suites_present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, crate::quality::SuiteSummary>>, D::Error> {
+    let suites: Option<BTreeMap<String, Option<crate::quality::SuiteSummary>>> =
+        Deserialize::deserialize(d)?;
+    Ok(suites.map(|m| m.into_iter().filter_map(|(k, v)| Some((k, v?))).collect()))
 }

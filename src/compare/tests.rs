@@ -2,9 +2,10 @@
 
 use super::*;
 use crate::metrics::{Metrics, RequestCounts, Throughput, Tokens};
-use crate::result::{ServerInfo, SCHEMA_VERSION};
+use crate::quality::summary::Score;
+use crate::result::{ConfigCheck, RunConfigRecord, ServerFacts, ServerInfo, SCHEMA_VERSION};
 use crate::stats::Summary;
-use serde_json::json;
+use serde_json::Value;
 
 const FP8: [&str; 3] = [
     "fp8_q_scale_missing",
@@ -41,11 +42,17 @@ fn arm(name: &str, scale: f64, ids: &[&str], calculate: bool, quality: Option<f6
         tokens_e2e: e2e.iter().map(|e| (100.0, *e)).collect(),
     };
     let tput = 100.0 * 200.0 / (e2e.iter().sum::<f64>() / 1000.0) * 8.0;
-    let mut facts = BTreeMap::new();
-    facts.insert(
-        "config_check".into(),
-        json!({"requested": {"kv_cache_dtype": "fp8", "calculate_kv_scales": calculate}, "effective": {}, "mismatches": []}),
-    );
+    let facts = ServerFacts {
+        config_check: Some(ConfigCheck {
+            requested: KvSettings {
+                kv_cache_dtype: Some("fp8".into()),
+                calculate_kv_scales: Some(calculate),
+                ..KvSettings::default()
+            },
+            ..ConfigCheck::default()
+        }),
+        ..ServerFacts::default()
+    };
     let r = RunResult {
         schema_version: SCHEMA_VERSION,
         kvbench_version: "test".into(),
@@ -62,7 +69,9 @@ fn arm(name: &str, scale: f64, ids: &[&str], calculate: bool, quality: Option<f6
             facts,
             ..ServerInfo::default()
         },
-        config: json!({}),
+        config: RunConfigRecord::NotRun {
+            workload_args: Vec::new(),
+        },
         requests: RequestCounts {
             total: 200,
             completed: 200,
@@ -89,7 +98,18 @@ fn arm(name: &str, scale: f64, ids: &[&str], calculate: bool, quality: Option<f6
         warnings: warnings(ids),
         server_metrics: None,
         quality: quality.map(|a| {
-            json!({"passkey": {"items": 40, "correct": (a * 40.0) as u64, "accuracy": a, "ci_low": 0.0, "ci_high": 1.0}})
+            let passkey = SuiteSummary {
+                score: Score {
+                    items: 40,
+                    correct: (a * 40.0) as u64,
+                    accuracy: Some(a),
+                    ci_low: Some(0.0),
+                    ci_high: Some(1.0),
+                    errors: 0,
+                },
+                ..SuiteSummary::default()
+            };
+            crate::simulate::quality_of([("passkey".to_owned(), passkey)].into())
         }),
         journal: None,
         failure: None,
@@ -379,10 +399,7 @@ fn an_unreadable_log_makes_the_warnings_criterion_inconclusive() {
     // The candidate's log could not be read: its warnings list is empty, which must not read
     // as "all three resolved".
     let mut cand = arm("cand", 1.0, &[], false, Some(0.9));
-    cand.results[0]
-        .server
-        .facts
-        .insert("log_error".into(), json!("permission denied"));
+    cand.results[0].server.facts.log_error = Some("permission denied".into());
     let c = run(&base, &cand, &Policy::default());
     let w = rec(&c, "warnings");
     assert_eq!(w["verdict"], "inconclusive", "{w}");

@@ -603,7 +603,9 @@ fn failed_result(job: &Job, kind: FailureKind, message: String, log_tail: String
         interrupted: false,
         outcome: Outcome::Failed(kind.clone()),
         server: Default::default(),
-        config: serde_json::Value::Null,
+        config: crate::result::RunConfigRecord::NotRun {
+            workload_args: Vec::new(),
+        },
         requests: Default::default(),
         errors: Default::default(),
         anomalies: Default::default(),

@@ -20,7 +20,7 @@ use crate::workload::{images::file_data_url, Prompt, TokenCounter};
 pub const DEFAULT_MAX_TOKENS: u32 = 256;
 
 /// A line that was skipped, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct SkippedLine {
     /// 1-based line number.
     pub line: usize,

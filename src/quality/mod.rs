@@ -19,6 +19,7 @@ pub mod images;
 pub mod jsonl;
 pub mod run;
 pub mod stats;
+pub mod summary;
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use agreement::{agreement, Agreement};
 pub use run::run_suites;
+pub use summary::{QualityResult, SuiteSummary};
 
 use crate::client::chunk::TokenLogprob;
 use crate::workload::Prompt;

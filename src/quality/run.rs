@@ -9,13 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::degenerate::degenerate;
 use super::generate::{self, Sizer, RETRIEVAL_MAX_TOKENS};
 use super::grade::{grade, split_think};
 use super::stats::{wilson, Z95};
+use super::summary::{
+    LengthScore, QualityResult, QualitySettings, Score, StoppedEarly, SuiteSummary,
+};
 use super::{fnv1a64, images, jsonl, Item, ItemRecord, QualityConfig, SuiteSpec};
 use crate::client::request::{build_body, BodySpec, Sampling};
 use crate::client::{Client, Endpoint, Engine};
@@ -44,8 +47,10 @@ pub struct QualityEnv<'a> {
     pub no_prompt_cache: bool,
     /// Tokenizer for exact prompt sizes.
     pub tokenizer: Option<Arc<TokenCounter>>,
-    /// Facts the preflight read (`max_model_len`, `n_ctx_train`).
-    pub facts: BTreeMap<String, Value>,
+    /// The server's maximum tokens per request (vLLM `max_model_len`), when it told.
+    pub max_model_len: Option<u64>,
+    /// The model's training context (llama.cpp `n_ctx_train`), when the server told.
+    pub n_ctx_train: Option<u64>,
     /// The run's time origin.
     pub origin: Instant,
     /// Print one line per suite on stderr.
@@ -77,7 +82,7 @@ fn show(env: &QualityEnv<'_>, suite: &str, done: usize, total: usize) {
 /// `/v1/models`. llama.cpp: the slot context `n_ctx` from `/props` (the `-c` value divided
 /// among `-np` slots), else the model's training context.
 pub async fn server_max_len(env: &QualityEnv<'_>) -> Option<(u64, String)> {
-    if let Some(n) = env.facts.get("max_model_len").and_then(Value::as_u64) {
+    if let Some(n) = env.max_model_len {
         return Some((n, "max_model_len".into()));
     }
     if env.engine == Engine::Llamacpp {
@@ -94,10 +99,7 @@ pub async fn server_max_len(env: &QualityEnv<'_>) -> Option<(u64, String)> {
             return Some((n, "llama.cpp /props n_ctx".into()));
         }
     }
-    env.facts
-        .get("n_ctx_train")
-        .and_then(Value::as_u64)
-        .map(|n| (n, "n_ctx_train".into()))
+    env.n_ctx_train.map(|n| (n, "n_ctx_train".into()))
 }
 
 /// Retrieval lengths up to the server's maximum: 1024, 2048, 4096, ... below the usable
@@ -176,7 +178,7 @@ pub async fn run_suites(
     cfg: &QualityConfig,
     env: &QualityEnv<'_>,
     cancel: &CancellationToken,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<QualityResult> {
     let t0 = Instant::now();
     let retrieval_budget = cfg.max_tokens.unwrap_or(RETRIEVAL_MAX_TOKENS);
     let max_len = server_max_len(env).await;
@@ -228,7 +230,7 @@ pub async fn run_suites(
         },
         None => BTreeMap::new(),
     };
-    let mut out = Map::new();
+    let mut out = BTreeMap::new();
     let mut seq = 0u64;
     for (spec, items, skipped) in suites {
         let name = spec.name();
@@ -256,16 +258,19 @@ pub async fn run_suites(
             records.push(r);
             let p = super::stats::mcnemar_exact(lost, gained);
             if lost > gained && p < super::EARLY_STOP_P && records.len() < items.len() {
-                stopped_early = Some(
-                    json!({"after_items": records.len(), "lost": lost, "gained": gained, "mcnemar_p": p}),
-                );
+                stopped_early = Some(StoppedEarly {
+                    after_items: records.len() as u64,
+                    lost,
+                    gained,
+                    mcnemar_p: p,
+                });
                 break;
             }
         }
         let duration_s = started.elapsed().as_secs_f64();
         let mut summary = summarize(&records);
-        summary.insert("duration_s".into(), json!(duration_s));
-        summary.insert("planned".into(), json!(items.len()));
+        summary.duration_s = duration_s;
+        summary.planned = items.len() as u64;
         if let Some(stop) = stopped_early {
             if env.progress {
                 say(
@@ -274,60 +279,59 @@ pub async fn run_suites(
                         "quality {name}: stopped after {} of {} items: {} lost, {} gained against the paired arm (exact McNemar p = {:.1e})",
                         records.len(),
                         items.len(),
-                        stop["lost"],
-                        stop["gained"],
-                        stop["mcnemar_p"].as_f64().unwrap_or(0.0)
+                        stop.lost,
+                        stop.gained,
+                        stop.mcnemar_p
                     ),
                 );
             }
-            summary.insert("stopped_early".into(), stop);
+            summary.stopped_early = Some(stop);
         }
         if spec.is_retrieval() {
-            summary.insert("by_length".into(), by_length(&records));
+            summary.by_length = Some(by_length(&records));
         }
         if matches!(spec, SuiteSpec::Jsonl { .. }) {
-            summary.insert("skipped_lines".into(), json!(skipped));
+            summary.skipped_lines = Some(skipped);
         }
         if env.progress {
+            let s = &summary.score;
             say(
                 env,
                 &format!(
                     "quality {name}: {}/{} correct{}, {} errors, {:.1} s",
-                    summary["correct"],
-                    summary["items"],
-                    summary["accuracy"]
-                        .as_f64()
+                    s.correct,
+                    s.items,
+                    s.accuracy
                         .map(|a| format!(" ({:.1} %)", a * 100.0))
                         .unwrap_or_default(),
-                    summary["errors"],
+                    s.errors,
                     duration_s
                 ),
             );
         }
-        out.insert(name, Value::Object(summary));
+        out.insert(name, summary);
     }
-    out.insert(
-        "settings".into(),
-        json!({
-            "suites": cfg.suites.iter().map(SuiteSpec::name).collect::<Vec<_>>(),
-            "lengths": lengths,
-            "lengths_source": lengths_source,
-            "server_max_len": max_len.as_ref().map(|(m, _)| m),
-            "depths": cfg.depths,
-            "items": cfg.items,
-            "logprobs": cfg.logprobs,
-            "max_tokens": cfg.max_tokens,
-            "seed": cfg.seed,
-            "endpoint": env.endpoint,
-            "temperature": 0.0,
-            "top_p": 1.0,
-            "tokenizer": env.tokenizer.is_some(),
-            "interrupted": cancel.is_cancelled(),
-        }),
-    );
-    out.insert("journal".into(), json!(cfg.journal.display().to_string()));
-    out.insert("duration_s".into(), json!(t0.elapsed().as_secs_f64()));
-    Ok(Value::Object(out))
+    Ok(QualityResult {
+        settings: QualitySettings {
+            suites: cfg.suites.iter().map(SuiteSpec::name).collect(),
+            lengths,
+            lengths_source,
+            server_max_len: max_len.as_ref().map(|(m, _)| *m),
+            depths: cfg.depths.clone(),
+            items: cfg.items,
+            logprobs: cfg.logprobs,
+            max_tokens: cfg.max_tokens,
+            seed: cfg.seed,
+            endpoint: env.endpoint,
+            temperature: 0.0,
+            top_p: 1.0,
+            tokenizer: env.tokenizer.is_some(),
+            interrupted: cancel.is_cancelled(),
+        },
+        journal: cfg.journal.display().to_string(),
+        duration_s: t0.elapsed().as_secs_f64(),
+        suites: out,
+    })
 }
 
 /// The hash of what the model is asked: the body's `messages` or `prompt` (images included).
@@ -449,25 +453,19 @@ async fn run_item(
 }
 
 /// `{items, correct, accuracy, ci_low, ci_high}` over answered records, plus errors.
-fn score(records: &[&ItemRecord]) -> Map<String, Value> {
+fn score(records: &[&ItemRecord]) -> Score {
     let answered: Vec<&&ItemRecord> = records.iter().filter(|r| r.answered()).collect();
     let n = answered.len() as u64;
     let correct = answered.iter().filter(|r| r.correct).count() as u64;
     let ci = wilson(correct, n, Z95);
-    let mut m = Map::new();
-    m.insert("items".into(), json!(n));
-    m.insert("correct".into(), json!(correct));
-    m.insert(
-        "accuracy".into(),
-        json!((n > 0).then(|| correct as f64 / n as f64)),
-    );
-    m.insert("ci_low".into(), json!(ci.map(|c| c.0)));
-    m.insert("ci_high".into(), json!(ci.map(|c| c.1)));
-    m.insert(
-        "errors".into(),
-        json!(records.iter().filter(|r| !r.answered()).count()),
-    );
-    m
+    Score {
+        items: n,
+        correct,
+        accuracy: (n > 0).then(|| correct as f64 / n as f64),
+        ci_low: ci.map(|c| c.0),
+        ci_high: ci.map(|c| c.1),
+        errors: records.iter().filter(|r| !r.answered()).count() as u64,
+    }
 }
 
 fn mean(values: impl Iterator<Item = u64>) -> Option<f64> {
@@ -475,10 +473,10 @@ fn mean(values: impl Iterator<Item = u64>) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<u64>() as f64 / v.len() as f64)
 }
 
-/// A suite's summary: the score, degenerate answers, finish reasons and token counts.
-fn summarize(records: &[ItemRecord]) -> Map<String, Value> {
+/// A suite's summary: the score, degenerate answers, finish reasons and token counts (its
+/// duration, plan and detail are the caller's).
+fn summarize(records: &[ItemRecord]) -> SuiteSummary {
     let refs: Vec<&ItemRecord> = records.iter().collect();
-    let mut m = score(&refs);
     let answered = records.iter().filter(|r| r.answered());
     let mut finish: BTreeMap<String, u64> = BTreeMap::new();
     let mut degenerate: BTreeMap<String, u64> = BTreeMap::new();
@@ -499,54 +497,33 @@ fn summarize(records: &[ItemRecord]) -> Map<String, Value> {
             .unwrap_or("other");
         *errors.entry(kind.to_owned()).or_default() += 1;
     }
-    m.insert("error_kinds".into(), json!(errors));
-    m.insert("finish_reasons".into(), json!(finish));
-    m.insert("degenerate".into(), json!(degenerate));
-    m.insert(
-        "output_tokens_total".into(),
-        json!(answered
-            .clone()
-            .filter_map(|r| r.output_tokens)
-            .sum::<u64>()),
-    );
-    m.insert(
-        "reasoning_tokens_total".into(),
-        json!(answered
-            .clone()
-            .filter_map(|r| r.reasoning_tokens)
-            .sum::<u64>()),
-    );
-    m.insert(
-        "prompt_tokens_mean".into(),
-        json!(mean(answered.clone().filter_map(|r| r.prompt_tokens))),
-    );
-    m.insert(
-        "e2e_ms_mean".into(),
-        json!(records
-            .iter()
-            .filter(|r| r.answered())
+    let answered_n = answered.clone().count();
+    SuiteSummary {
+        score: score(&refs),
+        error_kinds: errors,
+        finish_reasons: finish,
+        degenerate,
+        output_tokens_total: answered.clone().filter_map(|r| r.output_tokens).sum(),
+        reasoning_tokens_total: answered.clone().filter_map(|r| r.reasoning_tokens).sum(),
+        prompt_tokens_mean: mean(answered.clone().filter_map(|r| r.prompt_tokens)),
+        e2e_ms_mean: answered
             .map(|r| r.e2e_ms)
             .reduce(|a, b| a + b)
-            .map(|s| s / records.iter().filter(|r| r.answered()).count() as f64)),
-    );
-    m
+            .map(|s| s / answered_n as f64),
+        ..SuiteSummary::default()
+    }
 }
 
 /// Retrieval detail: the score per context length, and per depth within each length.
-fn by_length(records: &[ItemRecord]) -> Value {
+fn by_length(records: &[ItemRecord]) -> BTreeMap<String, LengthScore> {
     let mut lengths: BTreeMap<u32, Vec<&ItemRecord>> = BTreeMap::new();
     for r in records {
         if let Some(l) = r.length {
             lengths.entry(l).or_default().push(r);
         }
     }
-    let mut out = Map::new();
+    let mut out = BTreeMap::new();
     for (len, recs) in lengths {
-        let mut m = score(&recs);
-        m.insert(
-            "prompt_tokens_mean".into(),
-            json!(mean(recs.iter().filter_map(|r| r.prompt_tokens))),
-        );
         let mut depths: Vec<(f64, Vec<&ItemRecord>)> = Vec::new();
         for r in &recs {
             let d = r.depth.unwrap_or(0.0);
@@ -556,14 +533,17 @@ fn by_length(records: &[ItemRecord]) -> Value {
             }
         }
         depths.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut dm = Map::new();
-        for (d, v) in depths {
-            dm.insert(d.to_string(), Value::Object(score(&v)));
-        }
-        m.insert("by_depth".into(), Value::Object(dm));
-        out.insert(len.to_string(), Value::Object(m));
+        let length = LengthScore {
+            score: score(&recs),
+            prompt_tokens_mean: mean(recs.iter().filter_map(|r| r.prompt_tokens)),
+            by_depth: depths
+                .into_iter()
+                .map(|(d, v)| (d.to_string(), score(&v)))
+                .collect(),
+        };
+        out.insert(len.to_string(), length);
     }
-    Value::Object(out)
+    out
 }
 
 #[cfg(test)]
@@ -606,7 +586,8 @@ mod tests {
             rec(2048, 0.0, false, true),
             rec(2048, 0.5, true, false),
         ];
-        let s = summarize(&records);
+        // As the result's JSON has them.
+        let s = serde_json::to_value(summarize(&records)).unwrap();
         assert_eq!(s["items"], 4);
         assert_eq!(s["correct"], 3);
         assert_eq!(s["accuracy"], 0.75);
@@ -615,7 +596,7 @@ mod tests {
         let (lo, hi) = wilson(3, 4, Z95).unwrap();
         assert_eq!(s["ci_low"], lo);
         assert_eq!(s["ci_high"], hi);
-        let b = by_length(&records);
+        let b = serde_json::to_value(by_length(&records)).unwrap();
         assert_eq!(b["1024"]["items"], 3);
         assert_eq!(b["1024"]["correct"], 2);
         assert_eq!(b["1024"]["prompt_tokens_mean"], 1044.0);

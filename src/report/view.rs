@@ -14,6 +14,7 @@ use crate::compare::{
     AgreementSummary, ArmSummary, Candidate, Comparison, DesignKind, QualityDelta, Stopped,
     ValueCi, Verdict,
 };
+use crate::quality::SuiteSummary;
 
 static NULL: Value = Value::Null;
 
@@ -184,10 +185,6 @@ impl Table {
 // ---------------------------------------------------------------------------------------------
 // JSON access and formatting
 
-fn g<'a>(v: &'a Value, key: &str) -> &'a Value {
-    v.get(key).unwrap_or(&NULL)
-}
-
 fn text_of(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
@@ -249,13 +246,6 @@ fn group_thousands(s: &str) -> String {
         out.push_str(f);
     }
     out
-}
-
-/// A fraction 0..1 as "95.0 %".
-fn fmt_acc(v: &Value) -> String {
-    num(v)
-        .map(|x| format!("{:.1} %", x * 100.0))
-        .unwrap_or_else(|| MISSING.to_owned())
 }
 
 /// Evidence (any JSON) as one readable line: `key: value, ...`, strings unquoted, numbers at
@@ -774,9 +764,9 @@ fn glance_section(c: &Comparison, ctx: &Ctx) -> Section {
         };
         let ttft = arm.metrics.get("ttft_ms");
         let quality = suites.iter().map(|suite| {
-            let v = suite_of(arm, suite);
-            let mut t = fmt_acc(g(v, "accuracy"));
-            if let (Some(l), Some(h)) = (num(g(v, "ci_low")), num(g(v, "ci_high"))) {
+            let v = suite_of(arm, suite).map(|s| &s.score);
+            let mut t = acc_o(v.and_then(|s| s.accuracy));
+            if let Some((l, h)) = v.and_then(|s| s.ci_low.zip(s.ci_high)) {
                 t += &format!(" [{:.0} … {:.0}]", l * 100.0, h * 100.0);
             }
             Cell::plain(t)
@@ -1459,28 +1449,21 @@ fn suites(ctx: &Ctx) -> Vec<String> {
 }
 
 /// A suite of an arm's `quality` (as the run result holds it).
-fn suite_of<'a>(arm: &'a ArmSummary, suite: &str) -> &'a Value {
-    arm.quality
-        .as_ref()
-        .and_then(|q| q.get(suite))
-        .unwrap_or(&NULL)
+fn suite_of<'a>(arm: &'a ArmSummary, suite: &str) -> Option<&'a SuiteSummary> {
+    arm.quality.as_ref().and_then(|q| q.get(suite))
 }
 
-/// "95.0 % (38/40) [83.5 … 98.6]"; without `full`, "38/40" (or the accuracy when the counts
-/// are missing).
-fn accuracy_cell(s: &Value, full: bool) -> Cell {
-    if s.is_null() {
+/// "95.0 % (38/40) [83.5 … 98.6]"; without `full`, "38/40".
+fn accuracy_cell(s: Option<&SuiteSummary>, full: bool) -> Cell {
+    let Some(s) = s.map(|s| &s.score) else {
         return Cell::plain(MISSING);
+    };
+    if !full {
+        return Cell::plain(format!("{}/{}", s.correct, s.items));
     }
-    let counts = (g(s, "correct").as_u64(), g(s, "items").as_u64());
-    if let ((Some(c), Some(n)), false) = (counts, full) {
-        return Cell::plain(format!("{c}/{n}"));
-    }
-    let mut t = fmt_acc(g(s, "accuracy"));
-    if let (Some(c), Some(n)) = counts {
-        t.push_str(&format!(" ({c}/{n})"));
-    }
-    if let (Some(l), Some(h)) = (num(g(s, "ci_low")), num(g(s, "ci_high"))) {
+    let mut t = acc_o(s.accuracy);
+    t.push_str(&format!(" ({}/{})", s.correct, s.items));
+    if let Some((l, h)) = s.ci_low.zip(s.ci_high) {
         t.push_str(&format!(" [{:.1} … {:.1}]", l * 100.0, h * 100.0));
     }
     Cell::plain(t)
@@ -1590,7 +1573,7 @@ fn quality_section(ctx: &Ctx) -> Section {
         for suite in &suites {
             let mut lengths: Vec<String> = Vec::new();
             for arm in ctx.arms {
-                if let Some(b) = g(suite_of(arm, suite), "by_length").as_object() {
+                if let Some(b) = suite_of(arm, suite).and_then(|s| s.by_length.as_ref()) {
                     for k in b.keys() {
                         if !lengths.contains(k) {
                             lengths.push(k.clone());
@@ -1616,14 +1599,16 @@ fn quality_section(ctx: &Ctx) -> Section {
             for len in &lengths {
                 let mut row = vec![Cell::plain(len.clone())];
                 for arm in ctx.arms {
-                    let v = g(g(suite_of(arm, suite), "by_length"), len);
-                    let counts = (g(v, "correct").as_u64(), g(v, "items").as_u64());
-                    let text = match (counts, ctx.md) {
-                        ((Some(c), Some(n)), true) => format!("{c}/{n}"),
-                        ((Some(c), Some(n)), false) => {
-                            format!("{} ({c}/{n})", fmt_acc(g(v, "accuracy")))
+                    let v = suite_of(arm, suite)
+                        .and_then(|s| s.by_length.as_ref())
+                        .and_then(|b| b.get(len))
+                        .map(|l| &l.score);
+                    let text = match (v, ctx.md) {
+                        (Some(s), true) => format!("{}/{}", s.correct, s.items),
+                        (Some(s), false) => {
+                            format!("{} ({}/{})", acc_o(s.accuracy), s.correct, s.items)
                         }
-                        _ => fmt_acc(g(v, "accuracy")),
+                        (None, _) => acc_o(None),
                     };
                     row.push(Cell::plain(text));
                 }
@@ -2075,10 +2060,7 @@ fn server_section(ctx: &Ctx) -> Section {
     t.rows.push(row("config mismatches", &|s| match s {
         None => Cell::plain(MISSING),
         Some(s) if s.mismatches.is_empty() => Cell::plain("none"),
-        Some(s) => {
-            let m: Vec<String> = s.mismatches.iter().map(text).collect();
-            Cell::plain(m.join("; ")).class("flag")
-        }
+        Some(s) => Cell::plain(s.mismatches.join("; ")).class("flag"),
     }));
     if !ctx.arms.is_empty() {
         blocks.push(Block::Table(t));

@@ -12,8 +12,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 /// The variables kvbench sets, with their directory under the cache root.
 pub const VARS: [(&str, &str); 3] = [
     ("VLLM_CACHE_ROOT", "vllm"),
@@ -21,20 +19,8 @@ pub const VARS: [(&str, &str); 3] = [
     ("TRITON_CACHE_DIR", "triton"),
 ];
 
-/// The engine caches of one server launch, as recorded in `server.facts.engine_cache`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct EngineCache {
-    /// The shared cache directory; `null` when off (`engine_cache = false`, or neither
-    /// `KVBENCH_CACHE` nor `HOME` is set) or when it could not be created.
-    pub dir: Option<PathBuf>,
-    /// Variables kvbench set for the server, with their values.
-    pub set: BTreeMap<String, String>,
-    /// Variables the user set (experiment or inherited environment), left as they were.
-    pub user_set: Vec<String>,
-    /// Why the cache directory could not be created, if it could not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+/// The engine caches of one server launch (defined with the result that records it).
+pub use crate::result::EngineCache;
 
 /// `$KVBENCH_CACHE/engine-cache`, else `$HOME/.cache/kvbench/engine-cache` (the cache root that
 /// scripts/setup-engines.sh uses too).

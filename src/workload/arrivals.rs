@@ -10,7 +10,15 @@ use rand_distr::{Distribution, Gamma};
 
 /// Inter-arrival distribution of an open-loop run.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum ArrivalKind {
@@ -23,7 +31,7 @@ pub enum ArrivalKind {
 }
 
 /// How requests are released.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum Arrival {
     /// `concurrency` workers back to back.
@@ -33,7 +41,9 @@ pub enum Arrival {
     },
     /// Requests released at precomputed times.
     Open {
-        /// Mean requests per second (`f64::INFINITY`: all at once).
+        /// Mean requests per second (`f64::INFINITY`: all at once, `null` in JSON).
+        #[serde(deserialize_with = "rate_or_infinity")]
+        #[schemars(with = "Option<f64>")]
         rate: f64,
         /// Gap distribution.
         kind: ArrivalKind,
@@ -42,6 +52,13 @@ pub enum Arrival {
         /// Cap on in-flight requests, if any.
         max_concurrency: Option<usize>,
     },
+}
+
+/// An open loop's rate as JSON writes it: a number, or `null` for all at once (JSON has no
+/// infinity).
+fn rate_or_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
 }
 
 /// Send offsets from the start of measurement: `n` of them, or as many as fit in `until`.

@@ -49,7 +49,7 @@ impl WorkItem {
 }
 
 /// Where prompts come from (`--dataset`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DatasetSpec {
     /// Generated text at `--input-len` tokens.
@@ -85,7 +85,7 @@ impl std::str::FromStr for DatasetSpec {
 }
 
 /// Images attached to each request.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct ImageSpec {
     /// Images per request.
     pub count: u32,
