@@ -411,7 +411,7 @@ pub async fn run_arm_live(
                         sweep.levels = crate::capacity::kv_fill_levels(t, seq);
                     }
                     let say = |line: &str| live.note(line);
-                    let mut c = crate::capacity::run(
+                    let mut c = crate::runner::sweep::run(
                         &sweep_cfg,
                         &sweep,
                         plan.metrics_interval,

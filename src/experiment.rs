@@ -133,7 +133,7 @@ struct RawExperiment {
     #[serde(default)]
     decision: Option<toml::Table>,
     #[serde(default)]
-    executor: Option<crate::executor::ExecutorTable>,
+    executor: Option<ExecutorTable>,
     arms: Vec<Spanned<RawArm>>,
 }
 
@@ -235,7 +235,7 @@ pub struct Experiment {
     /// `[decision]` policy table, if any.
     pub decision: Option<toml::Table>,
     /// `[executor]` table, if any (`kvbench ab --on` overrides it).
-    pub executor: Option<crate::executor::ExecutorTable>,
+    pub executor: Option<ExecutorTable>,
     /// The file it came from.
     pub path: PathBuf,
 }
@@ -720,6 +720,69 @@ pub fn flag_value(args: &[String], flag: &str) -> Option<String> {
         Some(v) if !v.starts_with('-') => Some(v.clone()),
         _ => Some(String::new()),
     }
+}
+
+/// Which executor runs the arms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecutorKind {
+    /// In this process, one run after another.
+    Local,
+    /// Child processes at the same time on disjoint GPU sets of this machine.
+    LocalGpus,
+    /// Jobs on a Ray cluster.
+    Ray,
+}
+
+impl ExecutorKind {
+    /// The name used on the command line, in files and in results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::LocalGpus => "local-gpus",
+            ExecutorKind::Ray => "ray",
+        }
+    }
+}
+
+/// A device id in `[executor] gpus`: a number or a string (`"GPU-1b2c..."` UUIDs work too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DeviceId {
+    /// An index.
+    Index(u32),
+    /// A name or UUID.
+    Name(String),
+}
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceId::Index(i) => write!(f, "{i}"),
+            DeviceId::Name(s) => f.write_str(s),
+        }
+    }
+}
+
+/// An experiment's `[executor]` table (docs/scale.md); `kvbench ab --on/--gpus` override it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorTable {
+    /// `local`, `local-gpus` or `ray`.
+    pub kind: Option<ExecutorKind>,
+    /// Ray: the Jobs API (the dashboard), `http://HOST:8265` or `ray://HOST:8265`.
+    pub address: Option<String>,
+    /// `local-gpus`: the devices to share out among the arms.
+    pub gpus: Option<Vec<DeviceId>>,
+    /// Ray: ask for this custom resource instead of GPUs (one unit per GPU of the arm).
+    pub gpu_resource: Option<String>,
+    /// Ray: CPUs reserved for each job's `kvbench` (default 1).
+    pub num_cpus: Option<f64>,
+    /// The `kvbench` command on the nodes [default: this kvbench's own path].
+    pub kvbench: Option<String>,
+    /// Ray: environment variables passed to the jobs (besides those the experiment names as
+    /// `${VAR}`, which are passed unless they look secret).
+    pub env: Option<Vec<String>>,
 }
 
 #[cfg(test)]

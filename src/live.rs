@@ -659,6 +659,22 @@ pub struct ArmLive {
     name: String,
 }
 
+impl crate::quality::run::Reporter for ArmLive {
+    fn note(&self, text: &str) {
+        ArmLive::note(self, text);
+    }
+    fn progress(&self, suite: &str, done: usize, total: usize) {
+        self.phase(Phase::Quality {
+            suite: suite.to_owned(),
+            done,
+            total,
+        });
+    }
+    fn is_terminal(&self) -> bool {
+        ArmLive::is_terminal(self)
+    }
+}
+
 impl ArmLive {
     /// The arm is now in `phase`.
     pub fn phase(&self, phase: Phase) {

@@ -152,3 +152,27 @@ impl RequestRecord {
         *n = n.saturating_add(1);
     }
 }
+
+/// A journal's records. A line that does not parse (the last one cut short by a kill, a
+/// stray write) is skipped with a note on stderr; it does not discard the others.
+pub fn read_records(path: &std::path::Path) -> Option<Vec<RequestRecord>> {
+    let bytes = std::fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut bad = 0usize;
+    let records: Vec<RequestRecord> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| {
+            let r = serde_json::from_str(l).ok();
+            bad += usize::from(r.is_none());
+            r
+        })
+        .collect();
+    if bad > 0 {
+        eprintln!(
+            "kvbench: {}: skipped {bad} journal line(s) that do not parse (cut short?)",
+            path.display()
+        );
+    }
+    Some(records)
+}

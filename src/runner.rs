@@ -10,6 +10,8 @@
 //! `CancellationToken` that stops scheduling and makes in-flight requests end as `cancelled`;
 //! everything measured is still written.
 
+pub mod sweep;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,7 +183,7 @@ pub async fn run(cfg: RunConfig, cancel: CancellationToken) -> anyhow::Result<Ru
     let mut result = measure(cfg, cancel.clone()).await?;
     if let (Some(sweep), false) = (&sweep_cfg.sweep, result.interrupted) {
         result.capacity = Some(
-            crate::capacity::run(
+            sweep::run(
                 &sweep_cfg,
                 sweep,
                 Duration::from_secs(1),
@@ -469,7 +471,9 @@ async fn run_quality(
         n_ctx_train: pre.facts.n_ctx_train,
         origin,
         progress: cfg.progress != ProgressMode::Quiet,
-        live,
+        live: live
+            .as_ref()
+            .map(|l| l as &dyn crate::quality::run::Reporter),
     };
     crate::quality::run_suites(q, &env, stop).await
 }

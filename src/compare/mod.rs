@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use crate::logscan::Catalog;
 use crate::metrics::{samples, Samples};
 use crate::quality::{ItemRecord, SuiteSummary};
-use crate::record::RequestRecord;
 use crate::result::{KvSettings, Outcome, RunResult};
 use crate::stats::{
     bootstrap_change_pct, mean_of_refs, per_run_log_var_from_ci, percentile_of_refs, LogChange,
@@ -105,30 +104,6 @@ fn resolve(recorded: &str, result_path: &Path) -> Option<PathBuf> {
         .find(|c| c.is_file())
 }
 
-/// A journal's records. A line that does not parse (the last one cut short by a kill, a
-/// stray write) is skipped with a note on stderr; it does not discard the others.
-pub(crate) fn read_records(path: &Path) -> Option<Vec<RequestRecord>> {
-    let bytes = std::fs::read(path).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
-    let mut bad = 0usize;
-    let records: Vec<RequestRecord> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| {
-            let r = serde_json::from_str(l).ok();
-            bad += usize::from(r.is_none());
-            r
-        })
-        .collect();
-    if bad > 0 {
-        eprintln!(
-            "kvbench: {}: skipped {bad} journal line(s) that do not parse (cut short?)",
-            path.display()
-        );
-    }
-    Some(records)
-}
-
 /// Loads result files and groups them by arm (the `arm` field, else the file stem).
 pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<ArmRuns>> {
     let mut arms: Vec<ArmRuns> = Vec::new();
@@ -146,7 +121,7 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<ArmRuns>> {
             .journal
             .as_deref()
             .and_then(|j| resolve(j, path))
-            .and_then(|j| read_records(&j))
+            .and_then(|j| crate::record::read_records(&j))
             .map(|recs| samples(&recs));
         let items = r
             .quality

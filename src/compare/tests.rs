@@ -109,7 +109,7 @@ fn arm(name: &str, scale: f64, ids: &[&str], calculate: bool, quality: Option<f6
                 },
                 ..SuiteSummary::default()
             };
-            crate::simulate::quality_of([("passkey".to_owned(), passkey)].into())
+            crate::quality::QualityResult::of_suites([("passkey".to_owned(), passkey)].into())
         }),
         journal: None,
         failure: None,

@@ -141,38 +141,3 @@ fn an_unknown_executor_kind_is_a_one_line_error_with_its_line() {
     assert!(err.contains("slurm"), "{err}");
     assert!(!err.contains('\n'), "{err}");
 }
-
-/// The crossover's claim, measured: with two device sets 10 % apart, the interval of arms
-/// swapped between rounds covers the true change about as often as it should, where arms
-/// pinned to their own sets are biased by the sets' gap. Prints the table of docs/decision.md.
-#[test]
-fn a_balanced_crossover_keeps_the_intervals_honest_where_fixed_sets_do_not() {
-    use crate::simulate::{crossover_coverage, Placing};
-    let mut rows = Vec::new();
-    for placing in [Placing::OneSet, Placing::Fixed, Placing::Crossover] {
-        for runs in [2, 3, 4, 8] {
-            for gap in [0.0, 5.0, 10.0] {
-                let (cov, err) = crossover_coverage(placing, gap, 5.0, runs, 4000, 7);
-                println!(
-                    "| {placing:?} | {runs} | {gap:.0} % | {:.1} % | {err:.2} |",
-                    cov * 100.0
-                );
-                rows.push((placing, runs, gap, cov, err));
-            }
-        }
-    }
-    let at = |p: Placing, runs: usize, gap: f64| {
-        rows.iter()
-            .find(|r| r.0 == p && r.1 == runs && r.2 == gap)
-            .map(|r| (r.3, r.4))
-            .unwrap()
-    };
-    for runs in [2, 4, 8] {
-        // Crossover: near nominal coverage whatever the gap.
-        for gap in [0.0, 5.0, 10.0] {
-            assert!(at(Placing::Crossover, runs, gap).0 >= 0.93, "{runs} {gap}");
-        }
-        // Fixed sets: a 10 % gap is read as part of the change.
-        assert!(at(Placing::Fixed, runs, 10.0).0 < 0.80, "{runs}");
-    }
-}

@@ -56,7 +56,18 @@ pub struct QualityEnv<'a> {
     /// Print one line per suite on stderr.
     pub progress: bool,
     /// `ab`'s live view: the suite and item under way, and the lines above it.
-    pub live: Option<crate::live::ArmLive>,
+    pub live: Option<&'a dyn Reporter>,
+}
+
+/// Where a quality run reports how far it is (`ab`'s live view implements it), so that this
+/// module does not depend on the view.
+pub trait Reporter: Send + Sync {
+    /// A line above the view.
+    fn note(&self, text: &str);
+    /// Suite `suite` has `done` of `total` items.
+    fn progress(&self, suite: &str, done: usize, total: usize);
+    /// Whether the view is drawn on a terminal (else lines go to stderr as before).
+    fn is_terminal(&self) -> bool;
 }
 
 /// A line on stderr, or above `ab`'s live view when it is shown.
@@ -70,11 +81,7 @@ fn say(env: &QualityEnv<'_>, text: &str) {
 /// Tells the live view how far suite `suite` is.
 fn show(env: &QualityEnv<'_>, suite: &str, done: usize, total: usize) {
     if let Some(l) = &env.live {
-        l.phase(crate::live::Phase::Quality {
-            suite: suite.to_owned(),
-            done,
-            total,
-        });
+        l.progress(suite, done, total);
     }
 }
 

@@ -146,3 +146,31 @@ pub struct StoppedEarly {
     /// Exact McNemar p-value of the flips.
     pub mcnemar_p: f64,
 }
+
+impl QualityResult {
+    /// A result's `quality` holding only `suites`, with the settings of a default run and no
+    /// journal (simulated and test results).
+    pub(crate) fn of_suites(suites: BTreeMap<String, SuiteSummary>) -> QualityResult {
+        QualityResult {
+            settings: QualitySettings {
+                suites: suites.keys().cloned().collect(),
+                lengths: Vec::new(),
+                lengths_source: "user".into(),
+                server_max_len: None,
+                depths: crate::quality::DEFAULT_DEPTHS.to_vec(),
+                items: crate::quality::DEFAULT_ITEMS,
+                logprobs: crate::quality::DEFAULT_LOGPROBS,
+                max_tokens: None,
+                seed: 0,
+                endpoint: crate::client::Endpoint::Chat,
+                temperature: 0.0,
+                top_p: 1.0,
+                tokenizer: false,
+                interrupted: false,
+            },
+            journal: String::new(),
+            duration_s: 0.0,
+            suites,
+        }
+    }
+}
