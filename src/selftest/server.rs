@@ -1,11 +1,13 @@
 //! A fast loopback streaming server for `kvbench selftest` and `scripts/bench-client.sh`.
 //!
 //! It speaks the vLLM wire format (chat and completions) and releases token `k` of a response
-//! at `arrival + ttft + k × itl`. Unlike `crate::testserver` (which checks correctness and
-//! injects faults), it is built to cost the server as little as possible per event, so that on
-//! one machine the client under test, not the server, is what runs out of CPU: one pre-rendered
-//! frame per response reused for every token (no JSON serialisation per token), no channel and
-//! no extra task per stream, one timer per stream.
+//! at `arrival + ttft + k × itl`. It shares its core with the test server
+//! ([`crate::testserver::common`]): the request reader, the schedule, the body stream that
+//! releases a response's pieces on one timer (no task and no channel per response), the common
+//! routes. Unlike the test server (which checks correctness and injects faults), it is built
+//! to cost the server as little as possible per event, so that on one machine the client under
+//! test, not the server, is what runs out of CPU: one pre-rendered frame per response reused
+//! for every token (no JSON serialisation per token).
 //!
 //! It records the truth: for every response, the instant each token frame was handed to the
 //! HTTP layer, relative to the request's arrival (when its handler ran); the arrival on the
@@ -16,8 +18,6 @@
 //! by the first line of the prompt, which for kvbench's synthetic prompts is the unique
 //! per-request prefix.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,19 +25,18 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::{IncomingStream, Listener};
-use axum::{Json, Router};
-use futures_util::Stream;
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::testserver::common::{self, Request, Schedule, Step};
 
 /// Settings of the fast server.
 #[derive(Debug, Clone)]
@@ -152,7 +151,7 @@ pub struct FastServer {
     /// Bound address.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: CancellationToken,
+    _stop: DropGuard,
 }
 
 impl FastServer {
@@ -176,12 +175,6 @@ impl FastServer {
     }
 }
 
-impl Drop for FastServer {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 /// Starts the server on `addr` (port 0 = any free port) on the current runtime.
 pub async fn start(cfg: FastServerConfig, addr: SocketAddr) -> anyhow::Result<FastServer> {
     let shared = Arc::new(Shared {
@@ -193,12 +186,7 @@ pub async fn start(cfg: FastServerConfig, addr: SocketAddr) -> anyhow::Result<Fa
         last_end: AtomicU64::new(0),
         truth: Mutex::new(Vec::new()),
     });
-    let app = Router::new()
-        .route("/health", get(|| async { "" }))
-        .route(
-            "/version",
-            get(|| async { Json(json!({"version": "kvbench-selftest"})) }),
-        )
+    let app = common::base_routes("kvbench-selftest")
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -219,15 +207,15 @@ pub async fn start(cfg: FastServerConfig, addr: SocketAddr) -> anyhow::Result<Fa
         .with_graceful_shutdown(async move { s.cancelled().await })
         .await;
     });
-    Ok(FastServer { addr, shared, stop })
+    Ok(FastServer {
+        addr,
+        shared,
+        _stop: stop.drop_guard(),
+    })
 }
 
 async fn models(State(sh): State<Arc<Shared>>) -> Response {
-    Json(json!({"object": "list", "data": [{
-        "id": sh.cfg.model, "object": "model", "created": 0,
-        "owned_by": "vllm", "max_model_len": 1_048_576
-    }]}))
-    .into_response()
+    common::models(&sh.cfg.model, "vllm", 1_048_576)
 }
 
 async fn truth(State(sh): State<Arc<Shared>>) -> Response {
@@ -388,50 +376,6 @@ impl tokio::io::AsyncWrite for StampedStream {
     }
 }
 
-#[derive(Deserialize)]
-struct RawRequest {
-    #[serde(default)]
-    max_tokens: Option<u32>,
-    #[serde(default)]
-    max_completion_tokens: Option<u32>,
-    #[serde(default)]
-    prompt: Option<serde_json::Value>,
-    #[serde(default)]
-    messages: Option<Vec<RawMessage>>,
-}
-
-#[derive(Deserialize)]
-struct RawMessage {
-    #[serde(default)]
-    content: Option<serde_json::Value>,
-}
-
-/// The first line of the prompt text (at most 200 bytes, on a character boundary) and the
-/// prompt's word count (reported as `usage.prompt_tokens`).
-fn prompt_key(req: &RawRequest) -> (String, u64) {
-    let text = match (&req.prompt, &req.messages) {
-        (Some(serde_json::Value::String(s)), _) => Some(s.as_str()),
-        (_, Some(m)) => m.first().and_then(|m| match &m.content {
-            Some(serde_json::Value::String(s)) => Some(s.as_str()),
-            Some(serde_json::Value::Array(parts)) => parts
-                .iter()
-                .find_map(|p| p.get("text").and_then(serde_json::Value::as_str)),
-            _ => None,
-        }),
-        _ => None,
-    };
-    let text = text.unwrap_or("");
-    let line = text.split('\n').next().unwrap_or("");
-    let mut end = line.len().min(200);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    (
-        line[..end].to_owned(),
-        text.split_whitespace().count() as u64,
-    )
-}
-
 /// FNV-1a: a stable hash of the key for the length variation.
 fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -453,30 +397,20 @@ fn respond(sh: Arc<Shared>, body: &[u8], chat: bool, request_rx_mono_ns: Option<
     let arrival_mono_ns = super::probe::monotonic_ns();
     let n = sh.requests.fetch_add(1, Ordering::Relaxed) + 1;
     sh.first_arrival.fetch_min(unix_ns(), Ordering::Relaxed);
-    let req: RawRequest = match serde_json::from_slice(body) {
+    let req = match Request::parse(body) {
         Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(
-                    json!({"object": "error", "message": format!("invalid JSON body: {e}"),
-                    "type": "BadRequestError", "code": 400}),
-                ),
-            )
-                .into_response();
-        }
+        Err(e) => return common::invalid_json(&e),
     };
-    let (key, prompt_tokens) = prompt_key(&req);
-    let max = req
-        .max_tokens
-        .or(req.max_completion_tokens)
-        .unwrap_or(sh.cfg.default_tokens);
+    let key = req.first_line().to_owned();
+    let max = req.max_tokens().unwrap_or(sh.cfg.default_tokens);
     let tokens = response_tokens(max, sh.cfg.vary_length, &key);
-    let frames = Frames::new(&sh.cfg.model, n, chat, tokens, prompt_tokens);
-    let stream = TokenStream {
-        ttft: sh.cfg.ttft,
-        itl: sh.cfg.itl,
-        sleep: Box::pin(tokio::time::sleep_until(arrival + sh.cfg.ttft)),
+    let frames = Frames::new(&sh.cfg.model, n, chat, tokens, req.prompt_words());
+    common::sse(TokenScript {
+        schedule: Schedule {
+            arrival,
+            ttft: sh.cfg.ttft,
+            itl: sh.cfg.itl,
+        },
         truth: Vec::with_capacity(if sh.cfg.keep_truth {
             tokens as usize
         } else {
@@ -484,19 +418,13 @@ fn respond(sh: Arc<Shared>, body: &[u8], chat: bool, request_rx_mono_ns: Option<
         }),
         key,
         shared: sh,
-        arrival,
         arrival_mono_ns,
         request_rx_mono_ns,
         frames,
         tokens,
         next: 0,
         phase: Phase::Tokens,
-    };
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    })
 }
 
 /// Pre-rendered SSE frames of one response.
@@ -565,74 +493,68 @@ enum Phase {
     Done,
 }
 
-/// The body of one response: a stream of frames released on schedule.
-struct TokenStream {
+/// One fast response: token `k`'s pre-rendered frame at its due instant (the role chunk rides
+/// with the first, as vLLM sends it), then the usage chunk and `[DONE]` at once.
+struct TokenScript {
     shared: Arc<Shared>,
-    arrival: Instant,
+    schedule: Schedule,
     arrival_mono_ns: Option<u64>,
     request_rx_mono_ns: Option<u64>,
-    ttft: Duration,
-    itl: Duration,
-    sleep: Pin<Box<Sleep>>,
     frames: Frames,
     tokens: u32,
+    /// The next token to send.
     next: u32,
     phase: Phase,
     key: String,
+    /// Nanoseconds from arrival to each token's release.
     truth: Vec<u64>,
 }
 
-impl Stream for TokenStream {
-    type Item = Result<Bytes, Infallible>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        match this.phase {
-            Phase::Done => Poll::Ready(None),
+impl common::Script for TokenScript {
+    fn next(&mut self) -> Option<Step> {
+        let f = &self.frames;
+        match self.phase {
+            Phase::Done => return None,
             Phase::Tail => {
-                this.phase = Phase::Done;
-                Poll::Ready(Some(Ok(this.frames.tail.clone())))
+                self.phase = Phase::Done;
+                return Some(Step::now(f.tail.clone()));
             }
-            Phase::Tokens => {
-                if this.sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                let now = Instant::now();
-                if this.tokens == 0 {
-                    this.phase = Phase::Tail;
-                    return Poll::Ready(Some(Ok(this.frames.empty_finish.clone())));
-                }
-                let k = this.next;
-                this.next += 1;
-                this.shared.events.fetch_add(1, Ordering::Relaxed);
-                if this.shared.cfg.keep_truth {
-                    this.truth
-                        .push(now.duration_since(this.arrival).as_nanos() as u64);
-                }
-                let frame = if this.next == this.tokens {
-                    this.phase = Phase::Tail;
-                    this.frames.last.clone()
-                } else {
-                    let due = this.arrival + this.ttft + this.itl * this.next;
-                    this.sleep.as_mut().reset(due);
-                    this.frames.token.clone()
-                };
-                let frame = match (k, &this.frames.role) {
-                    (0, Some(role)) => {
-                        let mut b = Vec::with_capacity(role.len() + frame.len());
-                        b.extend_from_slice(role);
-                        b.extend_from_slice(&frame);
-                        Bytes::from(b)
-                    }
-                    _ => frame,
-                };
-                Poll::Ready(Some(Ok(frame)))
+            Phase::Tokens => {}
+        }
+        if self.tokens == 0 {
+            self.phase = Phase::Tail;
+            return Some(Step::at(self.schedule.token(0), f.empty_finish.clone()));
+        }
+        let k = self.next;
+        self.next += 1;
+        let frame = if self.next == self.tokens {
+            self.phase = Phase::Tail;
+            f.last.clone()
+        } else {
+            f.token.clone()
+        };
+        let frame = match (k, &f.role) {
+            (0, Some(role)) => {
+                let mut b = Vec::with_capacity(role.len() + frame.len());
+                b.extend_from_slice(role);
+                b.extend_from_slice(&frame);
+                Bytes::from(b)
             }
+            _ => frame,
+        };
+        Some(Step::token(self.schedule.token(k), frame))
+    }
+
+    fn released(&mut self, now: Instant) {
+        self.shared.events.fetch_add(1, Ordering::Relaxed);
+        if self.shared.cfg.keep_truth {
+            self.truth
+                .push(now.duration_since(self.schedule.arrival).as_nanos() as u64);
         }
     }
 }
 
-impl Drop for TokenStream {
+impl Drop for TokenScript {
     fn drop(&mut self) {
         self.shared.ended.fetch_add(1, Ordering::Relaxed);
         self.shared.last_end.fetch_max(unix_ns(), Ordering::Relaxed);
@@ -665,16 +587,6 @@ mod tests {
             .map(|i| response_tokens(64, true, &format!("prefix {i}")))
             .collect();
         assert!(distinct.len() > 5, "lengths should vary: {distinct:?}");
-    }
-
-    #[test]
-    fn key_is_the_first_prompt_line() {
-        let r: RawRequest =
-            serde_json::from_str(r#"{"messages":[{"role":"user","content":"abc def\nrest"}]}"#)
-                .unwrap();
-        assert_eq!(prompt_key(&r), ("abc def".to_owned(), 3));
-        let r: RawRequest = serde_json::from_str(r#"{"prompt":"one line"}"#).unwrap();
-        assert_eq!(prompt_key(&r), ("one line".to_owned(), 2));
     }
 
     #[test]

@@ -5,22 +5,25 @@
 //! and E2E can be compared with the truth. It speaks the vLLM and llama.cpp wire variants and
 //! injects faults on every k-th request.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+pub(crate) mod common;
+
+use common::{Request, Schedule, Step};
 
 /// Which server's wire format to imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -117,26 +120,6 @@ impl std::fmt::Debug for Answers {
     }
 }
 
-/// The text a request asks about: the last message's text, or the completions prompt.
-fn prompt_text(body: &Value) -> String {
-    if let Some(p) = body.get("prompt").and_then(Value::as_str) {
-        return p.to_owned();
-    }
-    let last = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .and_then(|m| m.last());
-    match last.and_then(|m| m.get("content")) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
-}
-
 /// Splits an answer into word tokens, each after the first keeping its leading space.
 fn word_tokens(answer: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -185,7 +168,7 @@ pub struct TestServer {
     /// Bound address.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: CancellationToken,
+    _stop: DropGuard,
 }
 
 impl TestServer {
@@ -200,12 +183,6 @@ impl TestServer {
     }
 }
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 /// Starts a server on `addr` (port 0 = any free port).
 pub async fn start(cfg: TestServerConfig, addr: SocketAddr) -> anyhow::Result<TestServer> {
     let shared = Arc::new(Shared {
@@ -213,12 +190,7 @@ pub async fn start(cfg: TestServerConfig, addr: SocketAddr) -> anyhow::Result<Te
         requests: AtomicU64::new(0),
         started: Instant::now(),
     });
-    let app = Router::new()
-        .route("/health", get(|| async { "" }))
-        .route(
-            "/version",
-            get(|| async { Json(json!({"version": "kvbench-testserver"})) }),
-        )
+    let app = common::base_routes("kvbench-testserver")
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -236,7 +208,11 @@ pub async fn start(cfg: TestServerConfig, addr: SocketAddr) -> anyhow::Result<Te
             .with_graceful_shutdown(async move { s.cancelled().await })
             .await;
     });
-    Ok(TestServer { addr, shared, stop })
+    Ok(TestServer {
+        addr,
+        shared,
+        _stop: stop.drop_guard(),
+    })
 }
 
 async fn models(State(sh): State<Arc<Shared>>) -> Response {
@@ -251,61 +227,34 @@ async fn models(State(sh): State<Arc<Shared>>) -> Response {
                 Flavor::Vllm => "vllm",
                 Flavor::Llamacpp => "llamacpp",
             };
-            Json(json!({"object": "list", "data": [{
-                "id": sh.cfg.model, "object": "model", "created": 0,
-                "owned_by": owned_by, "max_model_len": 4096
-            }]}))
-            .into_response()
+            common::models(&sh.cfg.model, owned_by, 4096)
         }
     }
 }
 
-async fn chat(state: State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
-    respond(state.0, body, true)
+async fn chat(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    respond(sh, &body, true)
 }
 
-async fn completions(state: State<Arc<Shared>>, Json(body): Json<Value>) -> Response {
-    respond(state.0, body, false)
+async fn completions(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
+    respond(sh, &body, false)
 }
 
-fn prompt_words(body: &Value) -> u64 {
-    let count = |s: &str| s.split_whitespace().count() as u64;
-    if let Some(p) = body.get("prompt").and_then(Value::as_str) {
-        return count(p);
-    }
-    body.get("messages")
-        .and_then(Value::as_array)
-        .map(|m| {
-            m.iter()
-                .map(|msg| match msg.get("content") {
-                    Some(Value::String(s)) => count(s),
-                    Some(Value::Array(parts)) => parts
-                        .iter()
-                        .filter_map(|p| p.get("text").and_then(Value::as_str))
-                        .map(count)
-                        .sum(),
-                    _ => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn respond(sh: Arc<Shared>, body: Value, chat: bool) -> Response {
+fn respond(sh: Arc<Shared>, body: &[u8], chat: bool) -> Response {
     let arrival = Instant::now();
     let n = sh.requests.fetch_add(1, Ordering::SeqCst) + 1;
-    let trended;
-    let cfg = if sh.cfg.trend_pct_per_min != 0.0 {
+    let cfg = &sh.cfg;
+    // A slow trend: every delay scaled by the minutes since the server started.
+    let f = if cfg.trend_pct_per_min != 0.0 {
         let minutes = arrival.duration_since(sh.started).as_secs_f64() / 60.0;
-        let f = (1.0 + sh.cfg.trend_pct_per_min * minutes / 100.0).max(0.0);
-        trended = TestServerConfig {
-            ttft: sh.cfg.ttft.mul_f64(f),
-            itl: sh.cfg.itl.mul_f64(f),
-            ..sh.cfg.clone()
-        };
-        &trended
+        (1.0 + cfg.trend_pct_per_min * minutes / 100.0).max(0.0)
     } else {
-        &sh.cfg
+        1.0
+    };
+    let schedule = Schedule {
+        arrival,
+        ttft: cfg.ttft.mul_f64(f),
+        itl: cfg.itl.mul_f64(f),
     };
     let fault = cfg
         .fault
@@ -324,9 +273,13 @@ fn respond(sh: Arc<Shared>, body: Value, chat: bool) -> Response {
         }
         _ => {}
     }
-    let max_tokens = body.get("max_tokens").and_then(Value::as_u64).unwrap_or(16) as u32;
+    let req = match Request::parse(body) {
+        Ok(r) => r,
+        Err(e) => return common::invalid_json(&e),
+    };
+    let max_tokens = req.max_tokens().unwrap_or(16);
     let texts = cfg.answers.as_ref().map(|a| {
-        let mut t = word_tokens(&(a.0)(&prompt_text(&body)));
+        let mut t = word_tokens(&(a.0)(&req.last_text()));
         let complete = t.len() <= max_tokens as usize;
         t.truncate(max_tokens as usize);
         (t, complete)
@@ -338,194 +291,247 @@ fn respond(sh: Arc<Shared>, body: Value, chat: bool) -> Response {
     } else {
         cfg.output_tokens.unwrap_or(max_tokens)
     };
-    let prompt_tokens = prompt_words(&body);
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let cfg = cfg.clone();
-    tokio::spawn(async move {
-        let _ = stream_tokens(
-            &cfg,
-            chat,
-            tokens,
-            prompt_tokens,
-            fault,
-            arrival,
-            n,
-            texts,
-            tx,
-        )
-        .await;
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-type Tx = mpsc::Sender<Result<Bytes, std::io::Error>>;
-
-struct Framer<'a> {
-    cfg: &'a TestServerConfig,
-    tx: &'a Tx,
-}
-
-impl Framer<'_> {
-    async fn send(&self, data: &str) -> Result<(), ()> {
-        let eol = if self.cfg.crlf { "\r\n" } else { "\n" };
-        let mut s = String::with_capacity(data.len() + 16);
-        if self.cfg.comments {
-            s.push_str(": ping");
-            s.push_str(eol);
-        }
-        s.push_str(if self.cfg.no_space { "data:" } else { "data: " });
-        s.push_str(data);
-        s.push_str(eol);
-        s.push_str(eol);
-        self.tx.send(Ok(Bytes::from(s))).await.map_err(|_| ())
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn stream_tokens(
-    cfg: &TestServerConfig,
-    chat: bool,
-    tokens: u32,
-    prompt_tokens: u64,
-    fault: Option<Fault>,
-    arrival: Instant,
-    n: u64,
-    texts: Option<(Vec<String>, bool)>,
-    tx: Tx,
-) -> Result<(), ()> {
-    let f = Framer { cfg, tx: &tx };
-    let id = format!("chatcmpl-{n}");
-    let model = &cfg.model;
-    let llama = cfg.flavor == Flavor::Llamacpp;
-    if chat {
-        let content = if llama { Value::Null } else { json!("") };
-        f.send(&json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": null}]})
-            .to_string())
-            .await?;
-    }
     let cut = match fault {
         Some(Fault::StreamError { after } | Fault::Reset { after } | Fault::Truncate { after }) => {
             Some(after.min(tokens))
         }
         _ => None,
     };
-    for k in 0..tokens {
-        if cut == Some(k) {
-            break;
+    common::sse(Script {
+        id: format!("chatcmpl-{n}"),
+        prompt_tokens: req.prompt_words(),
+        shared: sh,
+        chat,
+        schedule,
+        tokens,
+        sent_until: cut.unwrap_or(tokens),
+        fault,
+        texts,
+        stage: Stage::Start,
+        next: 0,
+        malformed_sent: false,
+        ending: VecDeque::new(),
+    })
+}
+
+/// Where a response's script stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Nothing sent yet: the role chunk (chat) goes first, at once.
+    Start,
+    /// Token chunks, each when due.
+    Tokens,
+    /// The ending (finish and usage chunks, `[DONE]`, or the fault's), queued.
+    Ending,
+}
+
+/// One test-server response: the role chunk, the token chunks, the ending; a fault changes
+/// any of them.
+struct Script {
+    shared: Arc<Shared>,
+    chat: bool,
+    id: String,
+    schedule: Schedule,
+    /// Tokens of the full answer.
+    tokens: u32,
+    /// Tokens sent before a fault cuts the answer (= `tokens` without one).
+    sent_until: u32,
+    prompt_tokens: u64,
+    fault: Option<Fault>,
+    /// Answer mode: the word tokens, and whether they are the whole answer.
+    texts: Option<(Vec<String>, bool)>,
+    stage: Stage,
+    /// The next token to send.
+    next: u32,
+    malformed_sent: bool,
+    ending: VecDeque<Step>,
+}
+
+impl Script {
+    /// One SSE frame in the configured variant (comment lines, `data:` spacing, line ends).
+    fn frame(&self, data: &str) -> Bytes {
+        let cfg = &self.shared.cfg;
+        let eol = if cfg.crlf { "\r\n" } else { "\n" };
+        let mut s = String::with_capacity(data.len() + 16);
+        if cfg.comments {
+            s.push_str(": ping");
+            s.push_str(eol);
         }
-        tokio::time::sleep_until(arrival + cfg.ttft + cfg.itl * k).await;
-        if fault == Some(Fault::Malformed) && k == 1 {
-            f.send("{\"choices\": [oops").await?;
+        s.push_str(if cfg.no_space { "data:" } else { "data: " });
+        s.push_str(data);
+        s.push_str(eol);
+        s.push_str(eol);
+        Bytes::from(s)
+    }
+
+    fn llama(&self) -> bool {
+        self.shared.cfg.flavor == Flavor::Llamacpp
+    }
+
+    /// A chunk object around `choices`, for chat or completions; llama.cpp's completions
+    /// chunks have no `created`.
+    fn chunk(&self, choices: Value, created: bool) -> Value {
+        let object = if self.chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        let model = &self.shared.cfg.model;
+        if created {
+            json!({"id": self.id, "object": object, "created": 0, "model": model, "choices": choices})
+        } else {
+            json!({"id": self.id, "object": object, "model": model, "choices": choices})
         }
-        let text = match &texts {
+    }
+
+    fn role(&self) -> Bytes {
+        let content = if self.llama() { Value::Null } else { json!("") };
+        self.frame(
+            &self
+                .chunk(
+                    json!([{"index": 0, "delta": {"role": "assistant", "content": content},
+                        "logprobs": null, "finish_reason": null}]),
+                    true,
+                )
+                .to_string(),
+        )
+    }
+
+    fn token(&self, k: u32) -> Bytes {
+        let text = match &self.texts {
             Some((t, _)) => t[k as usize].clone(),
             None => format!(" tok{k}"),
         };
-        let reasoning = k < cfg.reasoning_tokens;
-        let chunk = if chat {
-            let delta = match (reasoning, llama) {
+        let choice = if self.chat {
+            let delta = match (k < self.shared.cfg.reasoning_tokens, self.llama()) {
                 (true, false) => json!({"reasoning": text}),
                 (true, true) => json!({"reasoning_content": text}),
                 (false, _) => json!({"content": text}),
             };
-            json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]})
+            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": null})
         } else {
-            json!({"id": id, "object": "text_completion", "created": 0, "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": null}]})
+            json!({"index": 0, "text": text, "logprobs": null, "finish_reason": null})
         };
-        f.send(&chunk.to_string()).await?;
+        self.frame(&self.chunk(json!([choice]), true).to_string())
     }
-    match fault {
-        Some(Fault::StreamError { .. }) => {
-            f.send(&json!({"error": {"message": "injected stream error", "type": "TestError", "code": 500}}).to_string())
-                .await?;
-            f.send("[DONE]").await?;
-            return Ok(());
-        }
-        Some(Fault::Reset { .. }) => {
-            let _ = tx
-                .send(Err(std::io::Error::new(
+
+    /// What follows the last token sent: the fault's ending, or the finish chunk, usage and
+    /// `[DONE]` in the flavor's shape.
+    fn ending(&self) -> VecDeque<Step> {
+        let mut out = VecDeque::new();
+        match self.fault {
+            Some(Fault::StreamError { .. }) => {
+                out.push_back(Step::now(self.frame(
+                    &json!({"error": {"message": "injected stream error", "type": "TestError", "code": 500}})
+                        .to_string(),
+                )));
+                out.push_back(Step::now(self.frame("[DONE]")));
+                return out;
+            }
+            Some(Fault::Reset { .. }) => {
+                out.push_back(Step::fail(std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,
                     "injected reset",
-                )))
-                .await;
-            return Ok(());
+                )));
+                return out;
+            }
+            Some(Fault::Truncate { .. }) => return out,
+            _ => {}
         }
-        Some(Fault::Truncate { .. }) => return Ok(()),
-        _ => {}
-    }
-    if tokens == 0 {
-        tokio::time::sleep_until(arrival + cfg.ttft).await;
-    }
-    let reason = match &texts {
-        Some((_, true)) => "stop",
-        Some((_, false)) => "length",
-        None if tokens == 0 => "stop",
-        None => "length",
-    };
-    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
-        "total_tokens": prompt_tokens + tokens as u64});
-    let timings = json!({"prompt_n": prompt_tokens, "predicted_n": tokens,
-        "prompt_ms": cfg.ttft.as_secs_f64() * 1e3, "predicted_per_token_ms": cfg.itl.as_secs_f64() * 1e3});
-    if chat {
-        let delta = if llama {
-            json!({})
-        } else {
-            json!({"content": ""})
+        let reason = match &self.texts {
+            Some((_, true)) => "stop",
+            Some((_, false)) => "length",
+            None if self.tokens == 0 => "stop",
+            None => "length",
         };
-        f.send(
-            &json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}]})
-            .to_string(),
-        )
-        .await?;
-        let mut u = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
-            "choices": [], "usage": usage});
-        if llama {
-            u["timings"] = timings;
+        let (prompt, tokens) = (self.prompt_tokens, self.tokens);
+        let s = &self.schedule;
+        let usage = json!({"prompt_tokens": prompt, "completion_tokens": tokens,
+            "total_tokens": prompt + tokens as u64});
+        let timings = json!({"prompt_n": prompt, "predicted_n": tokens,
+            "prompt_ms": s.ttft.as_secs_f64() * 1e3, "predicted_per_token_ms": s.itl.as_secs_f64() * 1e3});
+        let llama = self.llama();
+        let frames: Vec<Value> = if self.chat {
+            let delta = if llama {
+                json!({})
+            } else {
+                json!({"content": ""})
+            };
+            let finish = self.chunk(
+                json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}]),
+                true,
+            );
+            let mut u = self.chunk(json!([]), true);
+            u["usage"] = usage;
+            if llama {
+                u["timings"] = timings;
+            }
+            vec![finish, u]
+        } else if llama {
+            let empty = self.chunk(
+                json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": null}]),
+                false,
+            );
+            let mut last = self.chunk(
+                json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason}]),
+                false,
+            );
+            last["usage"] = usage;
+            last["timings"] = timings;
+            vec![empty, last]
+        } else {
+            let finish = self.chunk(
+                json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": reason}]),
+                true,
+            );
+            let mut u = self.chunk(json!([]), true);
+            u["usage"] = usage;
+            vec![finish, u]
+        };
+        for (i, f) in frames.iter().enumerate() {
+            let bytes = self.frame(&f.to_string());
+            // A response without tokens still finishes after the TTFT.
+            out.push_back(if i == 0 && self.tokens == 0 {
+                Step::at(s.arrival + s.ttft, bytes)
+            } else {
+                Step::now(bytes)
+            });
         }
-        f.send(&u.to_string()).await?;
-    } else if llama {
-        f.send(
-            &json!({"id": id, "object": "text_completion", "model": model,
-            "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": null}]})
-            .to_string(),
-        )
-        .await?;
-        f.send(
-            &json!({"id": id, "object": "text_completion", "model": model,
-            "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": reason}],
-            "usage": usage, "timings": timings})
-            .to_string(),
-        )
-        .await?;
-    } else {
-        f.send(
-            &json!({"id": id, "object": "text_completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": reason}]})
-            .to_string(),
-        )
-        .await?;
-        f.send(
-            &json!({"id": id, "object": "text_completion", "created": 0, "model": model,
-            "choices": [], "usage": usage})
-            .to_string(),
-        )
-        .await?;
+        if self.fault != Some(Fault::NoDone) {
+            out.push_back(Step::now(self.frame("[DONE]")));
+        }
+        out
     }
-    if fault != Some(Fault::NoDone) {
-        f.send("[DONE]").await?;
+}
+
+impl common::Script for Script {
+    fn next(&mut self) -> Option<Step> {
+        loop {
+            match self.stage {
+                Stage::Start => {
+                    self.stage = Stage::Tokens;
+                    if self.chat {
+                        return Some(Step::now(self.role()));
+                    }
+                }
+                Stage::Tokens if self.next < self.sent_until => {
+                    let k = self.next;
+                    let due = self.schedule.token(k);
+                    if self.fault == Some(Fault::Malformed) && k == 1 && !self.malformed_sent {
+                        self.malformed_sent = true;
+                        return Some(Step::at(due, self.frame("{\"choices\": [oops")));
+                    }
+                    self.next += 1;
+                    return Some(Step::token(due, self.token(k)));
+                }
+                Stage::Tokens => {
+                    self.stage = Stage::Ending;
+                    self.ending = self.ending();
+                }
+                Stage::Ending => return self.ending.pop_front(),
+            }
+        }
     }
-    Ok(())
 }
 
 /// The factor by which one server instance is slower (> 1) or faster (< 1) than nominal: the
