@@ -200,11 +200,12 @@ impl Conn {
 /// A read buffer whose memory is all initialised, so that a read fills it through a plain
 /// `&mut [u8]`: the first `len` bytes hold what was read. Its room is zeroed only as reads
 /// need it (1 KiB at first, doubled when a read fills it, up to [`FULL_ROOM`]), so a stream of
-/// small reads keeps about one page of it resident, as reads into a `Vec`'s uninitialised
-/// capacity did: zeroing all of it up front cost a page per stream in `kvbench selftest`.
+/// small reads keeps little of it resident: zeroing 8 KiB up front cost a page per stream in
+/// `kvbench selftest`, and so did reserving 8 KiB and touching its first 1 KiB (the streams'
+/// buffers then sat a page or more apart); the client reserves 1 KiB and lets it grow.
 #[derive(Debug, Default)]
 pub struct ReadBuf {
-    /// The initialised memory (its capacity is reserved up front).
+    /// The initialised memory (it grows within, then beyond, the capacity reserved).
     mem: Vec<u8>,
     len: usize,
     /// The last read filled all the room it was given: more may have been waiting.

@@ -199,8 +199,10 @@ struct Fast {
 
 /// Time allowed to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Initial read buffer of a streaming request: several events per read when they queue up.
-const READ_BUF: usize = 8 * 1024;
+/// Initial read buffer of a streaming request: a few events per read. It grows (doubling) when
+/// a read fills it, so events that queue up are still read several at a time, and a stream of
+/// small reads keeps about 1 KiB, not a page, resident.
+const READ_BUF: usize = 1024;
 use body::{ERROR_BODY_LIMIT, MAX_JSON_BODY};
 
 impl Client {
@@ -562,8 +564,7 @@ impl Client {
             pool: &fast.pool,
             pending: Some(head.len),
             buf,
-            payload: Vec::new(),
-            piece: None,
+            start: 0,
             framing: head.framing,
             keep_alive: head.keep_alive,
             ended: false,
@@ -589,7 +590,7 @@ struct ReqwestBody<'a> {
 }
 
 impl BodySource for ReqwestBody<'_> {
-    async fn read(&mut self) -> Read<'_> {
+    async fn read(&mut self) -> Read {
         let next = tokio::select! {
             n = self.resp.chunk() => n,
             _ = &mut self.cancelled => {
@@ -600,12 +601,7 @@ impl BodySource for ReqwestBody<'_> {
             Ok(Some(bytes)) => {
                 let t_ns = self.origin.elapsed().as_nanos() as u64;
                 self.last = bytes;
-                Read {
-                    payload: &self.last,
-                    t_ns,
-                    stamp: None,
-                    then: Then::More,
-                }
+                Read::bytes(t_ns, None)
             }
             Ok(None) => Read::bare(Then::End),
             Err(e) => {
@@ -617,6 +613,11 @@ impl BodySource for ReqwestBody<'_> {
                 Read::failed(kind, describe_reqwest(&e))
             }
         }
+    }
+
+    fn payload(&mut self, each: &mut dyn FnMut(&[u8])) -> Then {
+        each(&self.last);
+        Then::More
     }
 
     async fn error_body(mut self) -> Option<Vec<u8>> {
@@ -639,10 +640,8 @@ struct H1Body<'a> {
     buf: h1::ReadBuf,
     /// Where the body starts in `buf`, until that first part has been handed over.
     pending: Option<usize>,
-    /// The last read's payload, framing removed, when it came in several pieces.
-    payload: Vec<u8>,
-    /// Where in `buf` the last read's payload lies, when it came in one piece.
-    piece: Option<std::ops::Range<usize>>,
+    /// Where the last read's bytes start in `buf` (after the head, for the first read).
+    start: usize,
     framing: h1::Framing,
     keep_alive: bool,
     /// The framing says the body ended.
@@ -656,72 +655,11 @@ struct H1Body<'a> {
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl H1Body<'_> {
-    /// The last read's payload: its piece of `buf`, or the pieces copied together.
-    fn payload(&self) -> &[u8] {
-        match &self.piece {
-            Some(r) => self.buf.filled().get(r.clone()).unwrap_or_default(),
-            None => &self.payload,
-        }
-    }
-
-    /// Passes `buf[start..]` through the framing. The payload of a read is most often one
-    /// piece of `buf` (one HTTP chunk, or a body without chunks): it is then read in place
-    /// (`piece`); only several pieces are copied together into `payload`.
-    fn unframe(&mut self, start: usize) -> Then {
-        self.payload.clear();
-        let whole = self.buf.filled();
-        let input = &whole[start..];
-        let copy = &mut self.payload;
-        // The first piece as a range of `whole` (feed passes pieces of its input); `None` once
-        // the pieces are copied.
-        let mut first: Option<std::ops::Range<usize>> = Some(0..0);
-        let mut pieces = 0usize;
-        let fed = feed(&mut self.framing, input, &mut |p| {
-            pieces += 1;
-            if pieces == 1 {
-                first = (p.as_ptr() as usize)
-                    .checked_sub(whole.as_ptr() as usize)
-                    .map(|at| at..at + p.len())
-                    .filter(|r| {
-                        whole
-                            .get(r.clone())
-                            .is_some_and(|s| s.as_ptr() == p.as_ptr())
-                    });
-                if first.is_some() {
-                    return;
-                }
-            } else if let Some(r) = first.take() {
-                copy.extend_from_slice(whole.get(r).unwrap_or_default());
-            }
-            copy.extend_from_slice(p);
-        });
-        self.piece = first;
-        match fed {
-            Ok(Some(extra)) => {
-                self.ended = true;
-                self.keep_alive &= !extra;
-                Then::End
-            }
-            Ok(None) => Then::More,
-            Err(msg) => Then::Fail(
-                ErrorKind::StreamReset,
-                format!("response body failed: {msg}"),
-            ),
-        }
-    }
-}
-
 impl BodySource for H1Body<'_> {
-    async fn read(&mut self) -> Read<'_> {
+    async fn read(&mut self) -> Read {
         if let Some(start) = self.pending.take() {
-            let then = self.unframe(start);
-            return Read {
-                payload: self.payload(),
-                t_ns: self.t_ns,
-                stamp: None,
-                then,
-            };
+            self.start = start;
+            return Read::bytes(self.t_ns, None);
         }
         // A flood of data keeps the read below always ready: look at cancellation and the
         // deadline here too (cheap), not only when the read waits.
@@ -753,19 +691,32 @@ impl BodySource for H1Body<'_> {
                 let read_ns = self.origin.elapsed().as_nanos() as u64;
                 let (t_ns, kernel) = arrival_ns(&self.conn, read_ns, self.t_ns);
                 self.t_ns = t_ns;
-                let then = self.unframe(0);
-                Read {
-                    payload: self.payload(),
-                    t_ns,
-                    stamp: Some(kernel),
-                    then,
-                }
+                self.start = 0;
+                Read::bytes(t_ns, Some(kernel))
             }
             Guarded::Done(Err(e)) => {
                 Read::failed(ErrorKind::StreamReset, format!("response body failed: {e}"))
             }
             Guarded::TimedOut => Read::failed(ErrorKind::Timeout, "timed out"),
             Guarded::Cancelled => Read::failed(ErrorKind::Cancelled, "interrupted while streaming"),
+        }
+    }
+
+    /// Passes the read's bytes through the framing: each piece of payload (one per HTTP chunk)
+    /// is a slice of `buf`, handed over in place.
+    fn payload(&mut self, each: &mut dyn FnMut(&[u8])) -> Then {
+        let input = self.buf.filled().get(self.start..).unwrap_or_default();
+        match feed(&mut self.framing, input, &mut |p| each(p)) {
+            Ok(Some(extra)) => {
+                self.ended = true;
+                self.keep_alive &= !extra;
+                Then::End
+            }
+            Ok(None) => Then::More,
+            Err(msg) => Then::Fail(
+                ErrorKind::StreamReset,
+                format!("response body failed: {msg}"),
+            ),
         }
     }
 

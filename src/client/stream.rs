@@ -20,9 +20,13 @@ pub(crate) const ERROR_BODY_WITHIN: Duration = Duration::from_secs(5);
 
 /// A response body as a sequence of reads: what a transport gives the stream loop.
 pub(crate) trait BodySource {
-    /// Waits for the next read of the body: its payload (the body's bytes, framing removed)
-    /// and the instant they arrived, or how the body ended or failed.
-    async fn read(&mut self) -> Read<'_>;
+    /// Waits for the next read of the body: the instant its bytes arrived ([`Then::More`]:
+    /// ask [`BodySource::payload`] for them), or how the body ended or failed.
+    async fn read(&mut self) -> Read;
+
+    /// Hands the last read's payload (the body's bytes, framing removed) to `each`, piece by
+    /// piece, where the transport holds them (nothing is copied), and says what follows it.
+    fn payload(&mut self, each: &mut dyn FnMut(&[u8])) -> Then;
 
     /// The start of an error body (at most [`body::ERROR_BODY_LIMIT`] bytes, within
     /// [`ERROR_BODY_WITHIN`]); `None` when the run was cancelled first and nothing is kept.
@@ -38,23 +42,21 @@ pub(crate) trait BodySource {
 }
 
 /// One read of a body.
-pub(crate) struct Read<'a> {
-    /// The body's bytes this read delivered (may be empty).
-    pub payload: &'a [u8],
-    /// When they arrived, ns on the run's timeline.
+pub(crate) struct Read {
+    /// When its bytes arrived, ns on the run's timeline.
     pub t_ns: u64,
     /// How `t_ns` was taken, when the transport records it: the kernel's receive timestamp
     /// (`true`) or the read's own instant (`false`); see [`RequestRecord::note_instant`].
     pub stamp: Option<bool>,
-    /// What follows this read.
+    /// [`Then::More`]: bytes arrived, [`BodySource::payload`] hands them over and says what
+    /// follows; otherwise the body ended or failed with nothing more delivered.
     pub then: Then,
 }
 
-impl Read<'_> {
+impl Read {
     /// A read that delivered nothing and ends the body with `then`.
     pub fn bare(then: Then) -> Self {
         Read {
-            payload: &[],
             t_ns: 0,
             stamp: None,
             then,
@@ -64,6 +66,15 @@ impl Read<'_> {
     /// A read that failed: nothing delivered, the request ends as `kind`.
     pub fn failed(kind: ErrorKind, msg: impl Into<String>) -> Self {
         Self::bare(Then::Fail(kind, msg.into()))
+    }
+
+    /// A read that delivered bytes at `t_ns`.
+    pub fn bytes(t_ns: u64, stamp: Option<bool>) -> Self {
+        Read {
+            t_ns,
+            stamp,
+            then: Then::More,
+        }
     }
 }
 
@@ -109,7 +120,11 @@ pub(crate) async fn read_response<S: BodySource>(
             rec.note_instant(kernel);
         }
         let t = read.t_ns;
-        parser.push(read.payload, &mut |data| state.on_event(data, t, rec));
+        let then = match read.then {
+            Then::More => body
+                .payload(&mut |piece| parser.push(piece, &mut |data| state.on_event(data, t, rec))),
+            ended => ended,
+        };
         if parser.too_large() {
             state.abort(
                 rec,
@@ -119,7 +134,7 @@ pub(crate) async fn read_response<S: BodySource>(
             );
             return;
         }
-        match read.then {
+        match then {
             Then::Fail(kind, msg) => {
                 state.abort(rec, now_ns(), kind, &msg);
                 return;
@@ -328,19 +343,28 @@ mod tests {
     /// A body that replays scripted reads: (payload, instant, what follows).
     struct Script {
         reads: VecDeque<(&'static [u8], u64, Then)>,
+        last: Option<(&'static [u8], Then)>,
         error_body: &'static [u8],
     }
 
     impl BodySource for Script {
-        async fn read(&mut self) -> Read<'_> {
+        async fn read(&mut self) -> Read {
             match self.reads.pop_front() {
-                Some((payload, t_ns, then)) => Read {
-                    payload,
-                    t_ns,
-                    stamp: Some(true),
-                    then,
-                },
+                Some((payload, t_ns, then)) => {
+                    self.last = Some((payload, then));
+                    Read::bytes(t_ns, Some(true))
+                }
                 None => Read::bare(Then::End),
+            }
+        }
+
+        fn payload(&mut self, each: &mut dyn FnMut(&[u8])) -> Then {
+            match self.last.take() {
+                Some((payload, then)) => {
+                    each(payload);
+                    then
+                }
+                None => Then::End,
             }
         }
 
@@ -354,6 +378,7 @@ mod tests {
     fn run(status: u16, reads: Vec<(&'static [u8], u64, Then)>) -> RequestRecord {
         let body = Script {
             reads: reads.into(),
+            last: None,
             error_body: br#"{"error": {"message": "busy"}}"#,
         };
         let mut rec = RequestRecord::default();
