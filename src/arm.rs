@@ -336,28 +336,9 @@ pub async fn run_arm_live(
     live.phase(Phase::Launching {
         log: files.log.clone(),
     });
-    let launched = match server::launch(plan, &files, &opts.catalog, cancel).await {
+    let mut launched = match server::launch(plan, &files, &opts.catalog, cancel).await {
         Ok(l) => l,
-        Err(e) => {
-            let mut r = empty_result(plan, &plan.url, Outcome::Failed(e.failure.kind.clone()));
-            let report = ServerLog::read(&files.log).scan(&opts.catalog);
-            r.warnings = report.warnings.clone();
-            r.server.launch_args = Some(e.launch_args.clone());
-            r.server.facts = ServerFacts {
-                log: Some(files.log.display().to_string()),
-                seconds_to_failure: Some(e.elapsed_s),
-                engine_cache: e.engine_cache.clone(),
-                config_check: Some(config_check(&e.launch_args, &report.facts, None)),
-                ..ServerFacts::from_log_scan(report.facts.clone())
-            };
-            r.failure = Some(e.failure);
-            scrub(&mut r, &secret_values(plan, &e.launch_args));
-            write_json(&output, &r)?;
-            return Ok(ArmRun {
-                result: r,
-                path: output,
-            });
-        }
+        Err(e) => return launch_failed(plan, opts, &files, output, e),
     };
     live.phase(Phase::Healthy {
         startup_s: launched.startup_s,
@@ -370,59 +351,20 @@ pub async fn run_arm_live(
     let sweep_cfg = cfg.clone();
     let measured = runner::measure_live(cfg, cancel.clone(), Some(live.clone())).await;
     let server_metrics = scraper.finish().await;
-    let mut launched = launched;
     let died = launched.server_exited();
     // The load sweep, against the same server, once the workload ran to its end. A server that
     // dies during the sweep ends it (its levels say so); the workload's outcome stands.
     let capacity = match (&sweep_cfg.sweep, &measured) {
         (Some(sweep), Ok(r)) if !r.interrupted && !cancel.is_cancelled() && died.is_none() => {
-            // A KV-filling sweep is sized from the cache the server reports (vLLM's
-            // cache_config_info, else its start-up log: vLLM's token count, llama.cpp's cells).
-            let kv_tokens = sweep.kv_fill.then(|| {
-                let facts = || ServerLog::read(&files.log).scan(&opts.catalog).facts;
-                cache_config
-                    .as_ref()
-                    .and_then(|c| c.get("kv_cache_size_tokens"))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .or_else(|| {
-                        let f = facts();
-                        ["kv_cache_tokens", "llamacpp_kv_cache_cells"]
-                            .iter()
-                            .find_map(|k| match f.get(*k) {
-                                Some(Value::Number(n)) => n.as_u64(),
-                                Some(Value::String(s)) => s.parse().ok(),
-                                _ => None,
-                            })
-                    })
-            });
-            match kv_tokens {
-                Some(None) => {
-                    live.note(&format!(
-                        "arm {:?}: warning: the server reports no KV-cache capacity, so the sweep concurrency=kv cannot be sized; no sweep",
-                        plan.name
-                    ));
-                    None
-                }
-                kv => {
-                    let mut sweep = sweep.clone();
-                    if let Some(Some(t)) = kv {
-                        let seq = u64::from(sweep_cfg.workload.input_len)
-                            + u64::from(sweep_cfg.sampling.max_tokens);
-                        sweep.levels = crate::capacity::kv_fill_levels(t, seq);
-                    }
-                    let say = |line: &str| live.note(line);
-                    let mut c = crate::runner::sweep::run(
-                        &sweep_cfg,
-                        &sweep,
-                        plan.metrics_interval,
-                        cancel,
-                        &say,
-                    )
-                    .await;
-                    c.sized_from_kv_tokens = kv.flatten();
-                    Some(c)
-                }
-            }
+            let ctx = SweepContext {
+                plan,
+                opts,
+                files: &files,
+                cache_config: cache_config.as_ref(),
+                cancel,
+                live,
+            };
+            sweep_after(&ctx, &sweep_cfg, sweep).await
         }
         _ => None,
     };
@@ -436,10 +378,139 @@ pub async fn run_arm_live(
 
     let log = ServerLog::read(&files.log);
     let report = log.scan(&opts.catalog);
+    let mut r = measured_outcome(measured, died, &log, plan, opts, &url, cancel);
+    r.arm = Some(plan.name.clone());
+    r.server.launch_args = Some(launch_args.clone());
+    r.server.startup_s = Some(startup_s);
+    r.phases.launch_s = Some(startup_s);
+    r.phases.teardown_s = Some(teardown_s);
+    let mut facts = server_facts(&report, cache_config.as_ref(), props, &mut r);
+    facts.config_check = Some(config_check(
+        &launch_args,
+        &report.facts,
+        cache_config.as_ref(),
+    ));
+    facts.log = Some(files.log.display().to_string());
+    facts.engine_cache = engine_cache;
+    r.server.facts.extend(facts);
+    r.warnings = report.warnings.clone();
+    r.server_metrics = server_metrics;
+    r.capacity = capacity;
+    scrub(&mut r, &secret_values(plan, &launch_args));
+    write_json(&output, &r)?;
+    Ok(ArmRun {
+        result: r,
+        path: output,
+    })
+}
+
+/// The result of an arm whose server never became healthy: the launch failure, the warnings
+/// of what it logged, and what it was launched with; written at once.
+fn launch_failed(
+    plan: &ArmPlan,
+    opts: &ArmOptions,
+    files: &ArmFiles,
+    output: PathBuf,
+    e: server::LaunchError,
+) -> anyhow::Result<ArmRun> {
+    let mut r = empty_result(plan, &plan.url, Outcome::Failed(e.failure.kind.clone()));
+    let report = ServerLog::read(&files.log).scan(&opts.catalog);
+    r.warnings = report.warnings.clone();
+    r.server.launch_args = Some(e.launch_args.clone());
+    r.server.facts = ServerFacts {
+        log: Some(files.log.display().to_string()),
+        seconds_to_failure: Some(e.elapsed_s),
+        engine_cache: e.engine_cache.clone(),
+        config_check: Some(config_check(&e.launch_args, &report.facts, None)),
+        ..ServerFacts::from_log_scan(report.facts.clone())
+    };
+    r.failure = Some(e.failure);
+    scrub(&mut r, &secret_values(plan, &e.launch_args));
+    write_json(&output, &r)?;
+    Ok(ArmRun {
+        result: r,
+        path: output,
+    })
+}
+
+/// What a load sweep after the workload needs to know of its arm.
+struct SweepContext<'a> {
+    plan: &'a ArmPlan,
+    opts: &'a ArmOptions,
+    files: &'a ArmFiles,
+    /// vLLM's `cache_config_info`, when `/metrics` had it.
+    cache_config: Option<&'a BTreeMap<String, String>>,
+    cancel: &'a CancellationToken,
+    live: &'a crate::live::ArmLive,
+}
+
+/// The load sweep against the arm's running server. A KV-filling sweep is sized from the
+/// cache the server reports (vLLM's `cache_config_info`, else its start-up log: vLLM's token
+/// count, llama.cpp's cells); without one there is no sweep, and a note says why.
+async fn sweep_after(
+    ctx: &SweepContext<'_>,
+    sweep_cfg: &RunConfig,
+    sweep: &crate::capacity::Sweep,
+) -> Option<crate::capacity::Capacity> {
+    let kv_tokens = sweep.kv_fill.then(|| {
+        ctx.cache_config
+            .and_then(|c| c.get("kv_cache_size_tokens"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| {
+                let f = ServerLog::read(&ctx.files.log)
+                    .scan(&ctx.opts.catalog)
+                    .facts;
+                ["kv_cache_tokens", "llamacpp_kv_cache_cells"]
+                    .iter()
+                    .find_map(|k| match f.get(*k) {
+                        Some(Value::Number(n)) => n.as_u64(),
+                        Some(Value::String(s)) => s.parse().ok(),
+                        _ => None,
+                    })
+            })
+    });
+    if let Some(None) = kv_tokens {
+        ctx.live.note(&format!(
+            "arm {:?}: warning: the server reports no KV-cache capacity, so the sweep concurrency=kv cannot be sized; no sweep",
+            ctx.plan.name
+        ));
+        return None;
+    }
+    let mut sweep = sweep.clone();
+    if let Some(Some(t)) = kv_tokens {
+        let seq =
+            u64::from(sweep_cfg.workload.input_len) + u64::from(sweep_cfg.sampling.max_tokens);
+        sweep.levels = crate::capacity::kv_fill_levels(t, seq);
+    }
+    let say = |line: &str| ctx.live.note(line);
+    let mut c = crate::runner::sweep::run(
+        sweep_cfg,
+        &sweep,
+        ctx.plan.metrics_interval,
+        ctx.cancel,
+        &say,
+    )
+    .await;
+    c.sized_from_kv_tokens = kv_tokens.flatten();
+    Some(c)
+}
+
+/// The run's result as measured, or an empty one when the measurement failed; a server that
+/// exited during the run makes the outcome a failure of the kind its log shows (or an
+/// interruption, when kvbench was being stopped too).
+fn measured_outcome(
+    measured: anyhow::Result<RunResult>,
+    died: Option<std::process::ExitStatus>,
+    log: &ServerLog,
+    plan: &ArmPlan,
+    opts: &ArmOptions,
+    url: &str,
+    cancel: &CancellationToken,
+) -> RunResult {
     let mut r = match measured {
         Ok(r) => r,
         Err(e) => {
-            let mut r = empty_result(plan, &url, Outcome::Failed(FailureKind::Crashed));
+            let mut r = empty_result(plan, url, Outcome::Failed(FailureKind::Crashed));
             r.failure = Some(Failure {
                 kind: if cancel.is_cancelled() {
                     FailureKind::Interrupted
@@ -481,13 +552,20 @@ pub async fn run_arm_live(
             log_tail: log.tail(40),
         });
     }
-    r.arm = Some(plan.name.clone());
-    r.server.launch_args = Some(launch_args.clone());
-    r.server.startup_s = Some(startup_s);
-    r.phases.launch_s = Some(startup_s);
-    r.phases.teardown_s = Some(teardown_s);
+    r
+}
+
+/// What the server says of itself: its log's facts, vLLM's `cache_config_info` (with its KV
+/// token count), llama.cpp's KV cells (one token each) and `/props` (build, context size).
+/// Sets the result's server version where the server names one.
+fn server_facts(
+    report: &crate::logscan::LogReport,
+    cache_config: Option<&BTreeMap<String, String>>,
+    props: Option<Value>,
+    r: &mut RunResult,
+) -> ServerFacts {
     let mut facts = ServerFacts::from_log_scan(report.facts.clone());
-    if let Some(c) = &cache_config {
+    if let Some(c) = cache_config {
         facts.cache_config = Some(c.clone());
         if let Some(n) = c
             .get("kv_cache_size_tokens")
@@ -524,23 +602,7 @@ pub async fn run_arm_live(
     if r.server.version.is_none() {
         r.server.version = facts.text("vllm_version").map(str::to_owned);
     }
-    facts.config_check = Some(config_check(
-        &launch_args,
-        &report.facts,
-        cache_config.as_ref(),
-    ));
-    facts.log = Some(files.log.display().to_string());
-    facts.engine_cache = engine_cache;
-    r.server.facts.extend(facts);
-    r.warnings = report.warnings.clone();
-    r.server_metrics = server_metrics;
-    r.capacity = capacity;
-    scrub(&mut r, &secret_values(plan, &launch_args));
-    write_json(&output, &r)?;
-    Ok(ArmRun {
-        result: r,
-        path: output,
-    })
+    facts
 }
 
 /// Values that must never appear in results: those of secret-looking flags (`--api-key`,
