@@ -266,6 +266,11 @@ pub async fn launch(
         LaunchSpec::Process { env, .. } => Some(EngineCache::plan(plan.engine_cache, env).create()),
         _ => None,
     };
+    let fails = Fails {
+        log: &files.log,
+        t0,
+        engine_cache: engine_cache.clone(),
+    };
     let port = match &plan.port {
         Some(PortSpec::Fixed(p)) => Some(*p),
         Some(PortSpec::Named(_)) => Some(free_port().map_err(|e| LaunchError {
@@ -287,26 +292,58 @@ pub async fn launch(
     };
     let url = substitute(&plan.url, port).trim_end_matches('/').to_owned();
     let _ = std::fs::write(&files.log, b"");
-    let fail = |kind: &str, message: String, args: &[String]| LaunchError {
-        failure: Failure {
-            kind: kind.into(),
-            message,
-            log_tail: ServerLog::read(&files.log).tail(40),
-        },
-        launch_args: args.to_vec(),
-        elapsed_s: t0.elapsed().as_secs_f64(),
-        engine_cache: engine_cache.clone(),
-    };
     let mut launched = Launched {
-        url: url.clone(),
+        url,
         launch_args: Vec::new(),
         startup_s: 0.0,
         log: files.log.clone(),
-        engine_cache: engine_cache.clone(),
+        engine_cache,
         groups: Vec::new(),
         compose: None,
         attach_log: None,
     };
+    start(plan, files, port, &fails, &mut launched)?;
+    let mut launched = wait_healthy(plan, files, catalog, cancel, &fails, launched).await?;
+    launched.startup_s = t0.elapsed().as_secs_f64();
+    if let Some(f) = &launched.attach_log {
+        let _ = std::fs::copy(f, &files.log);
+    }
+    Ok(launched)
+}
+
+/// How a launch fails: what it knows so far, the log's last lines at that moment.
+struct Fails<'a> {
+    log: &'a Path,
+    t0: Instant,
+    engine_cache: Option<EngineCache>,
+}
+
+impl Fails<'_> {
+    fn fail(&self, kind: &str, message: String, args: &[String]) -> LaunchError {
+        LaunchError {
+            failure: Failure {
+                kind: kind.into(),
+                message,
+                log_tail: ServerLog::read(self.log).tail(40),
+            },
+            launch_args: args.to_vec(),
+            elapsed_s: self.t0.elapsed().as_secs_f64(),
+            engine_cache: self.engine_cache.clone(),
+        }
+    }
+}
+
+/// Starts the arm's server (a process, or a compose service with its log follower), or
+/// attaches to a running one (its log command or log file), filling `launched`.
+// The error is `launch`'s own, built once per arm: its size does not matter.
+#[allow(clippy::result_large_err)]
+fn start(
+    plan: &ArmPlan,
+    files: &ArmFiles,
+    port: Option<u16>,
+    fails: &Fails,
+    launched: &mut Launched,
+) -> Result<(), LaunchError> {
     match &plan.launch {
         LaunchSpec::Process {
             program,
@@ -322,7 +359,7 @@ pub async fn launch(
                 .iter()
                 .map(|(k, v)| (k.clone(), substitute(v, port)))
                 .collect();
-            if let Some(c) = &engine_cache {
+            if let Some(c) = &launched.engine_cache {
                 env.extend(c.set.clone());
             }
             let mut full = vec![program.clone()];
@@ -330,7 +367,7 @@ pub async fn launch(
             launched.launch_args = full.clone();
             let child =
                 spawn_logged(program, &args, &env, cwd.as_deref(), &files.log).map_err(|e| {
-                    fail(
+                    fails.fail(
                         "launch_error",
                         format!("cannot start {program:?}: {e}"),
                         &full,
@@ -340,11 +377,11 @@ pub async fn launch(
         }
         LaunchSpec::Compose { .. } => {
             let run = compose::ComposeRun::prepare(plan, files, port)
-                .map_err(|e| fail("launch_error", format!("{e:#}"), &[]))?;
+                .map_err(|e| fails.fail("launch_error", format!("{e:#}"), &[]))?;
             launched.launch_args = run.service_args.clone();
             let follower = run.up(&files.log).map_err(|e| {
                 run.teardown();
-                fail("launch_error", format!("{e:#}"), &launched.launch_args)
+                fails.fail("launch_error", format!("{e:#}"), &launched.launch_args)
             })?;
             launched.groups.push((follower, "logs"));
             launched.compose = Some(run);
@@ -356,7 +393,7 @@ pub async fn launch(
             if let Some(cmd) = log_command.as_ref().filter(|c| !c.is_empty()) {
                 let child = spawn_logged(&cmd[0], &cmd[1..], &BTreeMap::new(), None, &files.log)
                     .map_err(|e| {
-                        fail(
+                        fails.fail(
                             "launch_error",
                             format!("cannot start log command {:?}: {e}", cmd[0]),
                             &[],
@@ -365,7 +402,7 @@ pub async fn launch(
                 launched.groups.push((child, "logs"));
             } else if let Some(f) = log_file {
                 if !f.is_file() {
-                    return Err(fail(
+                    return Err(fails.fail(
                         "launch_error",
                         format!("log file {} not found", f.display()),
                         &[],
@@ -375,18 +412,31 @@ pub async fn launch(
             }
         }
     }
+    Ok(())
+}
 
-    // Wait for health: `/health` 200, then `/v1/models` with at least one model. A redirect
-    // to another origin is not followed (it would check another server's health).
+/// Waits for health: `/health` 200, then `/v1/models` with at least one model. A redirect to
+/// another origin is not followed (it would check another server's health). A server that
+/// exits first, a deadline that passes or a cancellation ends the wait, and the server is shut
+/// down.
+async fn wait_healthy(
+    plan: &ArmPlan,
+    files: &ArmFiles,
+    catalog: &Catalog,
+    cancel: &CancellationToken,
+    fails: &Fails<'_>,
+    mut launched: Launched,
+) -> Result<Launched, LaunchError> {
     let http = reqwest::Client::builder()
         .redirect(crate::client::same_origin_redirects())
         .build()
         .unwrap_or_default();
-    let deadline = t0 + plan.health_timeout;
+    let url = launched.url.clone();
+    let deadline = fails.t0 + plan.health_timeout;
     let is_process_server = matches!(plan.launch, LaunchSpec::Process { .. });
     loop {
         if cancel.is_cancelled() {
-            return Err(fail(
+            return Err(fails.fail(
                 "interrupted",
                 "interrupted while waiting for the server".into(),
                 &launched.launch_args,
@@ -420,21 +470,19 @@ pub async fn launch(
                             ServerLog::read(&files.log).classify(catalog, why.clone());
                     }
                 }
-                let args = launched.launch_args.clone();
-                let e = fail(&kind, message, &args);
+                let e = fails.fail(&kind, message, &launched.launch_args);
                 launched.shutdown().await;
                 return Err(e);
             }
         }
         if healthy(&http, &url).await {
-            break;
+            return Ok(launched);
         }
         if Instant::now() >= deadline {
-            let args = launched.launch_args.clone();
-            let e = fail(
+            let e = fails.fail(
                 "startup_timeout",
                 format!("not healthy after {} s", plan.health_timeout.as_secs()),
-                &args,
+                &launched.launch_args,
             );
             launched.shutdown().await;
             return Err(e);
@@ -444,11 +492,6 @@ pub async fn launch(
             _ = cancel.cancelled() => {}
         }
     }
-    launched.startup_s = t0.elapsed().as_secs_f64();
-    if let Some(f) = &launched.attach_log {
-        let _ = std::fs::copy(f, &files.log);
-    }
-    Ok(launched)
 }
 
 /// `/health` answers 200, then `/v1/models` lists at least one model. Both bodies are read
