@@ -296,187 +296,14 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
     let mut arms = Vec::new();
     let mut names = std::collections::BTreeSet::new();
     for (i, arm) in raw.arms.iter().enumerate() {
-        let a = arm.get_ref();
-        let name = a.name.get_ref().clone();
-        let (name_line, _) = line_col(text, a.name.span().start);
-        let at = |key: &str| format!("{file}:{name_line}: arms[{i}] ({name:?}) key `{key}`");
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            bail!(
-                "{}: must be non-empty and use only letters, digits, '-', '_' or '.'",
-                at("name")
-            );
-        }
-        if !names.insert(name.clone()) {
-            bail!("{}: the name {name:?} is used twice", at("name"));
-        }
-        let server = raw
-            .server
-            .merged(a.server.as_ref().unwrap_or(&RawServer::default()));
-        let server = expand_server(server).map_err(|e| anyhow::anyhow!("{}: {e}", at("server")))?;
-        let mut arm_env = a.env.clone();
-        for v in arm_env.values_mut() {
-            *v = expand_env(v).map_err(|e| anyhow::anyhow!("{}: {e}", at("env")))?;
-        }
-        let mut env = server.env.clone().unwrap_or_default();
-        env.extend(arm_env);
-        let launcher = server.launcher.unwrap_or(LauncherKind::Process);
-        let mut set = Vec::new();
-        for (k, v) in &a.set {
-            if !k.starts_with('-') {
-                bail!("{}: {k:?} is not a flag (flags start with '-')", at("set"));
-            }
-            match v {
-                toml::Value::Boolean(true) => set.push((k.clone(), None)),
-                toml::Value::Boolean(false) => {}
-                toml::Value::String(s) => set.push((k.clone(), Some(s.clone()))),
-                toml::Value::Integer(n) => set.push((k.clone(), Some(n.to_string()))),
-                toml::Value::Float(x) => set.push((k.clone(), Some(x.to_string()))),
-                _ => bail!(
-                    "{}: the value of {k:?} must be a string, number or boolean",
-                    at("set")
-                ),
-            }
-        }
-        let mut remove = a.remove.clone();
-        remove.extend(
-            a.set
-                .iter()
-                .filter(|(_, v)| matches!(v, toml::Value::Boolean(false)))
-                .map(|(k, _)| k.clone()),
-        );
-        let append = a
-            .args
-            .iter()
-            .map(|x| expand_env(x))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", at("args")))?;
-        for (_, v) in set.iter_mut() {
-            if let Some(x) = v {
-                *x = expand_env(x).map_err(|e| anyhow::anyhow!("{}: {e}", at("set")))?;
-            }
-        }
-        let changes = ArgChanges {
-            append,
-            set,
-            remove,
-        };
-        let launch = match launcher {
-            LauncherKind::Process => {
-                let command = server
-                    .command
-                    .clone()
-                    .filter(|c| !c.is_empty())
-                    .ok_or_else(|| anyhow::anyhow!("{}: required for launcher \"process\" (e.g. command = [\"vllm\", \"serve\", \"MODEL\"])", at("server.command")))?;
-                let mut args = command[1..].to_vec();
-                args.extend(server.args.clone().unwrap_or_default());
-                LaunchSpec::Process {
-                    program: command[0].clone(),
-                    args,
-                    env: env.clone(),
-                    cwd: server.cwd.clone().map(|p| base_dir.join(p)),
-                }
-            }
-            LauncherKind::Compose => {
-                let f = server.compose_file.clone().ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{}: required for launcher \"compose\"",
-                        at("server.compose_file")
-                    )
-                })?;
-                let service = server.service.clone().ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{}: required for launcher \"compose\"",
-                        at("server.service")
-                    )
-                })?;
-                if server.url.is_none() {
-                    bail!(
-                        "{}: required for launcher \"compose\" (e.g. http://127.0.0.1:8000)",
-                        at("server.url")
-                    );
-                }
-                LaunchSpec::Compose {
-                    file: base_dir.join(f),
-                    service,
-                    project: server.project.clone(),
-                    base_args: server.args.clone(),
-                    env: env.clone(),
-                }
-            }
-            LauncherKind::Attach => {
-                if server.url.is_none() {
-                    bail!("{}: required for launcher \"attach\"", at("server.url"));
-                }
-                if !changes.append.is_empty()
-                    || !changes.set.is_empty()
-                    || !changes.remove.is_empty()
-                {
-                    bail!("{}: an attached server cannot change its arguments: start it yourself, or use launcher \"process\" or \"compose\"", at("args"));
-                }
-                LaunchSpec::Attach {
-                    log_file: server.log_file.clone().map(|p| base_dir.join(p)),
-                    log_command: server.log_command.clone(),
-                }
-            }
-        };
-        let port = server.port.clone();
-        if let Some(PortSpec::Named(s)) = &port {
-            if s != "auto" {
-                bail!("{}: must be a number or \"auto\"", at("server.port"));
-            }
-        }
-        let url = server
-            .url
-            .clone()
-            .unwrap_or_else(|| "http://127.0.0.1:{port}".to_owned());
-        if url.contains("{port}") && port.is_none() && launcher != LauncherKind::Process {
-            bail!(
-                "{}: the URL uses {{port}} but no port is set",
-                at("server.url")
-            );
-        }
-        let parse_d =
-            |v: &Option<String>, key: &str, default: Duration| -> anyhow::Result<Duration> {
-                match v {
-                    None => Ok(default),
-                    Some(s) => humantime::parse_duration(s).map_err(|_| {
-                        anyhow::anyhow!("{}: {s:?} is not a duration (e.g. \"600s\")", at(key))
-                    }),
-                }
-            };
-        let health_timeout = parse_d(
-            &server.health_timeout,
-            "server.health_timeout",
-            Duration::from_secs(900),
-        )?;
-        let metrics_interval = parse_d(
-            &server.metrics_interval,
-            "server.metrics_interval",
-            Duration::from_secs(1),
-        )?;
-
-        let (settings, workload_args) = arm_settings(text, &raw, a)
-            .map_err(|(e, at)| anyhow::anyhow!("{file}:{}: {e}", at.unwrap_or(name_line)))?;
-        arms.push(ArmPlan {
-            experiment: raw.name.clone(),
-            name,
-            description: a.description.clone(),
-            launch,
-            changes,
-            url,
-            port,
-            engine: server.engine.unwrap_or(Engine::Auto),
-            health_timeout,
-            metrics_interval,
-            engine_cache: server.engine_cache.unwrap_or(true),
-            settings,
-            workload_args,
-            gpus: server.gpus.unwrap_or(1),
-        });
+        arms.push(arm_plan(
+            text,
+            &raw,
+            (&file, &base_dir),
+            i,
+            arm,
+            &mut names,
+        )?);
     }
     Ok(Experiment {
         name: raw.name,
@@ -485,6 +312,215 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Experiment> {
         decision: raw.decision,
         executor: raw.executor,
         path: path.to_owned(),
+    })
+}
+
+/// One `[[arms]]` entry as a plan: its name (unique among `names`), its server (the
+/// experiment's `[server]` under the arm's), its argument changes, its settings. Errors name
+/// `file:line`, the arm and the key.
+fn arm_plan(
+    text: &str,
+    raw: &RawExperiment,
+    (file, base_dir): (&str, &Path),
+    i: usize,
+    arm: &Spanned<RawArm>,
+    names: &mut std::collections::BTreeSet<String>,
+) -> anyhow::Result<ArmPlan> {
+    let a = arm.get_ref();
+    let name = a.name.get_ref().clone();
+    let (name_line, _) = line_col(text, a.name.span().start);
+    let at = |key: &str| format!("{file}:{name_line}: arms[{i}] ({name:?}) key `{key}`");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!(
+            "{}: must be non-empty and use only letters, digits, '-', '_' or '.'",
+            at("name")
+        );
+    }
+    if !names.insert(name.clone()) {
+        bail!("{}: the name {name:?} is used twice", at("name"));
+    }
+    let server = raw
+        .server
+        .merged(a.server.as_ref().unwrap_or(&RawServer::default()));
+    let server = expand_server(server).map_err(|e| anyhow::anyhow!("{}: {e}", at("server")))?;
+    let mut arm_env = a.env.clone();
+    for v in arm_env.values_mut() {
+        *v = expand_env(v).map_err(|e| anyhow::anyhow!("{}: {e}", at("env")))?;
+    }
+    let mut env = server.env.clone().unwrap_or_default();
+    env.extend(arm_env);
+    let launcher = server.launcher.unwrap_or(LauncherKind::Process);
+    let changes = arg_changes(a, &at)?;
+    let launch = launch_spec(launcher, &server, &env, &changes, base_dir, &at)?;
+    let port = server.port.clone();
+    if let Some(PortSpec::Named(s)) = &port {
+        if s != "auto" {
+            bail!("{}: must be a number or \"auto\"", at("server.port"));
+        }
+    }
+    let url = server
+        .url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:{port}".to_owned());
+    if url.contains("{port}") && port.is_none() && launcher != LauncherKind::Process {
+        bail!(
+            "{}: the URL uses {{port}} but no port is set",
+            at("server.url")
+        );
+    }
+    let parse_d = |v: &Option<String>, key: &str, default: Duration| -> anyhow::Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s).map_err(|_| {
+                anyhow::anyhow!("{}: {s:?} is not a duration (e.g. \"600s\")", at(key))
+            }),
+        }
+    };
+    let health_timeout = parse_d(
+        &server.health_timeout,
+        "server.health_timeout",
+        Duration::from_secs(900),
+    )?;
+    let metrics_interval = parse_d(
+        &server.metrics_interval,
+        "server.metrics_interval",
+        Duration::from_secs(1),
+    )?;
+
+    let (settings, workload_args) = arm_settings(text, raw, a)
+        .map_err(|(e, at)| anyhow::anyhow!("{file}:{}: {e}", at.unwrap_or(name_line)))?;
+    Ok(ArmPlan {
+        experiment: raw.name.clone(),
+        name,
+        description: a.description.clone(),
+        launch,
+        changes,
+        url,
+        port,
+        engine: server.engine.unwrap_or(Engine::Auto),
+        health_timeout,
+        metrics_interval,
+        engine_cache: server.engine_cache.unwrap_or(true),
+        settings,
+        workload_args,
+        gpus: server.gpus.unwrap_or(1),
+    })
+}
+
+/// The arm's argument changes: `set` (a flag and its value; `true` alone, `false` removes
+/// it), `remove`, and `args` appended; `${VAR}`s expanded.
+fn arg_changes(a: &RawArm, at: &dyn Fn(&str) -> String) -> anyhow::Result<ArgChanges> {
+    let mut set = Vec::new();
+    for (k, v) in &a.set {
+        if !k.starts_with('-') {
+            bail!("{}: {k:?} is not a flag (flags start with '-')", at("set"));
+        }
+        match v {
+            toml::Value::Boolean(true) => set.push((k.clone(), None)),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => set.push((k.clone(), Some(s.clone()))),
+            toml::Value::Integer(n) => set.push((k.clone(), Some(n.to_string()))),
+            toml::Value::Float(x) => set.push((k.clone(), Some(x.to_string()))),
+            _ => bail!(
+                "{}: the value of {k:?} must be a string, number or boolean",
+                at("set")
+            ),
+        }
+    }
+    let mut remove = a.remove.clone();
+    remove.extend(
+        a.set
+            .iter()
+            .filter(|(_, v)| matches!(v, toml::Value::Boolean(false)))
+            .map(|(k, _)| k.clone()),
+    );
+    let append = a
+        .args
+        .iter()
+        .map(|x| expand_env(x))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", at("args")))?;
+    for (_, v) in set.iter_mut() {
+        if let Some(x) = v {
+            *x = expand_env(x).map_err(|e| anyhow::anyhow!("{}: {e}", at("set")))?;
+        }
+    }
+    Ok(ArgChanges {
+        append,
+        set,
+        remove,
+    })
+}
+
+/// How the arm's server is started: a process (`command` + `args`), a compose service, or
+/// an attached server (which cannot change its arguments).
+fn launch_spec(
+    launcher: LauncherKind,
+    server: &RawServer,
+    env: &BTreeMap<String, String>,
+    changes: &ArgChanges,
+    base_dir: &Path,
+    at: &dyn Fn(&str) -> String,
+) -> anyhow::Result<LaunchSpec> {
+    Ok(match launcher {
+        LauncherKind::Process => {
+            let command = server
+                .command
+                .clone()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("{}: required for launcher \"process\" (e.g. command = [\"vllm\", \"serve\", \"MODEL\"])", at("server.command")))?;
+            let mut args = command[1..].to_vec();
+            args.extend(server.args.clone().unwrap_or_default());
+            LaunchSpec::Process {
+                program: command[0].clone(),
+                args,
+                env: env.clone(),
+                cwd: server.cwd.clone().map(|p| base_dir.join(p)),
+            }
+        }
+        LauncherKind::Compose => {
+            let f = server.compose_file.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: required for launcher \"compose\"",
+                    at("server.compose_file")
+                )
+            })?;
+            let service = server.service.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: required for launcher \"compose\"",
+                    at("server.service")
+                )
+            })?;
+            if server.url.is_none() {
+                bail!(
+                    "{}: required for launcher \"compose\" (e.g. http://127.0.0.1:8000)",
+                    at("server.url")
+                );
+            }
+            LaunchSpec::Compose {
+                file: base_dir.join(f),
+                service,
+                project: server.project.clone(),
+                base_args: server.args.clone(),
+                env: env.clone(),
+            }
+        }
+        LauncherKind::Attach => {
+            if server.url.is_none() {
+                bail!("{}: required for launcher \"attach\"", at("server.url"));
+            }
+            if !changes.append.is_empty() || !changes.set.is_empty() || !changes.remove.is_empty() {
+                bail!("{}: an attached server cannot change its arguments: start it yourself, or use launcher \"process\" or \"compose\"", at("args"));
+            }
+            LaunchSpec::Attach {
+                log_file: server.log_file.clone().map(|p| base_dir.join(p)),
+                log_command: server.log_command.clone(),
+            }
+        }
     })
 }
 
