@@ -312,67 +312,16 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
     // The records' time origin and its reading on the monotonic clock the server reads too.
     let origin = Instant::now();
     let origin_mono_ns = probe::monotonic_ns();
-    let run_cfg = RunConfig {
-        url: server.url.clone(),
-        model: None,
-        endpoint: cfg.endpoint,
-        engine: Engine::Auto,
-        num_requests: Some(cfg.concurrency as u64 * cfg.requests_per_stream),
-        duration: None,
-        arrival: Arrival::Closed {
-            concurrency: cfg.concurrency,
-        },
-        sampling: Sampling {
-            max_tokens: cfg.max_tokens,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: Some(0),
-            ignore_eos: true,
-            top_logprobs: None,
-        },
-        warmup: 0,
-        workload: workload.clone(),
-        tokenizer: None,
-        api_key_env: None,
-        api_key: None,
-        headers: Vec::new(),
-        slo: Default::default(),
-        sweep: None,
-        knee_share: 0.99,
-        timeout: Duration::from_secs(600),
-        output: scratch.0.join("selftest.json"),
-        journal: scratch.0.join("selftest.requests.jsonl"),
-        keep_text: false,
-        no_prompt_cache: true,
-        progress: ProgressMode::Quiet,
-        arm: None,
-        quality: None,
-        origin: Some(origin),
-    };
+    let run_cfg = run_config(&cfg, &server.url, &scratch.0, workload.clone(), origin);
     let journal = run_cfg.journal.clone();
 
-    // Memory: sample resident size while the run goes on; keep the peak.
-    let rss_before = probe::rss_bytes();
-    let peak = Arc::new(AtomicU64::new(rss_before.unwrap_or(0)));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let (peak, sampling) = (peak.clone(), sampling.clone());
-        tokio::spawn(async move {
-            while sampling.load(Ordering::Relaxed) {
-                if let Some(r) = probe::rss_bytes() {
-                    peak.fetch_max(r, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        })
-    };
+    let rss = PeakRss::start();
     let cpu_before = probe::cpu_times();
     let wall = Instant::now();
     let result = crate::runner::run(run_cfg, cancel.clone()).await;
     let wall_s = wall.elapsed().as_secs_f64();
     let cpu_after = probe::cpu_times();
-    sampling.store(false, Ordering::Relaxed);
-    let _ = sampler.await;
+    let growth = rss.growth().await;
     let result = result.context("the self-test run failed")?;
     if result.interrupted {
         bail!("interrupted");
@@ -402,11 +351,117 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
             prefix.split('\n').next().unwrap_or("").to_owned()
         },
     );
-
-    let (user_s, system_s) = match (cpu_before, cpu_after) {
-        (Some(a), Some(b)) => (Some(b.0 - a.0), Some(b.1 - a.1)),
-        _ => (None, None),
+    let cpu = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1)),
+        _ => None,
     };
+    Ok(report(&cfg, &result, &compared, cpu, wall_s, growth))
+}
+
+/// The `kvbench run` settings of the self-test: a closed loop of `concurrency` streams, each
+/// sending `requests_per_stream` synthetic requests with unique first lines (the truth's
+/// keys), no warm-up, records and journal in `scratch`.
+fn run_config(
+    cfg: &SelftestConfig,
+    url: &str,
+    scratch: &std::path::Path,
+    workload: WorkloadSpec,
+    origin: Instant,
+) -> RunConfig {
+    RunConfig {
+        url: url.to_owned(),
+        model: None,
+        endpoint: cfg.endpoint,
+        engine: Engine::Auto,
+        num_requests: Some(cfg.concurrency as u64 * cfg.requests_per_stream),
+        duration: None,
+        arrival: Arrival::Closed {
+            concurrency: cfg.concurrency,
+        },
+        sampling: Sampling {
+            max_tokens: cfg.max_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: Some(0),
+            ignore_eos: true,
+            top_logprobs: None,
+        },
+        warmup: 0,
+        workload,
+        tokenizer: None,
+        api_key_env: None,
+        api_key: None,
+        headers: Vec::new(),
+        slo: Default::default(),
+        sweep: None,
+        knee_share: 0.99,
+        timeout: Duration::from_secs(600),
+        output: scratch.join("selftest.json"),
+        journal: scratch.join("selftest.requests.jsonl"),
+        keep_text: false,
+        no_prompt_cache: true,
+        progress: ProgressMode::Quiet,
+        arm: None,
+        quality: None,
+        origin: Some(origin),
+    }
+}
+
+/// The client's peak resident memory while the run goes on, sampled every 25 ms.
+struct PeakRss {
+    before: Option<u64>,
+    peak: Arc<AtomicU64>,
+    sampling: Arc<AtomicBool>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl PeakRss {
+    /// Reads the resident size now, and starts sampling.
+    fn start() -> Self {
+        let before = probe::rss_bytes();
+        let peak = Arc::new(AtomicU64::new(before.unwrap_or(0)));
+        let sampling = Arc::new(AtomicBool::new(true));
+        let sampler = {
+            let (peak, sampling) = (peak.clone(), sampling.clone());
+            tokio::spawn(async move {
+                while sampling.load(Ordering::Relaxed) {
+                    if let Some(r) = probe::rss_bytes() {
+                        peak.fetch_max(r, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            })
+        };
+        Self {
+            before,
+            peak,
+            sampling,
+            sampler,
+        }
+    }
+
+    /// Stops sampling: the peak's growth over the resident size at the start, bytes.
+    async fn growth(self) -> Option<u64> {
+        self.sampling.store(false, Ordering::Relaxed);
+        let _ = self.sampler.await;
+        match (self.before, self.peak.load(Ordering::Relaxed)) {
+            (Some(b), p) if p >= b => Some(p - b),
+            _ => None,
+        }
+    }
+}
+
+/// The figures of a self-test run: CPU per event (`cpu`: user and system seconds of the run),
+/// memory per stream, the measurement errors against the truth, and the targets.
+fn report(
+    cfg: &SelftestConfig,
+    result: &crate::result::RunResult,
+    compared: &Compared,
+    cpu: Option<(f64, f64)>,
+    wall_s: f64,
+    growth: Option<u64>,
+) -> SelftestReport {
+    let (user_s, system_s) = (cpu.map(|c| c.0), cpu.map(|c| c.1));
     let client_cpu_s = match (user_s, system_s) {
         (Some(u), Some(s)) => u + s,
         _ => f64::NAN,
@@ -414,10 +469,6 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
     let events = compared.token_events;
     let per_core = (client_cpu_s > 0.0 && events > 0).then(|| events as f64 / client_cpu_s);
     let per_million = |s: Option<f64>| s.filter(|_| events > 0).map(|s| s * 1e6 / events as f64);
-    let growth = match (rss_before, peak.load(Ordering::Relaxed)) {
-        (Some(b), p) if p >= b => Some(p - b),
-        _ => None,
-    };
     let bytes_per_stream = growth.map(|g| g as f64 / cfg.concurrency as f64);
     let ttft_error_ms = ErrorMs::of(&compared.ttft_err_ms);
     let ttft_error_first_wave_ms = ErrorMs::of(&compared.ttft_err_first_wave_ms);
@@ -434,7 +485,7 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
             pass: bytes_per_stream.map(|b| b <= TARGET_BYTES_PER_STREAM),
         },
     ];
-    Ok(SelftestReport {
+    SelftestReport {
         concurrency: cfg.concurrency,
         offered_events_per_s: cfg.events_per_s,
         achieved_events_per_s: events as f64 / wall_s,
@@ -470,7 +521,7 @@ pub async fn run(cfg: SelftestConfig, cancel: CancellationToken) -> anyhow::Resu
         endpoint: cfg.endpoint,
         machine: probe::machine(),
         targets,
-    })
+    }
 }
 
 fn read_journal(path: &std::path::Path) -> anyhow::Result<Vec<RequestRecord>> {
