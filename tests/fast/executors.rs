@@ -3,12 +3,12 @@
 //! sets, swapped between rounds; a failing arm is its outcome; Ctrl-C stops every job and
 //! leaves no server behind; the comparison has the form of a local one.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::exec::{
+use crate::common::exec::{
     add_broken_arm, comparison, experiment, form, interrupt_once_serving, marker, outcome,
     processes_with, results, span, BIN,
 };
