@@ -5,7 +5,9 @@
 //!
 //! One binary rather than one per file, because each binary links the whole crate and its
 //! dependencies (issue 15, item 4). Run one former file's tests with its module as the filter:
-//! `cargo test --test e2e engines::` (or `engine_ab::`, `ray::`, ...).
+//! `cargo test --test e2e engine_ab::` (or `ray::`, `compose::`, ...). Filters match substrings,
+//! so `engines::` also runs `quality_engines::` (`cargo test --test e2e engines:: -- --skip
+//! quality_engines::` leaves it out).
 //!
 //! Engines run one at a time in this binary (`common::engine::ENGINE_LOCK`, which every test
 //! that starts an engine holds: the machine has two cores, and capacity's TTFT target and the
