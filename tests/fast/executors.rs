@@ -82,6 +82,8 @@ fn arms_run_at_once_on_disjoint_device_sets_swapped_between_rounds() {
 
 #[test]
 fn the_comparison_has_the_form_of_a_local_one() {
+    // The two verdicts must agree: no fuzz target may slow one design's runs and not the other's.
+    let _cpu = common::cpu_bound_lock();
     let dir = tempfile::tempdir().unwrap();
     let m = marker("form");
     let exp = experiment(dir.path(), &["a", "b"], 30, &m, "");

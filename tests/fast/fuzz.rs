@@ -52,6 +52,8 @@ fn fuzz<S: Strategy>(
 ) where
     S::Value: std::fmt::Debug,
 {
+    // One target at a time, and never beside a test that compares measured speeds.
+    let _cpu = crate::common::cpu_bound_lock();
     let cfg = config(default_cases);
     let n = cfg.cases;
     let mut runner = TestRunner::new_with_rng(
