@@ -2,7 +2,7 @@
 # Re-renders every committed comparison under docs/validation/ with this kvbench (`kvbench
 # report`: HTML and Markdown beside each JSON, same stem), and takes the screenshot of the H100
 # report's first screen at 1280 px that the README shows (docs/images/report-first-screen.png;
-# needs Debian's chromium). tests/report.rs fails when a committed report differs from what
+# needs Debian's chromium). tests/fast/report.rs fails when a committed report differs from what
 # `kvbench report` renders, so run this after changing the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."

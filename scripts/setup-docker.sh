@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # setup-docker.sh — a private Docker engine, Docker Compose v2 and a llama-server image, for the
-# compose launcher's tests against a real engine (tests/compose.rs).
+# compose launcher's tests against a real engine (tests/e2e/compose.rs).
 #
 # Usage: scripts/setup-docker.sh [start|stop]     (default: start)
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # setup-ray.sh — a real two-node Ray cluster on this machine, for `kvbench ab --on ray://...`
-# and its tests (tests/ray.rs).
+# and its tests (tests/e2e/ray.rs).
 #
 # Usage: scripts/setup-ray.sh [start|stop]     (default: start)
 #

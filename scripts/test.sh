@@ -31,7 +31,7 @@ if [ "$engines" != none ]; then
     printf '%s\n' "$out" | grep -E '^[A-Z0-9_]+=' >&2
     echo "engines ready after $(( $(date +%s) - t0 )) s" >&2
 fi
-# A private dockerd, Compose v2 and a llama-server image for tests/compose.rs (needs llama.cpp).
+# A private dockerd, Compose v2 and a llama-server image for tests/e2e/compose.rs (needs llama.cpp).
 if [ "$engines" != none ] && [ "${KVBENCH_DOCKER_SETUP:-1}" != 0 ]; then
     step "setting up docker (scripts/setup-docker.sh; stop it with: scripts/setup-docker.sh stop)"
     t1=$(date +%s)
@@ -47,7 +47,7 @@ if [ "$engines" != none ] && [ "${KVBENCH_DOCKER_SETUP:-1}" != 0 ]; then
         echo "docker set-up failed: the compose tests will skip" >&2
     fi
 fi
-# A two-node Ray cluster on this machine for tests/ray.rs (`kvbench ab --on ray://...`).
+# A two-node Ray cluster on this machine for tests/e2e/ray.rs (`kvbench ab --on ray://...`).
 if [ "${KVBENCH_RAY_SETUP:-1}" != 0 ]; then
     step "setting up a Ray cluster (scripts/setup-ray.sh; stop it with: scripts/setup-ray.sh stop)"
     t1=$(date +%s)
@@ -74,7 +74,7 @@ if [ "${CI:-}" = true ]; then
     fi
 fi
 
-# Headless Chromium checks the HTML report (tests/report.rs): Debian's package, installed once.
+# Headless Chromium checks the HTML report (tests/fast/report.rs): Debian's package, installed once.
 ensure_chromium() {
     command -v chromium >/dev/null 2>&1 && return 0
     if ! command -v apt-get >/dev/null 2>&1; then

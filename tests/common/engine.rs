@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-/// Engines run one at a time within a test binary: the machine has two cores.
+/// Engines run one at a time within a test binary: the machine has two cores. Every test that
+/// starts a real engine is in tests/e2e and holds this, so no two engines ever run at once.
 pub static ENGINE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Whether CI requires `engine` (a missing engine then fails instead of skipping).

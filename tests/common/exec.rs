@@ -1,5 +1,5 @@
-//! Shared by the executor tests (tests/executors.rs, tests/ray.rs): experiments whose arms are
-//! `kvbench test-server`s, and readers of what `kvbench ab` wrote.
+//! Shared by the executor tests (tests/fast/executors.rs, tests/e2e/ray.rs): experiments whose
+//! arms are `kvbench test-server`s, and readers of what `kvbench ab` wrote.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;

@@ -3,12 +3,12 @@
 //! `scripts/test.sh` exports). Without the engines these tests print why and skip; with
 //! `KVBENCH_REQUIRE_ENGINES` set (CI) a missing engine fails the test instead.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::engine::{engine_vars, llama_server, vllm_cpu_server, ENGINE_LOCK};
+use crate::common::engine::{engine_vars, llama_server, vllm_cpu_server, ENGINE_LOCK};
 use kvbench::result::RunResult;
 
 /// The checks every real-engine run must pass.

@@ -1,7 +1,7 @@
 //! `kvbench ab` and `kvbench compare` end to end with `kvbench test-server` arms that print
 //! real-looking vLLM start-up logs (no engine needed), including `--resume` and `--dry-run`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

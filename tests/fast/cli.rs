@@ -1,7 +1,7 @@
 //! The binary as a user meets it: bad input gives one line on stderr and a non-zero exit;
 //! Ctrl-C keeps what was measured; secrets never reach results or logs.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};

@@ -6,7 +6,7 @@
 //! The servers are raw loopback sockets written here, so each can do what no real server
 //! should; they count what they managed to write, which shows whether kvbench stopped reading.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};

@@ -12,13 +12,11 @@
 //! Without them, or without an answering daemon, each test skips with a printed reason; it fails
 //! instead when `KVBENCH_REQUIRE_DOCKER` is set (scripts/test.sh sets it under CI=true).
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::engine::{free_port, ENGINE_LOCK};
+use crate::common::engine::{free_port, ENGINE_LOCK};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kvbench");
 

@@ -1,7 +1,7 @@
 //! Every wire variant and fault of DOMAIN.md becomes the right record: a token or not, a
 //! counted error kind or a counted anomaly; never a panic.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

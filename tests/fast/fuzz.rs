@@ -8,7 +8,7 @@
 //! build on an idle 2-core machine, so under 30 s on a busy one). To fuzz longer by hand:
 //!
 //! ```text
-//! KVBENCH_FUZZ_CASES=200000 cargo test --release --test fuzz -- --nocapture
+//! KVBENCH_FUZZ_CASES=200000 cargo test --release --test fast fuzz:: -- --nocapture
 //! ```
 //!
 //! Each run draws new inputs from a new seed, printed first (`KVBENCH_FUZZ_SEED=N` replays a
@@ -52,6 +52,8 @@ fn fuzz<S: Strategy>(
 ) where
     S::Value: std::fmt::Debug,
 {
+    // One target at a time, and never beside a test that compares measured speeds.
+    let _cpu = crate::common::cpu_bound_lock();
     let cfg = config(default_cases);
     let n = cfg.cases;
     let mut runner = TestRunner::new_with_rng(

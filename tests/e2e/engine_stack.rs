@@ -3,13 +3,13 @@
 //! the variables `scripts/setup-engines.sh` prints; without them these tests print why and skip,
 //! and with `KVBENCH_REQUIRE_ENGINES` naming the engine (CI) they fail instead.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::engine::{engine_vars, free_port, Server, ENGINE_LOCK};
+use crate::common::engine::{engine_vars, free_port, Server, ENGINE_LOCK};
 
 /// A chat template that knows the `<think>` block (so llama.cpp's chat parser, `--jinja`, finds
 /// the reasoning markers in it and splits them out), otherwise SmolLM2's ChatML.

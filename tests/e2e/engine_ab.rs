@@ -3,12 +3,10 @@
 //! significant difference"; and vLLM on CPU where the `--calculate-kv-scales` arm fails and the
 //! comparison says why. Skips with a printed reason when the engines are absent.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::engine::{engine_vars, ENGINE_LOCK};
+use crate::common::engine::{engine_vars, ENGINE_LOCK};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kvbench");
 

@@ -1,10 +1,10 @@
 //! The files kvbench writes keep the contract of DESIGN.md, enforced by JSON Schemas generated
 //! from the types that write them (docs/schema/): the committed schemas are the types' (run with
 //! `KVBENCH_UPDATE_SCHEMA=1` to rewrite them after a deliberate change), and real outputs, made
-//! here by real runs and the real `compare`, validate against them. tests/ab.rs validates the
+//! here by real runs and the real `compare`, validate against them. tests/fast/ab.rs validates the
 //! comparisons `kvbench ab` writes (adaptive rounds, effort, a reference arm).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ fn check_committed(name: &str, generated: serde_json::Value) {
     assert!(
         committed == text,
         "{path} differs from the types that write the file: review the change, then rewrite \
-         it with KVBENCH_UPDATE_SCHEMA=1 cargo test --test schema"
+         it with KVBENCH_UPDATE_SCHEMA=1 cargo test --test fast schema::"
     );
 }
 

@@ -3,12 +3,12 @@
 //! sets, swapped between rounds; a failing arm is its outcome; Ctrl-C stops every job and
 //! leaves no server behind; the comparison has the form of a local one.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::exec::{
+use crate::common::exec::{
     add_broken_arm, comparison, experiment, form, interrupt_once_serving, marker, outcome,
     processes_with, results, span, BIN,
 };
@@ -82,6 +82,8 @@ fn arms_run_at_once_on_disjoint_device_sets_swapped_between_rounds() {
 
 #[test]
 fn the_comparison_has_the_form_of_a_local_one() {
+    // The two verdicts must agree: no fuzz target may slow one design's runs and not the other's.
+    let _cpu = common::cpu_bound_lock();
     let dir = tempfile::tempdir().unwrap();
     let m = marker("form");
     let exp = experiment(dir.path(), &["a", "b"], 30, &m, "");

@@ -3,7 +3,7 @@
 //! mode; thinking output is graded on the answer channel only; malformed user lines are
 //! reported with their line numbers; generated suites run and pair up across arms.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! the `attach` launcher. Servers are `kvbench test-server` processes that print real-looking
 //! start-up logs (tests/fixtures/logs).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

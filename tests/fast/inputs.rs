@@ -3,7 +3,7 @@
 //! headers and experiment files, and logs too large to hold. Each gets a clear error or is
 //! handled; none panics, hangs, or loses what was measured.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

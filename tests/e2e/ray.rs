@@ -5,14 +5,14 @@
 //! under CI=true). They use the cluster the script started and stop only the jobs they
 //! submitted; they run one at a time, since they share the cluster's two units.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::exec::{
+use crate::common::exec::{
     add_broken_arm, comparison, experiment, form, interrupt_once_serving, marker, outcome,
     processes_with, results, span, BIN,
 };
@@ -86,6 +86,8 @@ fn quickstart_on_the_cluster_with_llama_cpp() {
         return;
     };
     let _g = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    // Its arms are real engines: none of this binary's other engines beside them.
+    let _engine = common::engine::ENGINE_LOCK.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     // The quickstart's arms (f16 against q8_0 KV), smaller; paths reach the jobs through
     // ${VAR}s the experiment names, which kvbench passes in the jobs' environment.

@@ -4,14 +4,14 @@
 //! lengths derived from the server's maximum). Without the engines these tests print why and
 //! skip. Measured accuracies, timings and agreement figures are printed (`--nocapture`).
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::engine::{engine_vars, llama_server, vllm_cpu_server, Server, ENGINE_LOCK};
+use crate::common::engine::{engine_vars, llama_server, vllm_cpu_server, Server, ENGINE_LOCK};
 use kvbench::quality::{self, ItemRecord};
 use serde_json::Value;
 

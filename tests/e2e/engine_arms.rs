@@ -4,12 +4,10 @@
 //! `--calculate-kv-scales` (removed from vLLM 0.32: `unsupported_argument`). Skips with a printed
 //! reason when the engines are absent (see tests/common/engine.rs).
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
-use common::engine::{engine_vars, ENGINE_LOCK};
+use crate::common::engine::{engine_vars, ENGINE_LOCK};
 use kvbench::arm::{run_arm, ArmOptions};
 use kvbench::experiment;
 use kvbench::logscan::{Catalog, DEFAULT_CATALOG};
