@@ -1,5 +1,5 @@
 //! JSON Schemas of the files kvbench writes, generated from the types that write them
-//! (`schemars`), committed under `docs/schema/` and checked by `tests/schema.rs`: a change to
+//! (`schemars`), committed under `docs/schema/` and checked by `tests/fast/schema.rs`: a change to
 //! the result or the comparison shows up as a change to its schema in review.
 //!
 //! The schemas describe what kvbench writes (serialization): every field it always writes is

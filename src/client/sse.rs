@@ -76,7 +76,7 @@ impl SseParser {
     /// Feeds `input`; calls `on_event` with the data of each event it completes.
     pub fn push(&mut self, mut input: &[u8], on_event: &mut impl FnMut(&[u8])) {
         // An empty read between a `\r` and its `\n` must not forget the `\r` (found by
-        // tests/fuzz.rs: the `\n` then read as a blank line and split the event in two).
+        // tests/fast/fuzz.rs: the `\n` then read as a blank line and split the event in two).
         if self.too_large || input.is_empty() {
             return;
         }

@@ -15,10 +15,9 @@ use kvbench::runner::{self, RunConfig};
 use kvbench::testserver::{self, TestServer, TestServerConfig};
 use tokio_util::sync::CancellationToken;
 
-/// Held by the fuzz targets (each keeps a core busy for seconds) and by tests that compare speeds
-/// measured at different moments (tests/fast/executors.rs: the verdict of a local run against
-/// that of a parallel one), so that in the shared binary no fuzz target slows one of those runs
-/// and not the other. Taken whatever a panicking holder left.
+/// Held by the fuzz targets (each keeps a core busy for seconds), so that in the shared binary
+/// they run one at a time and leave the other test thread a core. Taken whatever a panicking
+/// holder left.
 pub fn cpu_bound_lock() -> std::sync::MutexGuard<'static, ()> {
     static CPU_BOUND: std::sync::Mutex<()> = std::sync::Mutex::new(());
     CPU_BOUND.lock().unwrap_or_else(|e| e.into_inner())

@@ -12,8 +12,9 @@
 //! child copy of this binary instead), no current directory, rlimit or signal disposition;
 //! signals go to child processes only; ports come from the OS (`:0`, `port = "auto"`); files
 //! live in each test's own temporary directory; `pgrep` markers are unique per test.
-//! The fuzz targets, which keep a core busy for seconds, run one at a time and never beside a
-//! test that compares speeds measured at different moments (`common::cpu_bound_lock`).
+//! The fuzz targets, which keep a core busy for seconds, run one at a time
+//! (`common::cpu_bound_lock`). No test here compares verdicts of runs measured at different
+//! moments: load from a neighbouring test may tip one of them.
 
 #[path = "../common/mod.rs"]
 mod common;
