@@ -3,8 +3,9 @@
 #
 #   1. installs the real engines the end-to-end tests use (llama.cpp llama-server, vLLM on CPU,
 #      SmolLM2-135M), cached under ~/.cache/kvbench, so repeated runs are fast;
-#   2. cargo fmt --check, clippy with -D warnings, and every test (unit, integration against the
-#      in-process test server, end-to-end against the real engines);
+#   2. cargo fmt --check, no import cycle among src's modules (scripts/dev/modgraph.py), clippy
+#      with -D warnings, and every test (unit, integration against the in-process test server,
+#      end-to-end against the real engines);
 #   3. both install paths of the README (scripts/wheel.sh --check): the wheel users `pip install`,
 #      packaged from the debug build the tests just made, installed into a fresh venv and run
 #      against kvbench's own test server; and `cargo install --path . --locked`.
@@ -92,6 +93,8 @@ ensure_chromium
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+step "no import cycle among src's modules (scripts/dev/modgraph.py)"
+graph=$(python3 scripts/dev/modgraph.py) || { printf '%s\n' "$graph" >&2; exit 1; }
 step "cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
