@@ -134,9 +134,10 @@ impl Drop for Server {
     }
 }
 
-/// llama-server serving SmolLM2 (`gguf`) as `smollm2` on 127.0.0.1:`port`, with `/metrics`;
-/// the caller adds context, slots, threads and the rest.
-pub fn llama_command(bin: &str, gguf: &str, port: u16) -> Command {
+/// Starts llama-server (SmolLM2, one thread, 2 slots, `ctx` tokens of context) with an optional
+/// quantized KV cache type for both K and V; its log goes to `dir`.
+pub fn llama_server(bin: &str, gguf: &str, ctx: u32, kv: Option<&str>, dir: &Path) -> Server {
+    let port = free_port();
     let mut cmd = Command::new(bin);
     cmd.args([
         "-m",
@@ -146,17 +147,8 @@ pub fn llama_command(bin: &str, gguf: &str, port: u16) -> Command {
         "--port",
         &port.to_string(),
     ])
-    .args(["--metrics", "--alias", "smollm2"]);
-    cmd
-}
-
-/// Starts llama-server (SmolLM2, one thread, 2 slots, `ctx` tokens of context) with an optional
-/// quantized KV cache type for both K and V; its log goes to `dir`.
-pub fn llama_server(bin: &str, gguf: &str, ctx: u32, kv: Option<&str>, dir: &Path) -> Server {
-    let port = free_port();
-    let mut cmd = llama_command(bin, gguf, port);
-    cmd.args(["-c", &ctx.to_string()])
-        .args(["-np", "2", "-t", "1"]);
+    .args(["--metrics", "--alias", "smollm2", "-c", &ctx.to_string()])
+    .args(["-np", "2", "-t", "1"]);
     if let Some(t) = kv {
         cmd.args(["--cache-type-k", t, "--cache-type-v", t]);
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::engine::{engine_vars, free_port, llama_command, Server, ENGINE_LOCK};
+use crate::common::engine::{engine_vars, free_port, Server, ENGINE_LOCK};
 
 /// A chat template that knows the `<think>` block (so llama.cpp's chat parser, `--jinja`, finds
 /// the reasoning markers in it and splits them out), otherwise SmolLM2's ChatML.
@@ -175,13 +175,21 @@ fn llama_reasoning_server(bin: &str, gguf: &str, dir: &Path) -> Server {
     std::fs::write(&template, THINK_TEMPLATE).unwrap();
     std::fs::write(&grammar, THINK_GRAMMAR).unwrap();
     let port = free_port();
-    let mut cmd = llama_command(bin, gguf, port);
-    cmd.args(["-c", "2048", "-np", "1"])
-        .args(["-t", "1", "--jinja", "--reasoning-format", "deepseek"])
-        .arg("--chat-template-file")
-        .arg(&template)
-        .arg("--grammar-file")
-        .arg(&grammar);
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-m",
+        gguf,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ])
+    .args(["--metrics", "--alias", "smollm2", "-c", "2048", "-np", "1"])
+    .args(["-t", "1", "--jinja", "--reasoning-format", "deepseek"])
+    .arg("--chat-template-file")
+    .arg(&template)
+    .arg("--grammar-file")
+    .arg(&grammar);
     Server::start(cmd, port, &dir.join("llama-server-reasoning.log"))
 }
 
