@@ -146,19 +146,6 @@ pub fn outcome(rs: &[(PathBuf, Value)], arm: &str) -> Option<String> {
         .map(|(_, r)| r["outcome"].as_str().unwrap().to_owned())
 }
 
-/// Checks an `ab` of arms `a`, `b` and [`add_broken_arm`]'s `broken` that wrote to `out`: exit
-/// 3, `a` and `b` ok, `broken` a launch error, and stderr saying `says`.
-pub fn assert_only_broken_failed(o: &std::process::Output, out: &Path, says: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(3), "{err}");
-    let rs = results(out);
-    let outcome = |arm: &str| outcome(&rs, arm);
-    assert_eq!(outcome("a").as_deref(), Some("ok"), "{err}");
-    assert_eq!(outcome("b").as_deref(), Some("ok"), "{err}");
-    assert_eq!(outcome("broken").as_deref(), Some("launch_error"), "{err}");
-    assert!(err.contains(says), "{err}");
-}
-
 /// Starts `cmd` (a `kvbench ab`), waits until `servers` processes hold `marker` (the arms'
 /// servers are up), lets them measure 2 s, sends SIGINT, and waits up to `limit` for the end:
 /// the exit status and what it wrote on stderr.

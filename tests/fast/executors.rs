@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::exec::{
-    add_broken_arm, assert_only_broken_failed, comparison, experiment, form,
-    interrupt_once_serving, marker, processes_with, results, span, BIN,
+    add_broken_arm, comparison, experiment, form, interrupt_once_serving, marker, outcome,
+    processes_with, results, span, BIN,
 };
 
 fn ab(exp: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
@@ -128,7 +128,14 @@ fn a_failing_arm_is_its_outcome_and_the_others_finish() {
     let out = dir.path().join("out");
     // Three arms on two sets: the third waits for a free set.
     let o = ab(&exp, &out, &["--gpus", "0,1", "--repeat", "1"]);
-    assert_only_broken_failed(&o, &out, "arm(s) failed: broken");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    let rs = results(&out);
+    let outcome = |arm: &str| outcome(&rs, arm);
+    assert_eq!(outcome("a").as_deref(), Some("ok"), "{err}");
+    assert_eq!(outcome("b").as_deref(), Some("ok"), "{err}");
+    assert_eq!(outcome("broken").as_deref(), Some("launch_error"), "{err}");
+    assert!(err.contains("arm(s) failed: broken"), "{err}");
 }
 
 #[test]
